@@ -1,0 +1,442 @@
+//! The HTTP API (warp): routes, request parsing, auth, problem responses.
+//!
+//! # Layout
+//!
+//! - `mod.rs`: the routes and their handlers.
+//! - `dto.rs`: the JSON shapes (shared with the CLI).
+//! - `problem.rs`: errors as RFC 7807 problem+json with stable codes.
+//! - `auth.rs`: bearer tokens and roles.
+//!
+//! **Architecture Invariant:** only `api` (and later `webhook`) knows HTTP, and
+//! it never touches sled: everything goes through the `Ledger`.
+
+pub mod auth;
+pub mod dto;
+pub mod problem;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::StreamExt;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::{Buf, Filter, Rejection, Reply};
+
+use self::auth::Auth;
+use self::dto::{
+    ApplyResponse, ClusterList, ClusterSummary, ClusterView, EventPageView, EventView,
+    PlannedChange, VerifyView,
+};
+use self::problem::{recover, ApiError};
+use crate::config::Role;
+use crate::event::Actor;
+use crate::ledger::{ApplyOptions, CommandContext, EventQuery, Ledger};
+use crate::metrics::{Metrics, ResponseLabels};
+use crate::model::{is_dns_label, parse_manifest, ManifestFormat};
+
+/// Everything a handler needs.
+#[derive(Clone)]
+pub struct ApiState {
+    pub ledger: Arc<Ledger>,
+    pub auth: Arc<Auth>,
+    pub metrics: Arc<Metrics>,
+    pub max_body_bytes: u64,
+    /// Cancelled when the daemon starts shutting down; `/readyz` then says no.
+    pub shutdown: CancellationToken,
+}
+
+/// The longest free-text reason a request may carry.
+const MAX_REASON_BYTES: usize = 1024;
+
+/// All routes, with every rejection turned into a problem document.
+pub fn routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
+    let metrics = state.metrics.clone();
+    let health = warp::path!("healthz")
+        .and(warp::get())
+        .map(|| warp::reply::json(&serde_json::json!({"status": "ok"})).into_response());
+    let ready = warp::path!("readyz")
+        .and(warp::get())
+        .and(with_state(&state))
+        .map(|state: ApiState| {
+            let ready = !state.shutdown.is_cancelled();
+            let body = serde_json::json!({
+                "ready": ready,
+                "headSeq": state.ledger.store().head().seq,
+                "appliedSeq": state.ledger.applied_seq(),
+            });
+            let status = if ready {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            warp::reply::with_status(warp::reply::json(&body), status).into_response()
+        });
+    let metrics_route = warp::path!("metrics")
+        .and(warp::get())
+        .and(authenticated(&state, Role::Read))
+        .and(with_state(&state))
+        .map(|_actor: Actor, state: ApiState| {
+            warp::reply::with_header(
+                state.metrics.render(),
+                "content-type",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )
+            .into_response()
+        });
+    let apply = warp::path!("v1" / "apply")
+        .and(warp::post())
+        .and(authenticated(&state, Role::Write))
+        .and(with_state(&state))
+        .and(warp::query::<HashMap<String, String>>())
+        .and(warp::header::headers_cloned())
+        .and(limited_body(state.max_body_bytes))
+        .then(apply_handler);
+    let clusters = warp::path!("v1" / "clusters")
+        .and(warp::get())
+        .and(authenticated(&state, Role::Read))
+        .and(with_state(&state))
+        .map(|_actor: Actor, state: ApiState| {
+            let clusters = state
+                .ledger
+                .clusters()
+                .iter()
+                .map(ClusterSummary::from_state)
+                .collect();
+            warp::reply::json(&ClusterList { clusters }).into_response()
+        });
+    let cluster = warp::path!("v1" / "clusters" / String)
+        .and(warp::get())
+        .and(authenticated(&state, Role::Read))
+        .and(with_state(&state))
+        .map(|name: String, _actor: Actor, state: ApiState| {
+            problem::respond(cluster_handler(&name, &state))
+        });
+    let history = warp::path!("v1" / "clusters" / String / "history")
+        .and(warp::get())
+        .and(authenticated(&state, Role::Read))
+        .and(with_state(&state))
+        .and(warp::query::<HashMap<String, String>>())
+        .then(history_handler);
+    let events = warp::path!("v1" / "events")
+        .and(warp::get())
+        .and(authenticated(&state, Role::Read))
+        .and(with_state(&state))
+        .and(warp::query::<HashMap<String, String>>())
+        .then(events_handler);
+    let verify = warp::path!("v1" / "verify")
+        .and(warp::get())
+        .and(authenticated(&state, Role::Read))
+        .and(with_state(&state))
+        .then(|_actor: Actor, state: ApiState| async move {
+            problem::respond(
+                state
+                    .ledger
+                    .verify()
+                    .await
+                    .map(|report| warp::reply::json(&VerifyView::from_report(&report)))
+                    .map_err(ApiError::from),
+            )
+        });
+
+    health
+        .or(ready)
+        .unify()
+        .or(metrics_route)
+        .unify()
+        .or(apply)
+        .unify()
+        .or(clusters)
+        .unify()
+        .or(cluster)
+        .unify()
+        .or(history)
+        .unify()
+        .or(events)
+        .unify()
+        .or(verify)
+        .unify()
+        .recover(recover)
+        .unify()
+        .with(warp::log::custom(move |info| {
+            metrics
+                .http_responses
+                .get_or_create(&ResponseLabels {
+                    code: info.status().as_u16(),
+                })
+                .inc();
+            tracing::info!(
+                method = %info.method(),
+                path = info.path(),
+                status = info.status().as_u16(),
+                micros = info.elapsed().as_micros() as u64,
+                "request"
+            );
+        }))
+}
+
+fn with_state(state: &ApiState) -> impl Filter<Extract = (ApiState,), Error = Infallible> + Clone {
+    let state = state.clone();
+    warp::any().map(move || state.clone())
+}
+
+/// Resolves the caller to an actor, or rejects with 401/403.
+fn authenticated(
+    state: &ApiState,
+    required: Role,
+) -> impl Filter<Extract = (Actor,), Error = Rejection> + Clone {
+    let auth = state.auth.clone();
+    warp::header::optional::<String>("authorization")
+        .and(warp::header::optional::<String>("x-cairn-actor"))
+        .and_then(
+            move |authorization: Option<String>, claimed: Option<String>| {
+                let result = auth.check(authorization.as_deref(), claimed.as_deref(), required);
+                async move { result.map_err(warp::reject::custom) }
+            },
+        )
+}
+
+/// The request body, read up to `limit` bytes; beyond that, 413.
+fn limited_body(limit: u64) -> impl Filter<Extract = (Bytes,), Error = Rejection> + Clone {
+    warp::header::optional::<u64>("content-length")
+        .and_then(move |length: Option<u64>| async move {
+            match length {
+                Some(length) if length > limit => Err(warp::reject::custom(body_too_large(limit))),
+                _ => Ok(()),
+            }
+        })
+        .untuple_one()
+        .and(warp::body::stream())
+        .and_then(move |body| collect_body(body, limit))
+}
+
+async fn collect_body<S, B>(body: S, limit: u64) -> Result<Bytes, Rejection>
+where
+    S: futures_util::Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    let mut body = Box::pin(body);
+    let mut collected = BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|error| {
+            warp::reject::custom(ApiError::bad_request("bad_body", error.to_string()))
+        })?;
+        if collected.len() as u64 + chunk.remaining() as u64 > limit {
+            return Err(warp::reject::custom(body_too_large(limit)));
+        }
+        collected.put(chunk);
+    }
+    Ok(collected.freeze())
+}
+
+fn body_too_large(limit: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        format!("the request body is over the limit of {limit} bytes"),
+    )
+}
+
+fn check_cluster_name(name: &str) -> Result<(), ApiError> {
+    if is_dns_label(name) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            "bad_path",
+            format!("cluster name {name:?} in the path is not a DNS label"),
+        ))
+    }
+}
+
+fn header<'a>(headers: &'a warp::http::HeaderMap, name: &str) -> Result<Option<&'a str>, ApiError> {
+    match headers.get(name) {
+        None => Ok(None),
+        Some(value) => value.to_str().map(|text| Some(text.trim())).map_err(|_| {
+            ApiError::bad_request("bad_header", format!("header {name} is not visible ASCII"))
+        }),
+    }
+}
+
+fn query_u64(query: &HashMap<String, String>, name: &str) -> Result<Option<u64>, ApiError> {
+    match query.get(name) {
+        None => Ok(None),
+        Some(text) => text.parse().map(Some).map_err(|_| {
+            ApiError::bad_request(
+                "bad_query",
+                format!("query parameter {name}={text:?} is not a non-negative integer"),
+            )
+        }),
+    }
+}
+
+fn query_bool(query: &HashMap<String, String>, name: &str) -> Result<bool, ApiError> {
+    match query.get(name).map(String::as_str) {
+        None | Some("false") => Ok(false),
+        Some("true") | Some("") => Ok(true),
+        Some(other) => Err(ApiError::bad_request(
+            "bad_query",
+            format!("query parameter {name}={other:?} must be true or false"),
+        )),
+    }
+}
+
+async fn apply_handler(
+    actor: Actor,
+    state: ApiState,
+    query: HashMap<String, String>,
+    headers: warp::http::HeaderMap,
+    body: Bytes,
+) -> Response {
+    problem::respond(apply_request(actor, state, query, headers, body).await)
+}
+
+async fn apply_request(
+    actor: Actor,
+    state: ApiState,
+    query: HashMap<String, String>,
+    headers: warp::http::HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let dry_run = query_bool(&query, "dryRun")?;
+    let if_match = match header(&headers, "if-match")? {
+        None => None,
+        Some(text) => Some(text.trim_matches('"').parse::<u64>().map_err(|_| {
+            ApiError::bad_request(
+                "bad_header",
+                format!("If-Match {text:?} is not a cluster version (a non-negative integer)"),
+            )
+        })?),
+    };
+    let idempotency_key = header(&headers, "idempotency-key")?.map(str::to_string);
+    if idempotency_key
+        .as_ref()
+        .is_some_and(|key| key.is_empty() || key.len() > 255)
+    {
+        return Err(ApiError::bad_request(
+            "bad_header",
+            "Idempotency-Key must be 1 to 255 characters",
+        ));
+    }
+    let reason = header(&headers, "x-cairn-reason")?.map(str::to_string);
+    if reason
+        .as_ref()
+        .is_some_and(|reason| reason.len() > MAX_REASON_BYTES)
+    {
+        return Err(ApiError::bad_request(
+            "bad_header",
+            format!("X-Cairn-Reason is over {MAX_REASON_BYTES} bytes"),
+        ));
+    }
+    let format = match header(&headers, "content-type")? {
+        Some(content_type) if content_type.contains("json") => ManifestFormat::Json,
+        _ => ManifestFormat::Yaml,
+    };
+    let manifest = parse_manifest(&body, format)?;
+    let request_id = Uuid::now_v7();
+    let context = CommandContext {
+        actor,
+        request_id: request_id.to_string(),
+        correlation: request_id,
+        idempotency_key,
+        reason,
+    };
+    let outcome = state
+        .ledger
+        .apply(manifest, ApplyOptions { dry_run, if_match }, &context)
+        .await?;
+    if !outcome.events.is_empty() && !outcome.deduplicated {
+        state.metrics.applies_changed.inc();
+    }
+    let status = if outcome.events.is_empty() || outcome.deduplicated {
+        StatusCode::OK
+    } else if outcome.events[0].version == 1 {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let response = ApplyResponse {
+        cluster: outcome.cluster,
+        dry_run: outcome.dry_run,
+        deduplicated: outcome.deduplicated,
+        stream_version: outcome.stream_version,
+        changes: outcome
+            .changes
+            .iter()
+            .map(PlannedChange::from_change)
+            .collect(),
+        events: EventView::from_events(&outcome.events),
+    };
+    let reply = warp::reply::with_status(warp::reply::json(&response), status);
+    let reply = warp::reply::with_header(reply, "etag", format!("\"{}\"", response.stream_version));
+    Ok(warp::reply::with_header(reply, "x-request-id", request_id.to_string()).into_response())
+}
+
+fn cluster_handler(name: &str, state: &ApiState) -> Result<Response, ApiError> {
+    check_cluster_name(name)?;
+    let Some(cluster) = state.ledger.cluster(name) else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "cluster_not_found",
+            format!("no cluster named {name}"),
+        ));
+    };
+    let view = ClusterView::from_state(&cluster);
+    let etag = format!("\"{}\"", view.stream_version);
+    Ok(warp::reply::with_header(warp::reply::json(&view), "etag", etag).into_response())
+}
+
+async fn history_handler(
+    name: String,
+    _actor: Actor,
+    state: ApiState,
+    query: HashMap<String, String>,
+) -> Response {
+    let result = async {
+        check_cluster_name(&name)?;
+        let after = query_u64(&query, "after")?.unwrap_or(0);
+        let limit = query_u64(&query, "limit")?.unwrap_or(100) as usize;
+        let events = state.ledger.history(&name, after, limit).await?;
+        let next = (events.len() == limit.clamp(1, crate::ledger::MAX_PAGE))
+            .then(|| events.last().map(|event| event.version.to_string()))
+            .flatten();
+        Ok(warp::reply::json(&EventPageView {
+            events: EventView::from_events(&events),
+            next,
+        }))
+    }
+    .await;
+    problem::respond(result)
+}
+
+async fn events_handler(
+    _actor: Actor,
+    state: ApiState,
+    query: HashMap<String, String>,
+) -> Response {
+    let result = async {
+        for key in query.keys() {
+            if !matches!(key.as_str(), "after" | "limit" | "stream" | "type") {
+                return Err(ApiError::bad_request(
+                    "bad_query",
+                    format!("unknown query parameter {key:?} (known: after, limit, stream, type)"),
+                ));
+            }
+        }
+        let query = EventQuery {
+            after: query_u64(&query, "after")?.unwrap_or(0),
+            limit: query_u64(&query, "limit")?.unwrap_or(100) as usize,
+            stream: query.get("stream").cloned(),
+            event_type: query.get("type").cloned(),
+        };
+        let page = state.ledger.events(&query).await?;
+        Ok(warp::reply::json(&EventPageView {
+            events: EventView::from_events(&page.events),
+            next: page.next_after.map(|seq| seq.to_string()),
+        }))
+    }
+    .await;
+    problem::respond(result)
+}

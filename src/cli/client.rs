@@ -1,0 +1,146 @@
+//! The HTTP client the CLI uses to reach a daemon.
+
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+
+use crate::api::dto::Problem;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the Cairn daemon at {server}: {reason}\nIs `cairn serve` running? Point --server or CAIRN_SERVER at it.")]
+    Unreachable { server: String, reason: String },
+    #[error("{}", render_problem(.problem))]
+    Refused { problem: Box<Problem> },
+    #[error("unexpected answer from {server} (HTTP {status}): {body}")]
+    Unexpected {
+        server: String,
+        status: u16,
+        body: String,
+    },
+    #[error("bad --server URL {0:?}: it must start with http://")]
+    BadServer(String),
+}
+
+fn render_problem(problem: &Problem) -> String {
+    let mut text = format!(
+        "the daemon refused: {} ({}, HTTP {}): {}",
+        problem.title, problem.code, problem.status, problem.detail
+    );
+    for error in &problem.errors {
+        text.push_str(&format!("\n  {error}"));
+    }
+    if let Some(version) = problem.current_version {
+        text.push_str(&format!("\n  the cluster is at version {version}"));
+    }
+    text
+}
+
+pub struct Client {
+    http: reqwest::Client,
+    server: String,
+    token: Option<String>,
+}
+
+impl Client {
+    pub fn new(server: &str, token: Option<String>) -> Result<Client, ClientError> {
+        if !server.starts_with("http://") {
+            return Err(ClientError::BadServer(server.to_string()));
+        }
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|error| ClientError::Unreachable {
+                server: server.to_string(),
+                reason: error.to_string(),
+            })?;
+        Ok(Client {
+            http,
+            server: server.trim_end_matches('/').to_string(),
+            token,
+        })
+    }
+
+    pub async fn get<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> Result<T, ClientError> {
+        let request = self.http.get(format!("{}{path}", self.server)).query(query);
+        self.send(request).await
+    }
+
+    pub async fn post<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+        headers: &[(&str, String)],
+        body: Vec<u8>,
+    ) -> Result<T, ClientError> {
+        let mut request = self
+            .http
+            .post(format!("{}{path}", self.server))
+            .query(query)
+            .body(body);
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        self.send(request).await
+    }
+
+    async fn send<T: DeserializeOwned>(
+        &self,
+        mut request: reqwest::RequestBuilder,
+    ) -> Result<T, ClientError> {
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        } else if let Ok(user) = std::env::var("USER") {
+            // Without tokens the daemon records this name as the actor.
+            request = request.header("x-cairn-actor", user);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|error| ClientError::Unreachable {
+                server: self.server.clone(),
+                reason: error_chain(&error),
+            })?;
+        let status = response.status();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|error| ClientError::Unreachable {
+                server: self.server.clone(),
+                reason: error_chain(&error),
+            })?;
+        if status.is_success() {
+            return serde_json::from_slice(&body).map_err(|error| ClientError::Unexpected {
+                server: self.server.clone(),
+                status: status.as_u16(),
+                body: format!("{error}: {}", String::from_utf8_lossy(&body)),
+            });
+        }
+        match serde_json::from_slice::<Problem>(&body) {
+            Ok(problem) => Err(ClientError::Refused {
+                problem: Box::new(problem),
+            }),
+            Err(_) => Err(ClientError::Unexpected {
+                server: self.server.clone(),
+                status: status.as_u16(),
+                body: String::from_utf8_lossy(&body).into_owned(),
+            }),
+        }
+    }
+}
+
+/// An error with its causes, e.g. "error sending request: connection refused".
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

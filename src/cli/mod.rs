@@ -1,0 +1,310 @@
+//! The command line: argument definitions and the commands that talk to a
+//! daemon over HTTP or work offline on a data directory.
+//!
+//! # Layout
+//!
+//! - `mod.rs`: clap definitions and dispatch.
+//! - `client.rs`: the HTTP client and its error messages.
+//! - `output.rs`: table, JSON and YAML rendering.
+//!
+//! **Architecture Invariant:** the CLI knows nothing of warp; it speaks the
+//! API's DTOs (`api::dto`) over HTTP, and opens sled only for offline commands.
+//!
+//! Exit codes: 0 success, 1 the daemon refused the request, 2 bad usage,
+//! 3 the daemon could not be reached, 4 verification found a bad record.
+
+mod client;
+mod output;
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::api::dto::{ApplyResponse, ClusterList, ClusterView, EventPageView, VerifyView};
+use crate::config::LogFormat;
+use client::{Client, ClientError};
+
+pub use output::OutputFormat;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cairn",
+    version,
+    about = "An event-sourced infrastructure ledger"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// The daemon's address.
+    #[arg(
+        long,
+        global = true,
+        env = "CAIRN_SERVER",
+        default_value = "http://127.0.0.1:7470"
+    )]
+    pub server: String,
+    /// A bearer token, when the daemon has tokens configured.
+    #[arg(long, global = true, env = "CAIRN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Output format.
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon.
+    Serve(ServeArgs),
+    /// Declare or update a cluster from a manifest and print the plan.
+    Apply(ApplyArgs),
+    /// Show clusters.
+    #[command(subcommand)]
+    Get(GetCommand),
+    /// Who changed a cluster, what, when and why.
+    History(HistoryArgs),
+    /// Read the log.
+    Events(EventsArgs),
+    /// Recompute the hash chain (on the daemon, or offline on a data dir).
+    Verify(VerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// A TOML config file; flags beat its settings.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// ADDR:PORT to listen on (default 127.0.0.1:7470).
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// The data directory (default ./cairn-data).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// The manifest file (YAML or JSON), or - for standard input.
+    #[arg(short = 'f', long = "file")]
+    pub file: String,
+    /// Print the plan without appending anything.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Apply only if the cluster is still at this version.
+    #[arg(long)]
+    pub if_match: Option<u64>,
+    /// Make a retried apply safe: the same key and manifest apply once.
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    /// Why the change is made; recorded in the events' cause.
+    #[arg(long)]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GetCommand {
+    /// List clusters.
+    Clusters,
+    /// Show one cluster's desired state.
+    Cluster { name: String },
+}
+
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    pub name: String,
+    /// Show events after this stream version.
+    #[arg(long, default_value_t = 0)]
+    pub after: u64,
+    #[arg(long, default_value_t = 100)]
+    pub limit: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Show events after this seq.
+    #[arg(long, default_value_t = 0)]
+    pub after: u64,
+    #[arg(long, default_value_t = 100)]
+    pub limit: u64,
+    /// Only this stream, e.g. cluster/prod-eu.
+    #[arg(long)]
+    pub stream: Option<String>,
+    /// Only this event type, e.g. PoolScaled.
+    #[arg(long = "type")]
+    pub event_type: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Verify this data dir offline instead of asking the daemon.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+}
+
+/// How a client command ended, for the exit code.
+#[derive(Debug)]
+pub enum Failure {
+    Refused(String),
+    Unreachable(String),
+    VerifyFailed(String),
+    Other(String),
+}
+
+impl Failure {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Failure::Refused(_) | Failure::Other(_) => 1,
+            Failure::Unreachable(_) => 3,
+            Failure::VerifyFailed(_) => 4,
+        }
+    }
+
+    pub fn message(&self) -> &str {
+        match self {
+            Failure::Refused(text)
+            | Failure::Unreachable(text)
+            | Failure::VerifyFailed(text)
+            | Failure::Other(text) => text,
+        }
+    }
+}
+
+impl From<ClientError> for Failure {
+    fn from(error: ClientError) -> Failure {
+        match error {
+            ClientError::Unreachable { .. } => Failure::Unreachable(error.to_string()),
+            ClientError::Refused { .. } => Failure::Refused(error.to_string()),
+            other => Failure::Other(other.to_string()),
+        }
+    }
+}
+
+/// Runs a client command (everything but `serve`).
+pub async fn run_client(global: &GlobalArgs, command: Command) -> Result<(), Failure> {
+    let client = Client::new(&global.server, global.token.clone())?;
+    let format = global.output;
+    match command {
+        Command::Serve(_) => unreachable!("serve is dispatched by main"),
+        Command::Apply(args) => {
+            let (body, content_type) = read_manifest(&args.file)?;
+            let mut query = Vec::new();
+            if args.dry_run {
+                query.push(("dryRun", "true".to_string()));
+            }
+            let mut headers = vec![("content-type", content_type.to_string())];
+            if let Some(version) = args.if_match {
+                headers.push(("if-match", version.to_string()));
+            }
+            if let Some(key) = args.idempotency_key {
+                headers.push(("idempotency-key", key));
+            }
+            if let Some(reason) = args.reason {
+                headers.push(("x-cairn-reason", reason));
+            }
+            let response: ApplyResponse = client.post("/v1/apply", &query, &headers, body).await?;
+            output::print_apply(&response, format);
+        }
+        Command::Get(GetCommand::Clusters) => {
+            let list: ClusterList = client.get("/v1/clusters", &[]).await?;
+            output::print_clusters(&list, format);
+        }
+        Command::Get(GetCommand::Cluster { name }) => {
+            let view: ClusterView = client.get(&format!("/v1/clusters/{name}"), &[]).await?;
+            output::print_cluster(&view, format);
+        }
+        Command::History(args) => {
+            let query = [
+                ("after", args.after.to_string()),
+                ("limit", args.limit.to_string()),
+            ];
+            let page: EventPageView = client
+                .get(&format!("/v1/clusters/{}/history", args.name), &query)
+                .await?;
+            output::print_events(&page, format, true);
+        }
+        Command::Events(args) => {
+            let mut query = vec![
+                ("after", args.after.to_string()),
+                ("limit", args.limit.to_string()),
+            ];
+            if let Some(stream) = args.stream {
+                query.push(("stream", stream));
+            }
+            if let Some(event_type) = args.event_type {
+                query.push(("type", event_type));
+            }
+            let page: EventPageView = client.get("/v1/events", &query).await?;
+            output::print_events(&page, format, false);
+        }
+        Command::Verify(VerifyArgs { data_dir: None }) => {
+            let view: VerifyView = client.get("/v1/verify", &[]).await?;
+            report_verify(&view, format)?;
+        }
+        Command::Verify(VerifyArgs {
+            data_dir: Some(dir),
+        }) => {
+            let view = verify_offline(&dir)?;
+            report_verify(&view, format)?;
+        }
+    }
+    Ok(())
+}
+
+fn report_verify(view: &VerifyView, format: OutputFormat) -> Result<(), Failure> {
+    output::print_verify(view, format);
+    match (view.first_bad_seq, &view.reason) {
+        (Some(seq), reason) => Err(Failure::VerifyFailed(format!(
+            "the chain is broken at seq {seq}: {}",
+            reason.as_deref().unwrap_or("unknown reason")
+        ))),
+        (None, _) => Ok(()),
+    }
+}
+
+/// Verifies a data directory without a daemon.
+pub fn verify_offline(dir: &std::path::Path) -> Result<VerifyView, Failure> {
+    if !dir.join("db").exists() {
+        return Err(Failure::Other(format!(
+            "{} is not a Cairn data directory (no db file)",
+            dir.display()
+        )));
+    }
+    let db = crate::store::sled_store::open_db(dir, 64 * 1024 * 1024)
+        .map_err(|error| Failure::Other(error.to_string()))?;
+    let report = crate::store::sled_store::verify_tree(&db, None)
+        .map_err(|error| Failure::Other(error.to_string()))?;
+    Ok(VerifyView::from_report(&report))
+}
+
+fn read_manifest(file: &str) -> Result<(Vec<u8>, &'static str), Failure> {
+    let body = if file == "-" {
+        let mut body = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut body)
+            .map_err(|error| Failure::Other(format!("cannot read standard input: {error}")))?;
+        body
+    } else {
+        std::fs::read(file)
+            .map_err(|error| Failure::Other(format!("cannot read {file}: {error}")))?
+    };
+    let looks_like_json = file.ends_with(".json")
+        || body
+            .iter()
+            .find(|byte| !byte.is_ascii_whitespace())
+            .is_some_and(|byte| *byte == b'{');
+    let content_type = if looks_like_json {
+        "application/json"
+    } else {
+        "application/yaml"
+    };
+    Ok((body, content_type))
+}

@@ -1,0 +1,211 @@
+//! Rendering responses as tables, JSON or YAML.
+
+use std::io::Write;
+
+use serde::Serialize;
+use tabwriter::TabWriter;
+
+use crate::api::dto::{
+    ApplyResponse, ClusterList, ClusterView, EventPageView, EventView, VerifyView,
+};
+use crate::model::{describe_change, Change};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
+    Yaml,
+}
+
+/// Prints a value as JSON or YAML; returns false for the table format.
+fn print_structured<T: Serialize>(value: &T, format: OutputFormat) -> bool {
+    match format {
+        OutputFormat::Table => false,
+        OutputFormat::Json => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(value).expect("DTOs serialize")
+            );
+            true
+        }
+        OutputFormat::Yaml => {
+            print!(
+                "{}",
+                serde_norway::to_string(value).expect("DTOs serialize")
+            );
+            true
+        }
+    }
+}
+
+fn print_table(header: &str, rows: impl IntoIterator<Item = String>) {
+    let mut writer = TabWriter::new(std::io::stdout()).padding(2);
+    let _ = writeln!(writer, "{header}");
+    for row in rows {
+        let _ = writeln!(writer, "{row}");
+    }
+    let _ = writer.flush();
+}
+
+pub fn print_apply(response: &ApplyResponse, format: OutputFormat) {
+    if print_structured(response, format) {
+        return;
+    }
+    for change in &response.changes {
+        println!("{} {}", change.op, change.summary);
+    }
+    let count = response.changes.len();
+    let noun = if count == 1 { "change" } else { "changes" };
+    if response.dry_run {
+        println!(
+            "cluster {}: {count} {noun} planned (dry run, nothing appended)",
+            response.cluster
+        );
+    } else if response.deduplicated {
+        println!(
+            "cluster {}: already applied with this idempotency key ({count} {noun}), version {}",
+            response.cluster, response.stream_version
+        );
+    } else if count == 0 {
+        println!(
+            "cluster {}: no changes, version {}",
+            response.cluster, response.stream_version
+        );
+    } else {
+        let seqs = match (response.events.first(), response.events.last()) {
+            (Some(first), Some(last)) if first.seq != last.seq => {
+                format!("seq {}..{}", first.seq, last.seq)
+            }
+            (Some(first), _) => format!("seq {}", first.seq),
+            _ => String::new(),
+        };
+        println!(
+            "cluster {}: {count} {noun} applied ({seqs}), version {}",
+            response.cluster, response.stream_version
+        );
+    }
+}
+
+pub fn print_clusters(list: &ClusterList, format: OutputFormat) {
+    if print_structured(list, format) {
+        return;
+    }
+    print_table(
+        "NAME\tPROVIDER\tREGION\tKUBERNETES\tPOOLS\tREPLICAS\tVERSION\tUPDATED\tBY",
+        list.clusters.iter().map(|cluster| {
+            format!(
+                "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                cluster.name,
+                cluster.provider,
+                cluster.region,
+                cluster.kubernetes_version,
+                cluster.pools,
+                cluster.replicas,
+                cluster.stream_version,
+                cluster.updated_at.format("%Y-%m-%dT%H:%M:%SZ"),
+                cluster.updated_by.name
+            )
+        }),
+    );
+}
+
+pub fn print_cluster(view: &ClusterView, format: OutputFormat) {
+    if print_structured(view, format) {
+        return;
+    }
+    println!("cluster:   {}", view.name);
+    println!("version:   {}", view.stream_version);
+    println!("declared:  seq {}", view.declared_seq);
+    println!(
+        "updated:   seq {} at {} by {}",
+        view.updated_seq,
+        view.updated_at.format("%Y-%m-%dT%H:%M:%SZ"),
+        view.updated_by.name
+    );
+    println!("desired:");
+    let yaml = serde_norway::to_string(&view.desired).expect("manifests serialize");
+    for line in yaml.lines() {
+        println!("  {line}");
+    }
+}
+
+/// The one-line summary of an event's change, when it is one.
+fn event_summary(event: &EventView) -> String {
+    let tagged = serde_json::json!({ event.event_type.clone(): event.data.clone() });
+    match serde_json::from_value::<Change>(tagged) {
+        Ok(change) => {
+            let description = describe_change(&change);
+            format!("{} {}", description.op.symbol(), description.summary)
+        }
+        Err(_) => String::new(),
+    }
+}
+
+fn event_reason(event: &EventView) -> String {
+    match &event.cause {
+        crate::event::Cause::Request {
+            reason: Some(reason),
+            ..
+        } => reason.clone(),
+        _ => String::new(),
+    }
+}
+
+pub fn print_events(page: &EventPageView, format: OutputFormat, history: bool) {
+    if print_structured(page, format) {
+        return;
+    }
+    let header = if history {
+        "SEQ\tVERSION\tTIME\tACTOR\tTYPE\tCHANGE\tREASON"
+    } else {
+        "SEQ\tSTREAM\tTIME\tACTOR\tTYPE\tCHANGE"
+    };
+    print_table(
+        header,
+        page.events.iter().map(|event| {
+            let time = event.time.format("%Y-%m-%dT%H:%M:%S%.3fZ");
+            if history {
+                format!(
+                    "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                    event.seq,
+                    event.version,
+                    time,
+                    event.actor.name,
+                    event.event_type,
+                    event_summary(event),
+                    event_reason(event)
+                )
+            } else {
+                format!(
+                    "{}\t{}\t{}\t{}\t{}\t{}",
+                    event.seq,
+                    event.stream,
+                    time,
+                    event.actor.name,
+                    event.event_type,
+                    event_summary(event)
+                )
+            }
+        }),
+    );
+    if let Some(next) = &page.next {
+        println!("(more: --after {next})");
+    }
+}
+
+pub fn print_verify(view: &VerifyView, format: OutputFormat) {
+    if print_structured(view, format) {
+        return;
+    }
+    match view.first_bad_seq {
+        None => println!(
+            "ok: {} events verified, head seq {}, head hash {}",
+            view.events_checked, view.head_seq, view.head_hash
+        ),
+        Some(seq) => println!(
+            "FAILED: first bad seq {seq}: {} ({} events verified before it)",
+            view.reason.as_deref().unwrap_or("unknown"),
+            view.events_checked
+        ),
+    }
+}

@@ -1,0 +1,219 @@
+//! Daemon configuration: a TOML file, overridden by command-line flags.
+//!
+//! ```toml
+//! listen = "127.0.0.1:7470"
+//! data_dir = "./cairn-data"
+//! log_format = "human"        # or "json"
+//!
+//! [[tokens]]
+//! name = "alice"              # becomes the actor of the events this token writes
+//! secret = "a long random string"
+//! role = "write"              # read | write | admin
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7470";
+pub const DEFAULT_DATA_DIR: &str = "./cairn-data";
+/// The largest request body the API reads.
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 1024 * 1024;
+/// Tokens shorter than this are refused: they can be guessed.
+pub const MIN_SECRET_LEN: usize = 16;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Read,
+    Write,
+    Admin,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    pub name: String,
+    pub secret: String,
+    pub role: Role,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub log_format: LogFormat,
+    pub tokens: Vec<TokenConfig>,
+    pub max_body_bytes: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: DEFAULT_LISTEN
+                .parse()
+                .expect("default listen address parses"),
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            log_format: LogFormat::Human,
+            tokens: Vec::new(),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+/// Flags that override the file.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigOverrides {
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    pub log_format: Option<LogFormat>,
+}
+
+impl Config {
+    /// Reads the file if given, applies the flags, and checks the result.
+    pub fn load(path: Option<&Path>, overrides: ConfigOverrides) -> Result<Config, ConfigError> {
+        let mut config = match path {
+            None => Config::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                Config::parse(&text).map_err(|message| ConfigError::Parse {
+                    path: path.display().to_string(),
+                    message,
+                })?
+            }
+        };
+        if let Some(listen) = overrides.listen {
+            config.listen = listen;
+        }
+        if let Some(data_dir) = overrides.data_dir {
+            config.data_dir = data_dir;
+        }
+        if let Some(log_format) = overrides.log_format {
+            config.log_format = log_format;
+        }
+        config.check()?;
+        Ok(config)
+    }
+
+    pub fn parse(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|error| error.to_string())
+    }
+
+    /// Refuses settings that would be unsafe or ambiguous.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if self.tokens.is_empty() && !self.listen.ip().is_loopback() {
+            return Err(ConfigError::Invalid(format!(
+                "refusing to listen on {} without tokens: add [[tokens]] to the config file, \
+                 or listen on a loopback address such as {DEFAULT_LISTEN}",
+                self.listen
+            )));
+        }
+        for (index, token) in self.tokens.iter().enumerate() {
+            if !crate::model::is_dns_label(&token.name) {
+                return Err(ConfigError::Invalid(format!(
+                    "tokens[{index}].name {:?}: must be a DNS label (it becomes the actor name)",
+                    token.name
+                )));
+            }
+            if token.secret.len() < MIN_SECRET_LEN {
+                return Err(ConfigError::Invalid(format!(
+                    "tokens[{index}].secret: at least {MIN_SECRET_LEN} characters"
+                )));
+            }
+            if self.tokens[..index]
+                .iter()
+                .any(|other| other.name == token.name)
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "tokens[{index}].name {:?}: duplicate token name",
+                    token.name
+                )));
+            }
+        }
+        if self.max_body_bytes == 0 {
+            return Err(ConfigError::Invalid(
+                "max_body_bytes: must be positive".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_beat_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cairn.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:9000\"\ndata_dir = \"/tmp/from-file\"\n",
+        )
+        .unwrap();
+        let config = Config::load(
+            Some(&path),
+            ConfigOverrides {
+                data_dir: Some("/tmp/from-flag".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(config.listen.port(), 9000);
+        assert_eq!(config.data_dir, PathBuf::from("/tmp/from-flag"));
+    }
+
+    #[test]
+    fn no_tokens_means_loopback_only() {
+        let config = Config {
+            listen: "0.0.0.0:7470".parse().unwrap(),
+            ..Config::default()
+        };
+        let error = config.check().unwrap_err().to_string();
+        assert!(
+            error.contains("refusing to listen on 0.0.0.0:7470"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_short_secrets_are_refused() {
+        assert!(Config::parse("lisen = \"x\"")
+            .unwrap_err()
+            .contains("lisen"));
+        let config =
+            Config::parse("[[tokens]]\nname = \"alice\"\nsecret = \"short\"\nrole = \"write\"\n")
+                .unwrap();
+        assert!(config
+            .check()
+            .unwrap_err()
+            .to_string()
+            .contains("tokens[0].secret"));
+    }
+}

@@ -1,0 +1,94 @@
+//! `cairn serve`: wires the store, the ledger and the API together, and shuts
+//! them down in order.
+//!
+//! Shutdown order: stop accepting connections and let in-flight requests
+//! finish (their appends are answered), stop the projection follower, then
+//! close the store, whose writer drains its queue and syncs one last time.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::api::auth::Auth;
+use crate::api::{routes, ApiState};
+use crate::config::Config;
+use crate::ledger::Ledger;
+use crate::metrics::Metrics;
+use crate::store::{EventStore, SledStore, SledStoreConfig, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("cannot open the data directory: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A daemon that is listening.
+pub struct RunningDaemon {
+    /// The address it listens on (the real port when the config said 0).
+    pub addr: SocketAddr,
+    /// Finishes when the daemon has shut down after `shutdown` was cancelled.
+    pub finished: JoinHandle<()>,
+}
+
+/// Opens the store, replays the log, binds the listener and starts serving.
+/// Returns once the daemon is listening.
+pub async fn start(
+    config: Config,
+    shutdown: CancellationToken,
+) -> Result<RunningDaemon, DaemonError> {
+    let store = Arc::new(SledStore::open(SledStoreConfig::new(&config.data_dir))?);
+    let metrics = Arc::new(Metrics::new(store.metrics()));
+    let started = std::time::Instant::now();
+    let ledger = Ledger::open(store.clone() as Arc<dyn EventStore>).await?;
+    tracing::info!(
+        head_seq = store.head().seq,
+        clusters = ledger.clusters().len(),
+        millis = started.elapsed().as_millis() as u64,
+        data_dir = %config.data_dir.display(),
+        "log replayed"
+    );
+
+    let tasks = TaskTracker::new();
+    let follower_stop = CancellationToken::new();
+    tasks.spawn(ledger.clone().follow(follower_stop.clone()));
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| DaemonError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| DaemonError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let state = ApiState {
+        ledger,
+        auth: Arc::new(Auth::new(config.tokens.clone())),
+        metrics,
+        max_body_bytes: config.max_body_bytes,
+        shutdown: shutdown.clone(),
+    };
+    let server = warp::serve(routes(state))
+        .incoming(listener)
+        .graceful(shutdown.clone().cancelled_owned());
+    let finished = tokio::spawn(async move {
+        server.run().await;
+        tracing::info!("no more requests in flight; stopping");
+        follower_stop.cancel();
+        tasks.close();
+        tasks.wait().await;
+        store.close().await;
+        tracing::info!(head_seq = store.head().seq, "stopped");
+    });
+    Ok(RunningDaemon { addr, finished })
+}

@@ -1,0 +1,395 @@
+//! The stored event: envelope, payload encoding, record format and hashing.
+//!
+//! # Layout
+//!
+//! - `Event` is the envelope every stored event carries (DESIGN.md, "Events").
+//! - `payload` maps a `type` name and `schema` version to a typed payload and back.
+//! - A stored record is one format byte (`RECORD_FORMAT_V1`) followed by the
+//!   bincode (2.0.1, serde, standard config) encoding of the whole `Event`.
+//! - `hash = SHA-256(prev_hash || canonical bytes)`, where the canonical bytes are
+//!   the format byte followed by the bincode encoding of every envelope field
+//!   except `prev_hash` and `hash`.
+//!
+//! **Architecture Invariant:** the record format only grows. A new field or a
+//! new payload version means a new format byte or a new `schema` number with
+//! an upcaster; the fixture log in `tests/fixtures/` must decode and verify in
+//! every later version. This module knows nothing of HTTP or sled.
+
+pub mod payload;
+
+use chrono::{DateTime, TimeZone, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+/// The first byte of every stored record. Bump it, and keep a decoder for
+/// every older value, whenever the envelope changes shape.
+pub const RECORD_FORMAT_V1: u8 = 1;
+
+/// A SHA-256 digest.
+pub type Hash = [u8; 32];
+
+/// The hash that the first event of a log chains to.
+pub const GENESIS_HASH: Hash = [0; 32];
+
+/// Who caused an event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Actor {
+    pub kind: ActorKind,
+    /// For a user, the name of the bearer token (or the local user without tokens);
+    /// for a webhook, the receiver name; for a reconciler, its name.
+    pub name: String,
+}
+
+/// The kinds of actor. Append new kinds at the end only: bincode stores the index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ActorKind {
+    User,
+    Webhook,
+    Reconciler,
+    System,
+}
+
+/// Why an event was written. Append new variants at the end only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Cause {
+    /// Nothing recorded (system events).
+    None,
+    /// An API request, with the caller's idempotency key and free-text reason if given.
+    Request {
+        request_id: String,
+        idempotency_key: Option<String>,
+        reason: Option<String>,
+    },
+    /// A webhook delivery.
+    Webhook { hook: String, delivery: String },
+    /// Another event of the log.
+    Event { seq: u64, id: Uuid },
+}
+
+/// An event as the log stores it. Everything but `payload` is the envelope.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Global position, gap-free, starting at 1.
+    pub seq: u64,
+    /// The stream, e.g. `cluster/prod-eu`.
+    pub stream: String,
+    /// Position within the stream, starting at 1.
+    pub version: u64,
+    /// UUIDv7, unique in the log.
+    pub id: Uuid,
+    /// The payload type name, e.g. `PoolScaled`.
+    pub event_type: String,
+    /// The payload schema version for `event_type`.
+    pub schema: u16,
+    /// Commit time, UTC, microseconds; never decreases along the log.
+    #[serde(with = "chrono::serde::ts_microseconds")]
+    pub time: DateTime<Utc>,
+    pub actor: Actor,
+    pub cause: Cause,
+    /// One id across a whole causal chain.
+    pub correlation: Uuid,
+    /// The payload, encoded by `payload::encode`; opaque to the store.
+    #[serde(with = "serde_bytes")]
+    pub payload: Vec<u8>,
+    pub prev_hash: Hash,
+    pub hash: Hash,
+}
+
+/// What a writer hands to the store: the envelope fields the writer decides.
+/// The store assigns `seq`, `version`, `time`, `prev_hash` and `hash`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    pub id: Uuid,
+    pub event_type: String,
+    pub schema: u16,
+    pub actor: Actor,
+    pub cause: Cause,
+    pub correlation: Uuid,
+    pub payload: Vec<u8>,
+}
+
+/// The envelope without its hashes, borrowed: what the hash covers.
+#[derive(Serialize)]
+struct CanonicalEnvelope<'a> {
+    seq: u64,
+    stream: &'a str,
+    version: u64,
+    id: &'a Uuid,
+    event_type: &'a str,
+    schema: u16,
+    #[serde(with = "chrono::serde::ts_microseconds")]
+    time: DateTime<Utc>,
+    actor: &'a Actor,
+    cause: &'a Cause,
+    correlation: &'a Uuid,
+    #[serde(with = "serde_bytes")]
+    payload: &'a [u8],
+}
+
+/// Errors decoding a stored record. All are deterministic: the bytes are bad
+/// and reading them again gives the same answer.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("empty record")]
+    Empty,
+    #[error("unknown record format byte {0:#04x}")]
+    UnknownFormat(u8),
+    #[error("bincode: {0}")]
+    Bincode(String),
+    #[error("{0} trailing bytes after the record")]
+    TrailingBytes(usize),
+}
+
+fn bincode_config() -> bincode::config::Configuration {
+    bincode::config::standard()
+}
+
+/// Encodes any serde value with the project's bincode configuration.
+pub(crate) fn to_bincode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Encoding into a Vec only fails for types serde cannot express in bincode
+    // (maps with unknown length, `deserialize_any`); the types here have none.
+    bincode::serde::encode_to_vec(value, bincode_config())
+        .expect("bincode encoding of a plain serde type cannot fail")
+}
+
+/// Decodes a serde value and insists that every byte was used.
+pub(crate) fn from_bincode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
+    let (value, used) = bincode::serde::decode_from_slice(bytes, bincode_config())
+        .map_err(|error| DecodeError::Bincode(error.to_string()))?;
+    if used != bytes.len() {
+        return Err(DecodeError::TrailingBytes(bytes.len() - used));
+    }
+    Ok(value)
+}
+
+impl Event {
+    /// The bytes the hash covers (everything but `prev_hash` and `hash`).
+    pub fn canonical_bytes(&self) -> Vec<u8> {
+        let envelope = CanonicalEnvelope {
+            seq: self.seq,
+            stream: &self.stream,
+            version: self.version,
+            id: &self.id,
+            event_type: &self.event_type,
+            schema: self.schema,
+            time: self.time,
+            actor: &self.actor,
+            cause: &self.cause,
+            correlation: &self.correlation,
+            payload: &self.payload,
+        };
+        let mut bytes = vec![RECORD_FORMAT_V1];
+        bytes.extend_from_slice(&to_bincode(&envelope));
+        bytes
+    }
+
+    /// `SHA-256(prev_hash || canonical bytes)`.
+    pub fn compute_hash(&self) -> Hash {
+        let mut hasher = Sha256::new();
+        hasher.update(self.prev_hash);
+        hasher.update(self.canonical_bytes());
+        hasher.finalize().into()
+    }
+
+    /// The stored record: format byte, then the bincode encoding of the event.
+    pub fn encode_record(&self) -> Vec<u8> {
+        let mut bytes = vec![RECORD_FORMAT_V1];
+        bytes.extend_from_slice(&to_bincode(self));
+        bytes
+    }
+
+    /// Decodes a stored record of any known format.
+    pub fn decode_record(bytes: &[u8]) -> Result<Event, DecodeError> {
+        match bytes.first() {
+            None => Err(DecodeError::Empty),
+            Some(&RECORD_FORMAT_V1) => from_bincode(&bytes[1..]),
+            Some(&other) => Err(DecodeError::UnknownFormat(other)),
+        }
+    }
+
+    /// Builds a fully formed event: assigns the position, time and hashes.
+    pub fn seal(
+        new: NewEvent,
+        stream: &str,
+        seq: u64,
+        version: u64,
+        time: DateTime<Utc>,
+        prev_hash: Hash,
+    ) -> Event {
+        let mut event = Event {
+            seq,
+            stream: stream.to_string(),
+            version,
+            id: new.id,
+            event_type: new.event_type,
+            schema: new.schema,
+            time,
+            actor: new.actor,
+            cause: new.cause,
+            correlation: new.correlation,
+            payload: new.payload,
+            prev_hash,
+            hash: [0; 32],
+        };
+        event.hash = event.compute_hash();
+        event
+    }
+}
+
+/// Why a record fails chain verification.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChainError {
+    #[error("record does not decode: {0}")]
+    Undecodable(DecodeError),
+    #[error("record bytes are not the canonical encoding of their content")]
+    NonCanonical,
+    #[error("stored under seq {key} but says seq {stored}")]
+    SeqMismatch { key: u64, stored: u64 },
+    #[error("prev_hash does not match the hash of seq {previous}")]
+    BrokenLink { previous: u64 },
+    #[error("hash does not match the content")]
+    HashMismatch,
+    #[error("time goes backwards from the previous event")]
+    TimeBackwards,
+}
+
+/// The running state of a chain check: what the next record must chain to.
+#[derive(Debug, Clone)]
+pub struct ChainCursor {
+    pub last_seq: u64,
+    pub last_hash: Hash,
+    pub last_time: Option<DateTime<Utc>>,
+}
+
+impl Default for ChainCursor {
+    fn default() -> Self {
+        ChainCursor {
+            last_seq: 0,
+            last_hash: GENESIS_HASH,
+            last_time: None,
+        }
+    }
+}
+
+impl ChainCursor {
+    /// Checks the record stored under `key_seq`, which must be `last_seq + 1`
+    /// (the caller checks for gaps), and advances the cursor.
+    pub fn check(&mut self, key_seq: u64, record: &[u8]) -> Result<Event, ChainError> {
+        let event = Event::decode_record(record).map_err(ChainError::Undecodable)?;
+        if event.encode_record() != record {
+            return Err(ChainError::NonCanonical);
+        }
+        if event.seq != key_seq {
+            return Err(ChainError::SeqMismatch {
+                key: key_seq,
+                stored: event.seq,
+            });
+        }
+        if event.prev_hash != self.last_hash {
+            return Err(ChainError::BrokenLink {
+                previous: self.last_seq,
+            });
+        }
+        if event.compute_hash() != event.hash {
+            return Err(ChainError::HashMismatch);
+        }
+        if self.last_time.is_some_and(|last| event.time < last) {
+            return Err(ChainError::TimeBackwards);
+        }
+        self.last_seq = event.seq;
+        self.last_hash = event.hash;
+        self.last_time = Some(event.time);
+        Ok(event)
+    }
+}
+
+/// Truncates a time to the microsecond precision the log stores, so that an
+/// event's time survives a round trip through the record unchanged.
+pub fn truncate_to_micros(time: DateTime<Utc>) -> DateTime<Utc> {
+    Utc.timestamp_micros(time.timestamp_micros())
+        .single()
+        .unwrap_or(time)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample(seq: u64, prev_hash: Hash) -> Event {
+        let new = NewEvent {
+            id: Uuid::from_u128(seq as u128),
+            event_type: "PoolScaled".into(),
+            schema: 1,
+            actor: Actor {
+                kind: ActorKind::User,
+                name: "alice".into(),
+            },
+            cause: Cause::Request {
+                request_id: "r1".into(),
+                idempotency_key: None,
+                reason: Some("more capacity".into()),
+            },
+            correlation: Uuid::from_u128(7),
+            payload: vec![1, 2, 3, 255],
+        };
+        let time = Utc
+            .timestamp_micros(1_700_000_000_000_000 + seq as i64)
+            .unwrap();
+        Event::seal(new, "cluster/a", seq, seq, time, prev_hash)
+    }
+
+    #[test]
+    fn record_round_trips() {
+        let event = sample(1, GENESIS_HASH);
+        let record = event.encode_record();
+        assert_eq!(record[0], RECORD_FORMAT_V1);
+        assert_eq!(Event::decode_record(&record).unwrap(), event);
+    }
+
+    #[test]
+    fn unknown_format_byte_is_reported() {
+        let mut record = sample(1, GENESIS_HASH).encode_record();
+        record[0] = 9;
+        assert_eq!(
+            Event::decode_record(&record),
+            Err(DecodeError::UnknownFormat(9))
+        );
+    }
+
+    #[test]
+    fn chain_checks_links_and_flags_every_flipped_byte() {
+        let first = sample(1, GENESIS_HASH);
+        let second = sample(2, first.hash);
+        let mut cursor = ChainCursor::default();
+        cursor.check(1, &first.encode_record()).unwrap();
+        cursor.check(2, &second.encode_record()).unwrap();
+
+        let record = second.encode_record();
+        for index in 0..record.len() {
+            let mut tampered = record.clone();
+            tampered[index] ^= 0x01;
+            let mut cursor = ChainCursor::default();
+            cursor.check(1, &first.encode_record()).unwrap();
+            assert!(
+                cursor.check(2, &tampered).is_err(),
+                "flipping byte {index} went unnoticed"
+            );
+        }
+    }
+
+    #[test]
+    fn broken_link_names_the_previous_seq() {
+        let first = sample(1, GENESIS_HASH);
+        let unrelated = sample(2, [9; 32]);
+        let mut cursor = ChainCursor::default();
+        cursor.check(1, &first.encode_record()).unwrap();
+        assert_eq!(
+            cursor.check(2, &unrelated.encode_record()).unwrap_err(),
+            ChainError::BrokenLink { previous: 1 }
+        );
+    }
+}

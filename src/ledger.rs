@@ -1,0 +1,449 @@
+//! The ledger: commands that turn requests into events, and the queries over
+//! the log and its projections. This is the "commands" box of DESIGN.md.
+//!
+//! # Layout
+//!
+//! - `Ledger::open` replays the log into the desired-state projection.
+//! - `Ledger::follow` (a task) folds each committed event into the projection
+//!   and publishes the applied seq, so a command can wait until its own events
+//!   are visible before it answers (read-your-writes).
+//! - `Ledger::apply` diffs a manifest against the projection and appends the
+//!   changes with optimistic concurrency and an optional idempotency key.
+//!
+//! **Architecture Invariant:** the ledger knows nothing of HTTP. Its errors say
+//! what went wrong in domain terms; `api` maps them to status codes.
+
+use std::sync::{Arc, RwLock};
+
+use sha2::{Digest, Sha256};
+use tokio::sync::{broadcast, watch};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::event::payload::{self, Payload};
+use crate::event::{Actor, Cause, Event, NewEvent};
+use crate::model::{cluster_stream, diff, Change, FieldError, Manifest};
+use crate::projection::{ClusterState, DesiredState};
+use crate::store::{
+    AppendRequest, EventStore, ExpectedVersion, Idempotency, StoreError, VerifyReport,
+};
+
+/// How many times `apply` recomputes its diff after losing a race with
+/// another writer of the same cluster, when the caller gave no `If-Match`.
+const MAX_CONFLICT_RETRIES: usize = 8;
+
+/// The most events one page of a query returns.
+pub const MAX_PAGE: usize = 1000;
+
+/// How many events one `events` query may scan for its filters before it
+/// returns a partial page with a cursor.
+const MAX_SCAN_PER_PAGE: usize = 10_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    /// The manifest cannot be applied on top of the current state.
+    #[error("the manifest cannot be applied")]
+    Invalid(Vec<FieldError>),
+    /// `If-Match` named a version the cluster is no longer at.
+    #[error("cluster {cluster} is at version {current}, the request expected {expected}")]
+    VersionMismatch {
+        cluster: String,
+        expected: u64,
+        current: u64,
+    },
+    #[error("no cluster named {0}")]
+    ClusterNotFound(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Who asks, and with what guarantees, for one command.
+#[derive(Debug, Clone)]
+pub struct CommandContext {
+    pub actor: Actor,
+    pub request_id: String,
+    /// One id across the whole causal chain this request starts.
+    pub correlation: Uuid,
+    pub idempotency_key: Option<String>,
+    /// Free text: why the change is made.
+    pub reason: Option<String>,
+}
+
+/// Options of `apply`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ApplyOptions {
+    /// Compute the plan, append nothing.
+    pub dry_run: bool,
+    /// The cluster stream version the caller saw (`If-Match`).
+    pub if_match: Option<u64>,
+}
+
+/// What `apply` did.
+#[derive(Debug, Clone)]
+pub struct ApplyOutcome {
+    pub cluster: String,
+    pub changes: Vec<Change>,
+    /// The appended events (empty for a dry run or no change).
+    pub events: Vec<Arc<Event>>,
+    pub stream_version: u64,
+    pub dry_run: bool,
+    /// Answered from an earlier request with the same idempotency key.
+    pub deduplicated: bool,
+}
+
+/// Filters of an `events` query.
+#[derive(Debug, Clone, Default)]
+pub struct EventQuery {
+    pub after: u64,
+    pub limit: usize,
+    pub stream: Option<String>,
+    pub event_type: Option<String>,
+}
+
+/// One page of events, with where to continue.
+#[derive(Debug, Clone)]
+pub struct EventPage {
+    pub events: Vec<Arc<Event>>,
+    /// Pass as `after` for the next page; None at the end of the log.
+    pub next_after: Option<u64>,
+}
+
+pub struct Ledger {
+    store: Arc<dyn EventStore>,
+    desired: RwLock<DesiredState>,
+    applied: watch::Sender<u64>,
+}
+
+impl Ledger {
+    /// Replays the whole log into the projections. The caller then runs `follow`.
+    pub async fn open(store: Arc<dyn EventStore>) -> Result<Arc<Ledger>, StoreError> {
+        let mut desired = DesiredState::default();
+        catch_up(store.as_ref(), &mut desired).await?;
+        let (applied, _) = watch::channel(desired.applied_seq);
+        Ok(Arc::new(Ledger {
+            store,
+            desired: RwLock::new(desired),
+            applied,
+        }))
+    }
+
+    pub fn store(&self) -> &Arc<dyn EventStore> {
+        &self.store
+    }
+
+    /// Folds committed events into the projection until `shutdown`. A receiver
+    /// that lags behind the broadcast buffer reads the missed events from the
+    /// store, so nothing is skipped.
+    pub async fn follow(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut committed = self.store.subscribe_committed();
+        // Events committed between `open` and the subscription are read here.
+        if let Err(error) = self.catch_up_from_store().await {
+            tracing::error!(%error, "projection catch-up failed");
+        }
+        loop {
+            let received = tokio::select! {
+                () = shutdown.cancelled() => return,
+                received = committed.recv() => received,
+            };
+            match received {
+                Ok(event) => {
+                    let applied = {
+                        let mut desired = self.desired.write().expect("projection lock");
+                        desired.apply(&event);
+                        desired.applied_seq
+                    };
+                    self.applied.send_replace(applied);
+                }
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, "projection fell behind; reading from the store");
+                    if let Err(error) = self.catch_up_from_store().await {
+                        tracing::error!(%error, "projection catch-up failed");
+                    }
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+
+    async fn catch_up_from_store(&self) -> Result<(), StoreError> {
+        let mut copy = self.desired.read().expect("projection lock").clone();
+        catch_up(self.store.as_ref(), &mut copy).await?;
+        let applied = {
+            let mut desired = self.desired.write().expect("projection lock");
+            // Events the broadcast delivered meanwhile are skipped by seq.
+            if copy.applied_seq > desired.applied_seq {
+                *desired = copy;
+            }
+            desired.applied_seq
+        };
+        self.applied.send_replace(applied);
+        Ok(())
+    }
+
+    /// Waits until the projection has folded in `seq`.
+    pub async fn wait_applied(&self, seq: u64) {
+        let mut applied = self.applied.subscribe();
+        // The sender lives as long as self, so this cannot fail.
+        let _ = applied.wait_for(|applied| *applied >= seq).await;
+    }
+
+    pub fn applied_seq(&self) -> u64 {
+        *self.applied.borrow()
+    }
+
+    pub fn cluster(&self, name: &str) -> Option<ClusterState> {
+        self.desired
+            .read()
+            .expect("projection lock")
+            .cluster(name)
+            .cloned()
+    }
+
+    pub fn clusters(&self) -> Vec<ClusterState> {
+        self.desired
+            .read()
+            .expect("projection lock")
+            .clusters()
+            .cloned()
+            .collect()
+    }
+
+    /// Declares or updates a cluster: diff against the desired state, then
+    /// append the changes. Applying the same manifest twice appends nothing.
+    pub async fn apply(
+        &self,
+        manifest: Manifest,
+        options: ApplyOptions,
+        context: &CommandContext,
+    ) -> Result<ApplyOutcome, LedgerError> {
+        let name = manifest.metadata.name.clone();
+        let stream = cluster_stream(&name);
+        let idempotency = context.idempotency_key.as_ref().map(|key| Idempotency {
+            key: key.clone(),
+            digest: apply_digest(&manifest),
+        });
+        if !options.dry_run {
+            if let Some(idempotency) = &idempotency {
+                if let Some(outcome) = self.replay_idempotent(&name, idempotency).await? {
+                    return Ok(outcome);
+                }
+            }
+        }
+
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            // See every committed event before diffing, so the expected version
+            // is the true current one unless another writer races us.
+            self.wait_applied(self.store.head().seq).await;
+            let current = self.cluster(&name);
+            let current_version = current.as_ref().map_or(0, |cluster| cluster.stream_version);
+            if let Some(expected) = options.if_match {
+                if expected != current_version {
+                    return Err(LedgerError::VersionMismatch {
+                        cluster: name,
+                        expected,
+                        current: current_version,
+                    });
+                }
+            }
+            let changes = diff(current.as_ref().map(|cluster| &cluster.manifest), &manifest)
+                .map_err(LedgerError::Invalid)?;
+            let mut outcome = ApplyOutcome {
+                cluster: name.clone(),
+                changes,
+                events: Vec::new(),
+                stream_version: current_version,
+                dry_run: options.dry_run,
+                deduplicated: false,
+            };
+            if options.dry_run || (outcome.changes.is_empty() && idempotency.is_none()) {
+                return Ok(outcome);
+            }
+            let events = outcome
+                .changes
+                .iter()
+                .map(|change| new_event(change, context))
+                .collect();
+            let expected = if current_version == 0 {
+                ExpectedVersion::NoStream
+            } else {
+                ExpectedVersion::Exact(current_version)
+            };
+            let request = AppendRequest {
+                stream: stream.clone(),
+                expected,
+                events,
+                idempotency: idempotency.clone(),
+            };
+            match self.store.append(request).await {
+                Ok(appended) => {
+                    if let Some(last) = appended.events.last() {
+                        self.wait_applied(last.seq).await;
+                    }
+                    if appended.deduplicated {
+                        // A concurrent request with the same key won the race.
+                        outcome.changes = changes_of(&appended.events);
+                    }
+                    outcome.events = appended.events;
+                    outcome.stream_version = appended.stream_version;
+                    outcome.deduplicated = appended.deduplicated;
+                    return Ok(outcome);
+                }
+                Err(StoreError::WrongExpectedVersion { current, .. })
+                    if options.if_match.is_none() && attempt < MAX_CONFLICT_RETRIES =>
+                {
+                    tracing::debug!(cluster = %name, current, attempt, "apply lost a race; retrying");
+                }
+                Err(StoreError::WrongExpectedVersion { current, .. }) => {
+                    return Err(LedgerError::VersionMismatch {
+                        cluster: name,
+                        expected: current_version,
+                        current,
+                    })
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+    }
+
+    /// The original outcome of an idempotency key, if it was used for this request.
+    async fn replay_idempotent(
+        &self,
+        name: &str,
+        idempotency: &Idempotency,
+    ) -> Result<Option<ApplyOutcome>, LedgerError> {
+        let Some(record) = self.store.idempotency_record(&idempotency.key).await? else {
+            return Ok(None);
+        };
+        if record.digest != idempotency.digest {
+            return Err(StoreError::IdempotencyKeyReused {
+                key: idempotency.key.clone(),
+            }
+            .into());
+        }
+        let count = (record.last_seq + 1).saturating_sub(record.first_seq) as usize;
+        let events = if count == 0 {
+            Vec::new()
+        } else {
+            self.store.read(record.first_seq - 1, count).await?
+        };
+        Ok(Some(ApplyOutcome {
+            cluster: name.to_string(),
+            changes: changes_of(&events),
+            events,
+            stream_version: record.stream_version,
+            dry_run: false,
+            deduplicated: true,
+        }))
+    }
+
+    /// A cluster's events, oldest first, after a stream version.
+    pub async fn history(
+        &self,
+        name: &str,
+        after_version: u64,
+        limit: usize,
+    ) -> Result<Vec<Arc<Event>>, LedgerError> {
+        let events = self
+            .store
+            .read_stream(
+                &cluster_stream(name),
+                after_version,
+                limit.clamp(1, MAX_PAGE),
+            )
+            .await?;
+        if events.is_empty() && after_version == 0 {
+            return Err(LedgerError::ClusterNotFound(name.to_string()));
+        }
+        Ok(events)
+    }
+
+    /// A page of the log, filtered.
+    pub async fn events(&self, query: &EventQuery) -> Result<EventPage, LedgerError> {
+        let limit = query.limit.clamp(1, MAX_PAGE);
+        let head = self.store.head().seq;
+        let mut events = Vec::new();
+        let mut cursor = query.after;
+        let mut scanned = 0;
+        while events.len() < limit && cursor < head && scanned < MAX_SCAN_PER_PAGE {
+            let chunk = self.store.read(cursor, 256).await?;
+            if chunk.is_empty() {
+                break;
+            }
+            for event in chunk {
+                cursor = event.seq;
+                scanned += 1;
+                let stream_matches = query.stream.as_ref().is_none_or(|s| *s == event.stream);
+                let type_matches = query
+                    .event_type
+                    .as_ref()
+                    .is_none_or(|t| *t == event.event_type);
+                if stream_matches && type_matches {
+                    events.push(event);
+                    if events.len() == limit {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(EventPage {
+            events,
+            next_after: (cursor < head).then_some(cursor),
+        })
+    }
+
+    pub async fn verify(&self) -> Result<VerifyReport, StoreError> {
+        self.store.verify().await
+    }
+}
+
+async fn catch_up(store: &dyn EventStore, state: &mut DesiredState) -> Result<(), StoreError> {
+    loop {
+        let events = store.read(state.applied_seq, 4096).await?;
+        if events.is_empty() {
+            return Ok(());
+        }
+        for event in &events {
+            state.apply(event);
+        }
+    }
+}
+
+fn new_event(change: &Change, context: &CommandContext) -> NewEvent {
+    let encoded = payload::encode_change(change);
+    NewEvent {
+        id: Uuid::now_v7(),
+        event_type: encoded.event_type.to_string(),
+        schema: encoded.schema,
+        actor: context.actor.clone(),
+        cause: Cause::Request {
+            request_id: context.request_id.clone(),
+            idempotency_key: context.idempotency_key.clone(),
+            reason: context.reason.clone(),
+        },
+        correlation: context.correlation,
+        payload: encoded.bytes,
+    }
+}
+
+/// The desired-state changes carried by stored events.
+pub fn changes_of(events: &[Arc<Event>]) -> Vec<Change> {
+    events
+        .iter()
+        .filter_map(|event| {
+            match payload::decode(&event.event_type, event.schema, &event.payload) {
+                Ok(Payload::Change(change)) => Some(*change),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// What an idempotency key of an apply is bound to: the normalized manifest.
+fn apply_digest(manifest: &Manifest) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    hasher.update(b"apply\n");
+    hasher.update(serde_json::to_vec(manifest).expect("a manifest always serializes"));
+    hasher.finalize().into()
+}

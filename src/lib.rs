@@ -1,0 +1,14 @@
+//! Cairn: an event-sourced infrastructure ledger.
+//!
+//! See docs/ARCHITECTURE.md for the bird's eye view and the codemap.
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod event;
+pub mod ledger;
+pub mod metrics;
+pub mod model;
+pub mod projection;
+pub mod store;

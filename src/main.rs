@@ -1,0 +1,77 @@
+//! The `cairn` binary: parses arguments and hands over to the library.
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+use cairn::cli::{run_client, Cli, Command, ServeArgs};
+use cairn::config::{Config, ConfigOverrides, LogFormat};
+
+fn main() {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("cannot start the tokio runtime");
+    let code = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => match serve(args).await {
+                Ok(()) => 0,
+                Err(error) => {
+                    eprintln!("error: {error:#}");
+                    1
+                }
+            },
+            command => match run_client(&cli.global, command).await {
+                Ok(()) => 0,
+                Err(failure) => {
+                    eprintln!("error: {}", failure.message());
+                    failure.exit_code()
+                }
+            },
+        }
+    });
+    std::process::exit(code);
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = Config::load(
+        args.config.as_deref(),
+        ConfigOverrides {
+            listen: args.listen,
+            data_dir: args.data_dir,
+            log_format: args.log_format,
+        },
+    )?;
+    init_tracing(config.log_format);
+    let shutdown = CancellationToken::new();
+    let daemon = cairn::daemon::start(config, shutdown.clone()).await?;
+    // Scripts and tests read this line to learn the port.
+    println!("cairn listening on http://{}", daemon.addr);
+    tracing::info!(addr = %daemon.addr, "listening");
+    wait_for_signal().await;
+    tracing::info!("shutting down: finishing in-flight requests");
+    shutdown.cancel();
+    daemon.finished.await?;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("cannot install the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,0 +1,207 @@
+//! The event log: the `EventStore` trait and its embedded sled implementation.
+//!
+//! # Layout
+//!
+//! - `mod.rs`: the contract every store keeps (`EventStore`), its request and
+//!   result types, and its errors.
+//! - `sled_store.rs`: the embedded store: key layout, the group-commit writer
+//!   thread, reads, verification.
+//!
+//! # The contract
+//!
+//! - `seq` is global, gap-free and starts at 1; `version` counts per stream from 1.
+//! - `append` is atomic: all events of a request are stored, or none.
+//! - `append` returns only after the events are on disk (flushed and fsynced).
+//! - An idempotency key is remembered for as long as the log exists. The same key
+//!   with the same digest returns the original outcome and stores nothing; the same
+//!   key with another digest is `StoreError::IdempotencyKeyReused`.
+//! - Event time never decreases along the log.
+//!
+//! The trait is shaped so a PostgreSQL store fits later: optimistic concurrency
+//! is a `(stream, version)` uniqueness check, idempotency a keyed table, and
+//! live delivery a notification that readers back with `read`.
+//!
+//! **Architecture Invariant:** the store knows nothing of clusters, manifests or
+//! payload types. It moves envelopes with opaque payload bytes.
+
+pub mod sled_store;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+use crate::event::{Event, Hash, NewEvent};
+
+pub use sled_store::{SledStore, SledStoreConfig};
+
+/// The stream version an append expects to find.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExpectedVersion {
+    /// No check.
+    Any,
+    /// The stream must not exist yet (version 0).
+    NoStream,
+    /// The stream must be at exactly this version.
+    Exact(u64),
+}
+
+impl ExpectedVersion {
+    fn admits(self, current: u64) -> bool {
+        match self {
+            ExpectedVersion::Any => true,
+            ExpectedVersion::NoStream => current == 0,
+            ExpectedVersion::Exact(version) => current == version,
+        }
+    }
+}
+
+/// A caller's idempotency key with a digest of what the request asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Idempotency {
+    pub key: String,
+    /// SHA-256 of the request content, as the caller defines it.
+    pub digest: Hash,
+}
+
+/// One atomic append.
+#[derive(Debug, Clone)]
+pub struct AppendRequest {
+    pub stream: String,
+    pub expected: ExpectedVersion,
+    /// May be empty: with an idempotency key, that records the key alone.
+    pub events: Vec<NewEvent>,
+    pub idempotency: Option<Idempotency>,
+}
+
+/// What an append did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppendOutcome {
+    /// The stored events, in order (for a deduplicated request, the original ones).
+    pub events: Vec<Arc<Event>>,
+    /// The stream's version after the append.
+    pub stream_version: u64,
+    /// True when an earlier request with the same idempotency key answered this one.
+    pub deduplicated: bool,
+}
+
+/// What the store remembers of an idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdempotencyRecord {
+    pub digest: Hash,
+    pub stream: String,
+    /// The seqs the original request stored; `first_seq > last_seq` when it stored none.
+    pub first_seq: u64,
+    pub last_seq: u64,
+    pub stream_version: u64,
+}
+
+/// The end of the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Head {
+    pub seq: u64,
+    pub hash: Hash,
+}
+
+/// The result of recomputing the hash chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyReport {
+    pub events_checked: u64,
+    pub head_seq: u64,
+    pub head_hash: String,
+    /// The first seq that fails, with the reason; None when the chain is intact.
+    pub first_bad: Option<BadRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BadRecord {
+    pub seq: u64,
+    pub reason: String,
+}
+
+impl VerifyReport {
+    pub fn is_ok(&self) -> bool {
+        self.first_bad.is_none()
+    }
+}
+
+/// Store errors, classified by what a caller can do about them.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Deterministic: retrying the same request fails the same way until the
+    /// caller rereads the stream.
+    #[error("stream {stream} is at version {current}, the request expected {expected:?}")]
+    WrongExpectedVersion {
+        stream: String,
+        expected: ExpectedVersion,
+        current: u64,
+    },
+    /// Deterministic: the key was used for a different request.
+    #[error("idempotency key {key:?} was already used for a different request")]
+    IdempotencyKeyReused { key: String },
+    /// Deterministic: the request itself is not storable.
+    #[error("event {index} of the request is {size} bytes encoded, over the limit of {limit}")]
+    EventTooLarge {
+        index: usize,
+        size: usize,
+        limit: usize,
+    },
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// The log on disk is damaged; an operator must look.
+    #[error("corrupt record at seq {seq}: {reason}")]
+    Corrupt { seq: u64, reason: String },
+    /// The disk or sled failed. The writer stops taking appends after this.
+    #[error("storage I/O: {0}")]
+    Io(String),
+    /// The store is shutting down or has failed; retry against a healthy daemon.
+    #[error("the store is closed")]
+    Closed,
+    #[error("the data directory {path} is in use by another process (is a daemon running? ask it instead)")]
+    Locked { path: String },
+}
+
+impl StoreError {
+    /// Whether the same request may succeed if simply retried later.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::Io(_) | StoreError::Closed)
+    }
+}
+
+/// The event log. See the module docs for the contract.
+#[async_trait]
+pub trait EventStore: Send + Sync + 'static {
+    /// Appends atomically and durably; see `AppendRequest`.
+    async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, StoreError>;
+
+    /// Up to `limit` events with `seq > after`, in seq order.
+    async fn read(&self, after: u64, limit: usize) -> Result<Vec<Arc<Event>>, StoreError>;
+
+    /// Up to `limit` events of `stream` with `version > after_version`, in order.
+    async fn read_stream(
+        &self,
+        stream: &str,
+        after_version: u64,
+        limit: usize,
+    ) -> Result<Vec<Arc<Event>>, StoreError>;
+
+    /// The current version of a stream (0 when it has no events).
+    async fn stream_version(&self, stream: &str) -> Result<u64, StoreError>;
+
+    /// What an idempotency key was used for, if it was.
+    async fn idempotency_record(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError>;
+
+    /// The last committed event.
+    fn head(&self) -> Head;
+
+    /// Events as they are committed, after they are durable. A receiver that
+    /// lags gets `RecvError::Lagged` and must catch up with `read`.
+    fn subscribe_committed(&self) -> broadcast::Receiver<Arc<Event>>;
+
+    /// Recomputes the whole hash chain.
+    async fn verify(&self) -> Result<VerifyReport, StoreError>;
+
+    /// Stops taking appends, finishes the ones queued, and syncs.
+    async fn close(&self);
+}

@@ -1,0 +1,1052 @@
+//! The embedded event store on sled 0.34.7.
+//!
+//! # Key layout (one sled tree, so that one `apply_batch` is atomic)
+//!
+//! | key                                   | value                                   |
+//! |---------------------------------------|-----------------------------------------|
+//! | `e` seq (u64 BE)                      | the event record (format byte + bincode)|
+//! | `v` stream `\0` version (u64 BE)      | seq (u64 BE): the per-stream index      |
+//! | `s` stream                            | the stream's version (u64 BE)           |
+//! | `x` event id (16 bytes)               | seq (u64 BE): lookup by id              |
+//! | `i` idempotency key                   | format byte + bincode(IdempotencyRecord)|
+//! | `h`                                   | head: seq (u64 BE) + hash (32 bytes)    |
+//!
+//! # Group commit
+//!
+//! One writer thread owns every write. It takes all the append requests waiting
+//! in its queue, checks each against the state so far (expected versions,
+//! idempotency keys), stages the accepted ones into one `sled::Batch`, applies
+//! it, calls `flush()` and then `fsync` on the database file itself, because
+//! sled 0.34's flush on Linux only calls `sync_file_range` (sled issue 1452).
+//! Only then does it answer the requests and publish the events. A thread rather
+//! than a tokio task, because every step of it blocks on the disk.
+//!
+//! Records are bounded (`SledStoreConfig::max_record_bytes`) well below the
+//! size at which sled moves a value into a separate blob file that it never
+//! fsyncs.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use super::{
+    AppendOutcome, AppendRequest, BadRecord, EventStore, Head, IdempotencyRecord, StoreError,
+    VerifyReport,
+};
+use crate::event::{from_bincode, to_bincode, ChainCursor, Event, GENESIS_HASH, RECORD_FORMAT_V1};
+
+const EVENT_PREFIX: u8 = b'e';
+const STREAM_INDEX_PREFIX: u8 = b'v';
+const STREAM_VERSION_PREFIX: u8 = b's';
+const ID_INDEX_PREFIX: u8 = b'x';
+const IDEMPOTENCY_PREFIX: u8 = b'i';
+const HEAD_KEY: &[u8] = b"h";
+
+/// A source of wall-clock time, injectable so tests can step it backwards.
+pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
+
+/// How to open a `SledStore`.
+#[derive(Clone)]
+pub struct SledStoreConfig {
+    /// The data directory; sled keeps its files in it.
+    pub path: PathBuf,
+    /// The most append requests one group commit takes.
+    pub max_group_requests: usize,
+    /// The largest encoded event record accepted. sled writes values over about
+    /// a quarter of its segment size (512 KiB) to blob files it never fsyncs.
+    pub max_record_bytes: usize,
+    /// sled's page cache, in bytes.
+    pub cache_capacity_bytes: u64,
+    /// How many committed events a slow subscriber may fall behind before it
+    /// gets `Lagged` and must read from the store.
+    pub broadcast_capacity: usize,
+    pub clock: Clock,
+}
+
+impl SledStoreConfig {
+    pub fn new(path: impl Into<PathBuf>) -> SledStoreConfig {
+        SledStoreConfig {
+            path: path.into(),
+            max_group_requests: 4096,
+            max_record_bytes: 64 * 1024,
+            cache_capacity_bytes: 64 * 1024 * 1024,
+            broadcast_capacity: 4096,
+            clock: Arc::new(Utc::now),
+        }
+    }
+}
+
+/// Write-path metrics, registered with Prometheus by the daemon.
+#[derive(Clone, Debug)]
+pub struct StoreMetrics {
+    /// Events committed.
+    pub events_appended: Counter,
+    /// Append requests answered (including rejected and deduplicated ones).
+    pub append_requests: Counter,
+    /// Group commits (each one flush and one fsync).
+    pub group_commits: Counter,
+    /// fsync calls on the database file.
+    pub fsyncs: Counter,
+    /// Append requests per group commit.
+    pub group_size: Histogram,
+    /// Events per accepted append request.
+    pub batch_size: Histogram,
+    /// Seconds spent in sled flush plus fsync, per group commit.
+    pub sync_seconds: Histogram,
+    /// The last committed seq.
+    pub head_seq: Gauge,
+}
+
+impl Default for StoreMetrics {
+    fn default() -> Self {
+        StoreMetrics {
+            events_appended: Counter::default(),
+            append_requests: Counter::default(),
+            group_commits: Counter::default(),
+            fsyncs: Counter::default(),
+            group_size: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
+            batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
+            sync_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 16)),
+            head_seq: Gauge::default(),
+        }
+    }
+}
+
+/// The embedded store. Cheap to share behind an `Arc`.
+pub struct SledStore {
+    tree: sled::Db,
+    sender: Mutex<Option<mpsc::Sender<WriteJob>>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    shared: Arc<Shared>,
+    committed: broadcast::Sender<Arc<Event>>,
+}
+
+/// State the writer publishes for readers.
+struct Shared {
+    head: Mutex<Head>,
+    metrics: StoreMetrics,
+}
+
+struct WriteJob {
+    request: AppendRequest,
+    reply: oneshot::Sender<Result<AppendOutcome, StoreError>>,
+}
+
+/// The key of the event at `seq`.
+pub fn event_key(seq: u64) -> [u8; 9] {
+    let mut key = [EVENT_PREFIX; 9];
+    key[1..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+fn stream_index_key(stream: &str, version: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(stream.len() + 10);
+    key.push(STREAM_INDEX_PREFIX);
+    key.extend_from_slice(stream.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&version.to_be_bytes());
+    key
+}
+
+fn stream_version_key(stream: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(stream.len() + 1);
+    key.push(STREAM_VERSION_PREFIX);
+    key.extend_from_slice(stream.as_bytes());
+    key
+}
+
+fn id_key(id: &uuid::Uuid) -> [u8; 17] {
+    let mut key = [ID_INDEX_PREFIX; 17];
+    key[1..].copy_from_slice(id.as_bytes());
+    key
+}
+
+fn idempotency_key(key: &str) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(key.len() + 1);
+    bytes.push(IDEMPOTENCY_PREFIX);
+    bytes.extend_from_slice(key.as_bytes());
+    bytes
+}
+
+fn be_u64(bytes: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(bytes.try_into().ok()?))
+}
+
+fn io_error(error: impl std::fmt::Display) -> StoreError {
+    StoreError::Io(error.to_string())
+}
+
+fn open_error(path: &Path, error: sled::Error) -> StoreError {
+    let text = error.to_string();
+    if text.contains("lock") {
+        StoreError::Locked {
+            path: path.display().to_string(),
+        }
+    } else {
+        io_error(text)
+    }
+}
+
+/// Opens the sled database of a data directory, for the store or for offline tools.
+pub fn open_db(path: &Path, cache_capacity_bytes: u64) -> Result<sled::Db, StoreError> {
+    std::fs::create_dir_all(path).map_err(io_error)?;
+    let db = sled::Config::new()
+        .path(path)
+        .cache_capacity(cache_capacity_bytes)
+        // We flush and fsync ourselves after every group; a background flush
+        // would only add writes.
+        .flush_every_ms(None)
+        .open()
+        .map_err(|error| open_error(path, error))?;
+    // Make the directory entries of sled's files durable once.
+    File::open(path)
+        .and_then(|dir| dir.sync_all())
+        .map_err(io_error)?;
+    Ok(db)
+}
+
+fn read_head(tree: &sled::Tree) -> Result<Head, StoreError> {
+    match tree.get(HEAD_KEY).map_err(io_error)? {
+        None => Ok(Head {
+            seq: 0,
+            hash: GENESIS_HASH,
+        }),
+        Some(bytes) if bytes.len() == 40 => Ok(Head {
+            seq: be_u64(&bytes[..8]).unwrap_or(0),
+            hash: bytes[8..].try_into().unwrap_or(GENESIS_HASH),
+        }),
+        Some(bytes) => Err(StoreError::Corrupt {
+            seq: 0,
+            reason: format!("head record has {} bytes, expected 40", bytes.len()),
+        }),
+    }
+}
+
+fn encode_head(head: &Head) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(40);
+    bytes.extend_from_slice(&head.seq.to_be_bytes());
+    bytes.extend_from_slice(&head.hash);
+    bytes
+}
+
+fn read_event(tree: &sled::Tree, seq: u64) -> Result<Option<Arc<Event>>, StoreError> {
+    match tree.get(event_key(seq)).map_err(io_error)? {
+        None => Ok(None),
+        Some(record) => Event::decode_record(&record)
+            .map(|event| Some(Arc::new(event)))
+            .map_err(|error| StoreError::Corrupt {
+                seq,
+                reason: error.to_string(),
+            }),
+    }
+}
+
+fn read_range(tree: &sled::Tree, first: u64, last: u64) -> Result<Vec<Arc<Event>>, StoreError> {
+    let mut events = Vec::new();
+    for seq in first..=last {
+        match read_event(tree, seq)? {
+            Some(event) => events.push(event),
+            None => {
+                return Err(StoreError::Corrupt {
+                    seq,
+                    reason: "missing event".into(),
+                })
+            }
+        }
+    }
+    Ok(events)
+}
+
+fn read_idempotency(tree: &sled::Tree, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {
+    let Some(bytes) = tree.get(idempotency_key(key)).map_err(io_error)? else {
+        return Ok(None);
+    };
+    match bytes.split_first() {
+        Some((&RECORD_FORMAT_V1, rest)) => {
+            from_bincode(rest)
+                .map(Some)
+                .map_err(|error| StoreError::Corrupt {
+                    seq: 0,
+                    reason: format!("idempotency record {key:?}: {error}"),
+                })
+        }
+        _ => Err(StoreError::Corrupt {
+            seq: 0,
+            reason: format!("idempotency record {key:?} has an unknown format"),
+        }),
+    }
+}
+
+fn read_stream_version(tree: &sled::Tree, stream: &str) -> Result<u64, StoreError> {
+    Ok(tree
+        .get(stream_version_key(stream))
+        .map_err(io_error)?
+        .and_then(|bytes| be_u64(&bytes))
+        .unwrap_or(0))
+}
+
+/// Recomputes the hash chain of a tree up to `head` (or the stored head).
+pub fn verify_tree(tree: &sled::Tree, head: Option<Head>) -> Result<VerifyReport, StoreError> {
+    let head = match head {
+        Some(head) => head,
+        None => read_head(tree)?,
+    };
+    let mut cursor = ChainCursor::default();
+    let mut first_bad = None;
+    for entry in tree.range(event_key(1)..=event_key(head.seq.max(1))) {
+        let (key, record) = entry.map_err(io_error)?;
+        let key_seq = be_u64(&key[1..]).unwrap_or(0);
+        if key_seq > head.seq {
+            break;
+        }
+        let expected = cursor.last_seq + 1;
+        if key_seq != expected {
+            first_bad = Some(BadRecord {
+                seq: expected,
+                reason: format!("missing: the next stored event is seq {key_seq}"),
+            });
+            break;
+        }
+        if let Err(error) = cursor.check(key_seq, &record) {
+            first_bad = Some(BadRecord {
+                seq: key_seq,
+                reason: error.to_string(),
+            });
+            break;
+        }
+    }
+    if first_bad.is_none() {
+        if cursor.last_seq < head.seq {
+            first_bad = Some(BadRecord {
+                seq: cursor.last_seq + 1,
+                reason: format!(
+                    "missing: the head record says the log ends at seq {}",
+                    head.seq
+                ),
+            });
+        } else if cursor.last_hash != head.hash {
+            first_bad = Some(BadRecord {
+                seq: head.seq,
+                reason: "hash differs from the one in the head record".into(),
+            });
+        }
+    }
+    Ok(VerifyReport {
+        events_checked: cursor.last_seq,
+        head_seq: head.seq,
+        head_hash: hex::encode(head.hash),
+        first_bad,
+    })
+}
+
+impl SledStore {
+    /// Opens (or creates) the store and starts its writer thread.
+    pub fn open(config: SledStoreConfig) -> Result<SledStore, StoreError> {
+        let db = open_db(&config.path, config.cache_capacity_bytes)?;
+        let head = read_head(&db)?;
+        let last_time = match read_event(&db, head.seq)? {
+            Some(event) => Some(event.time),
+            None if head.seq == 0 => None,
+            None => {
+                return Err(StoreError::Corrupt {
+                    seq: head.seq,
+                    reason: "the head event is missing".into(),
+                })
+            }
+        };
+        let db_file = File::open(config.path.join("db")).map_err(io_error)?;
+        let metrics = StoreMetrics::default();
+        metrics.head_seq.set(head.seq as i64);
+        let shared = Arc::new(Shared {
+            head: Mutex::new(head),
+            metrics,
+        });
+        let (committed, _) = broadcast::channel(config.broadcast_capacity);
+        let (sender, receiver) = mpsc::channel(config.max_group_requests);
+        let writer = Writer {
+            tree: db.clone(),
+            db_file,
+            config: config.clone(),
+            head,
+            last_time,
+            stream_versions: HashMap::new(),
+            failed: None,
+            shared: shared.clone(),
+            committed: committed.clone(),
+        };
+        let handle = std::thread::Builder::new()
+            .name("cairn-writer".into())
+            .spawn(move || writer.run(receiver))
+            .map_err(io_error)?;
+        Ok(SledStore {
+            tree: db,
+            sender: Mutex::new(Some(sender)),
+            writer: Mutex::new(Some(handle)),
+            shared,
+            committed,
+        })
+    }
+
+    pub fn metrics(&self) -> &StoreMetrics {
+        &self.shared.metrics
+    }
+
+    /// The event with this id, if any.
+    pub fn event_by_id(&self, id: &uuid::Uuid) -> Result<Option<Arc<Event>>, StoreError> {
+        match self.tree.get(id_key(id)).map_err(io_error)? {
+            Some(seq) => read_event(&self.tree, be_u64(&seq).unwrap_or(0)),
+            None => Ok(None),
+        }
+    }
+}
+
+#[async_trait]
+impl EventStore for SledStore {
+    async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, StoreError> {
+        let sender = self
+            .sender
+            .lock()
+            .expect("sender lock")
+            .clone()
+            .ok_or(StoreError::Closed)?;
+        let (reply, answer) = oneshot::channel();
+        sender
+            .send(WriteJob { request, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn read(&self, after: u64, limit: usize) -> Result<Vec<Arc<Event>>, StoreError> {
+        let head = self.head().seq;
+        let mut events = Vec::new();
+        if after >= head || limit == 0 {
+            return Ok(events);
+        }
+        for entry in self.tree.range(event_key(after + 1)..=event_key(head)) {
+            let (key, record) = entry.map_err(io_error)?;
+            let seq = be_u64(&key[1..]).unwrap_or(0);
+            let event = Event::decode_record(&record).map_err(|error| StoreError::Corrupt {
+                seq,
+                reason: error.to_string(),
+            })?;
+            events.push(Arc::new(event));
+            if events.len() == limit {
+                break;
+            }
+        }
+        Ok(events)
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &str,
+        after_version: u64,
+        limit: usize,
+    ) -> Result<Vec<Arc<Event>>, StoreError> {
+        let head = self.head().seq;
+        let mut events = Vec::new();
+        if limit == 0 || after_version == u64::MAX {
+            return Ok(events);
+        }
+        let range =
+            stream_index_key(stream, after_version + 1)..=stream_index_key(stream, u64::MAX);
+        for entry in self.tree.range(range) {
+            let (_, seq) = entry.map_err(io_error)?;
+            let seq = be_u64(&seq).unwrap_or(0);
+            // The index is written in the same batch as the event, but the head
+            // moves only after the fsync: do not show what is not yet durable.
+            if seq > head {
+                break;
+            }
+            match read_event(&self.tree, seq)? {
+                Some(event) => events.push(event),
+                None => {
+                    return Err(StoreError::Corrupt {
+                        seq,
+                        reason: "indexed event is missing".into(),
+                    })
+                }
+            }
+            if events.len() == limit {
+                break;
+            }
+        }
+        Ok(events)
+    }
+
+    async fn stream_version(&self, stream: &str) -> Result<u64, StoreError> {
+        // Read through the index bounded by the durable head rather than the
+        // version key, so a reader never sees a version that is not yet fsynced.
+        let head = self.head().seq;
+        let range = stream_index_key(stream, 1)..=stream_index_key(stream, u64::MAX);
+        for entry in self.tree.range(range).rev() {
+            let (key, seq) = entry.map_err(io_error)?;
+            if be_u64(&seq).unwrap_or(0) <= head {
+                return Ok(be_u64(&key[key.len() - 8..]).unwrap_or(0));
+            }
+        }
+        Ok(0)
+    }
+
+    async fn idempotency_record(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {
+        let record = read_idempotency(&self.tree, key)?;
+        // As above: a record written by a group that is not yet durable is not shown.
+        Ok(record.filter(|record| record.last_seq <= self.head().seq))
+    }
+
+    fn head(&self) -> Head {
+        *self.shared.head.lock().expect("head lock")
+    }
+
+    fn subscribe_committed(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.committed.subscribe()
+    }
+
+    async fn verify(&self) -> Result<VerifyReport, StoreError> {
+        let tree = self.tree.clone();
+        let head = self.head();
+        tokio::task::spawn_blocking(move || verify_tree(&tree, Some(head)))
+            .await
+            .map_err(io_error)?
+    }
+
+    async fn close(&self) {
+        let sender = self.sender.lock().expect("sender lock").take();
+        drop(sender);
+        let handle = self.writer.lock().expect("writer lock").take();
+        if let Some(handle) = handle {
+            // The writer finishes every job already queued, then exits when the
+            // last sender (including those held by in-flight appends) is gone.
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+    }
+}
+
+/// The single writer. Owns the head, the time watermark and a cache of
+/// stream versions; nothing else writes to the tree.
+struct Writer {
+    tree: sled::Db,
+    db_file: File,
+    config: SledStoreConfig,
+    head: Head,
+    last_time: Option<DateTime<Utc>>,
+    stream_versions: HashMap<String, u64>,
+    /// Set after an I/O failure: the writer answers every later job with it,
+    /// since what is on disk is then unknown until a restart reads it back.
+    failed: Option<String>,
+    shared: Arc<Shared>,
+    committed: broadcast::Sender<Arc<Event>>,
+}
+
+/// A job's result while its group is being staged.
+struct Staged {
+    reply: oneshot::Sender<Result<AppendOutcome, StoreError>>,
+    result: Result<AppendOutcome, StoreError>,
+}
+
+/// The changes a group makes, kept apart from the writer's state until the
+/// group is durable, so a failed commit leaves that state as it was.
+#[derive(Default)]
+struct GroupOverlay {
+    head: Option<Head>,
+    last_time: Option<DateTime<Utc>>,
+    stream_versions: HashMap<String, u64>,
+    idempotency: HashMap<String, (IdempotencyRecord, Vec<Arc<Event>>)>,
+    events: Vec<Arc<Event>>,
+}
+
+impl Writer {
+    fn run(mut self, mut receiver: mpsc::Receiver<WriteJob>) {
+        while let Some(first) = receiver.blocking_recv() {
+            let mut jobs = vec![first];
+            while jobs.len() < self.config.max_group_requests {
+                match receiver.try_recv() {
+                    Ok(job) => jobs.push(job),
+                    Err(_) => break,
+                }
+            }
+            self.commit_group(jobs);
+        }
+        if self.failed.is_none() {
+            if let Err(error) = self.sync() {
+                tracing::error!(%error, "final sync failed");
+            }
+        }
+    }
+
+    fn sync(&self) -> Result<(), StoreError> {
+        let started = Instant::now();
+        self.tree.flush().map_err(io_error)?;
+        self.db_file.sync_all().map_err(io_error)?;
+        let metrics = &self.shared.metrics;
+        metrics.fsyncs.inc();
+        metrics
+            .sync_seconds
+            .observe(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    fn commit_group(&mut self, jobs: Vec<WriteJob>) {
+        let metrics = self.shared.metrics.clone();
+        metrics.group_size.observe(jobs.len() as f64);
+        metrics.append_requests.inc_by(jobs.len() as u64);
+        if let Some(reason) = &self.failed {
+            for job in jobs {
+                let _ = job.reply.send(Err(StoreError::Io(reason.clone())));
+            }
+            return;
+        }
+
+        let mut batch = sled::Batch::default();
+        let mut overlay = GroupOverlay::default();
+        let mut staged = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let result = self.stage(job.request, &mut batch, &mut overlay);
+            staged.push(Staged {
+                reply: job.reply,
+                result,
+            });
+        }
+
+        let wrote_something = overlay.head.is_some() || !overlay.idempotency.is_empty();
+        if wrote_something {
+            if let Some(head) = overlay.head {
+                batch.insert(HEAD_KEY, encode_head(&head));
+            }
+            let written = self
+                .tree
+                .apply_batch(batch)
+                .map_err(io_error)
+                .and_then(|()| self.sync());
+            if let Err(error) = written {
+                tracing::error!(%error, "group commit failed; the store stops taking appends");
+                self.failed = Some(error.to_string());
+                for job in staged {
+                    let _ = job.reply.send(Err(StoreError::Io(error.to_string())));
+                }
+                return;
+            }
+            metrics.group_commits.inc();
+        }
+
+        // The group is durable: adopt its state, then answer and publish.
+        if let Some(head) = overlay.head {
+            self.head = head;
+            *self.shared.head.lock().expect("head lock") = head;
+            metrics.head_seq.set(head.seq as i64);
+        }
+        if overlay.last_time.is_some() {
+            self.last_time = overlay.last_time;
+        }
+        self.stream_versions.extend(overlay.stream_versions);
+        metrics.events_appended.inc_by(overlay.events.len() as u64);
+        for job in staged {
+            if let Ok(outcome) = &job.result {
+                if !outcome.deduplicated && !outcome.events.is_empty() {
+                    metrics.batch_size.observe(outcome.events.len() as f64);
+                }
+            }
+            let _ = job.reply.send(job.result);
+        }
+        for event in overlay.events {
+            // No receivers is fine: nobody is listening yet.
+            let _ = self.committed.send(event);
+        }
+    }
+
+    fn stream_version(&mut self, stream: &str, overlay: &GroupOverlay) -> Result<u64, StoreError> {
+        if let Some(version) = overlay.stream_versions.get(stream) {
+            return Ok(*version);
+        }
+        if let Some(version) = self.stream_versions.get(stream) {
+            return Ok(*version);
+        }
+        let version = read_stream_version(&self.tree, stream)?;
+        self.stream_versions.insert(stream.to_string(), version);
+        Ok(version)
+    }
+
+    /// Checks one request against the state so far and stages its writes.
+    /// On error nothing of the request is staged.
+    fn stage(
+        &mut self,
+        request: AppendRequest,
+        batch: &mut sled::Batch,
+        overlay: &mut GroupOverlay,
+    ) -> Result<AppendOutcome, StoreError> {
+        validate_request(&request)?;
+        if let Some(idempotency) = &request.idempotency {
+            let earlier = match overlay.idempotency.get(&idempotency.key) {
+                Some((record, events)) => Some((record.clone(), Some(events.clone()))),
+                None => {
+                    read_idempotency(&self.tree, &idempotency.key)?.map(|record| (record, None))
+                }
+            };
+            if let Some((record, events)) = earlier {
+                if record.digest != idempotency.digest {
+                    return Err(StoreError::IdempotencyKeyReused {
+                        key: idempotency.key.clone(),
+                    });
+                }
+                let events = match events {
+                    Some(events) => events,
+                    None => read_range(&self.tree, record.first_seq, record.last_seq)?,
+                };
+                return Ok(AppendOutcome {
+                    events,
+                    stream_version: record.stream_version,
+                    deduplicated: true,
+                });
+            }
+        }
+
+        let current = self.stream_version(&request.stream, overlay)?;
+        if !request.expected.admits(current) {
+            return Err(StoreError::WrongExpectedVersion {
+                stream: request.stream,
+                expected: request.expected,
+                current,
+            });
+        }
+
+        let mut head = overlay.head.unwrap_or(self.head);
+        let mut last_time = overlay.last_time.or(self.last_time);
+        let now = crate::event::truncate_to_micros((self.config.clock)());
+        // Never before the previous event, even if the wall clock stepped back.
+        let time = match last_time {
+            Some(last) if last > now => last,
+            _ => now,
+        };
+        let first_seq = head.seq + 1;
+        let mut version = current;
+        let mut sealed = Vec::with_capacity(request.events.len());
+        let mut records = Vec::with_capacity(request.events.len());
+        for (index, new) in request.events.into_iter().enumerate() {
+            version += 1;
+            let event = Event::seal(new, &request.stream, head.seq + 1, version, time, head.hash);
+            let record = event.encode_record();
+            if record.len() > self.config.max_record_bytes {
+                return Err(StoreError::EventTooLarge {
+                    index,
+                    size: record.len(),
+                    limit: self.config.max_record_bytes,
+                });
+            }
+            head = Head {
+                seq: event.seq,
+                hash: event.hash,
+            };
+            last_time = Some(time);
+            records.push(record);
+            sealed.push(Arc::new(event));
+        }
+
+        // The request is accepted: stage it.
+        for (event, record) in sealed.iter().zip(records) {
+            let seq_bytes = event.seq.to_be_bytes();
+            batch.insert(&event_key(event.seq)[..], record);
+            batch.insert(
+                stream_index_key(&event.stream, event.version),
+                &seq_bytes[..],
+            );
+            batch.insert(&id_key(&event.id)[..], &seq_bytes[..]);
+        }
+        if !sealed.is_empty() {
+            batch.insert(
+                stream_version_key(&request.stream),
+                &version.to_be_bytes()[..],
+            );
+            overlay
+                .stream_versions
+                .insert(request.stream.clone(), version);
+            overlay.head = Some(head);
+            overlay.last_time = last_time;
+            overlay.events.extend(sealed.iter().cloned());
+        }
+        if let Some(idempotency) = request.idempotency {
+            let record = IdempotencyRecord {
+                digest: idempotency.digest,
+                stream: request.stream.clone(),
+                first_seq,
+                last_seq: head.seq,
+                stream_version: version,
+            };
+            let mut bytes = vec![RECORD_FORMAT_V1];
+            bytes.extend_from_slice(&to_bincode(&record));
+            batch.insert(idempotency_key(&idempotency.key), bytes);
+            overlay
+                .idempotency
+                .insert(idempotency.key, (record, sealed.clone()));
+        }
+        Ok(AppendOutcome {
+            events: sealed,
+            stream_version: version,
+            deduplicated: false,
+        })
+    }
+}
+
+/// The longest stream name and idempotency key the store accepts.
+pub const MAX_NAME_BYTES: usize = 512;
+
+fn validate_request(request: &AppendRequest) -> Result<(), StoreError> {
+    if request.stream.is_empty() || request.stream.len() > MAX_NAME_BYTES {
+        return Err(StoreError::InvalidRequest(format!(
+            "stream name must be 1 to {MAX_NAME_BYTES} bytes"
+        )));
+    }
+    if request.stream.contains('\0') {
+        return Err(StoreError::InvalidRequest(
+            "stream name contains a NUL byte".into(),
+        ));
+    }
+    if let Some(idempotency) = &request.idempotency {
+        if idempotency.key.is_empty() || idempotency.key.len() > MAX_NAME_BYTES {
+            return Err(StoreError::InvalidRequest(format!(
+                "idempotency key must be 1 to {MAX_NAME_BYTES} bytes"
+            )));
+        }
+    } else if request.events.is_empty() {
+        return Err(StoreError::InvalidRequest(
+            "an append needs at least one event".into(),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicI64, Ordering};
+
+    use chrono::TimeZone;
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::event::{Actor, ActorKind, Cause, NewEvent};
+    use crate::store::{ExpectedVersion, Idempotency};
+
+    fn new_event(text: &str) -> NewEvent {
+        NewEvent {
+            id: Uuid::now_v7(),
+            event_type: "Test".into(),
+            schema: 1,
+            actor: Actor {
+                kind: ActorKind::System,
+                name: "test".into(),
+            },
+            cause: Cause::None,
+            correlation: Uuid::nil(),
+            payload: text.as_bytes().to_vec(),
+        }
+    }
+
+    fn request(stream: &str, expected: ExpectedVersion, texts: &[&str]) -> AppendRequest {
+        AppendRequest {
+            stream: stream.into(),
+            expected,
+            events: texts.iter().map(|text| new_event(text)).collect(),
+            idempotency: None,
+        }
+    }
+
+    fn open(dir: &Path) -> SledStore {
+        SledStore::open(SledStoreConfig::new(dir)).unwrap()
+    }
+
+    fn seqs(outcome: &AppendOutcome) -> Vec<u64> {
+        outcome.events.iter().map(|event| event.seq).collect()
+    }
+
+    #[tokio::test]
+    async fn seqs_are_gap_free_and_versions_count_per_stream() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let a = store
+            .append(request("a", ExpectedVersion::NoStream, &["1", "2"]))
+            .await
+            .unwrap();
+        let b = store
+            .append(request("b", ExpectedVersion::Any, &["3"]))
+            .await
+            .unwrap();
+        let a2 = store
+            .append(request("a", ExpectedVersion::Exact(2), &["4"]))
+            .await
+            .unwrap();
+        assert_eq!(seqs(&a), vec![1, 2]);
+        assert_eq!(seqs(&b), vec![3]);
+        assert_eq!(seqs(&a2), vec![4]);
+        assert_eq!(a2.stream_version, 3);
+        assert_eq!(a2.events[0].prev_hash, b.events[0].hash);
+        let stream = store.read_stream("a", 0, 10).await.unwrap();
+        assert_eq!(
+            stream
+                .iter()
+                .map(|e| (e.seq, e.version))
+                .collect::<Vec<_>>(),
+            vec![(1, 1), (2, 2), (4, 3)]
+        );
+        assert_eq!(store.read(1, 2).await.unwrap().len(), 2);
+        assert_eq!(store.stream_version("a").await.unwrap(), 3);
+        assert_eq!(store.stream_version("missing").await.unwrap(), 0);
+        assert!(store.verify().await.unwrap().is_ok());
+    }
+
+    #[tokio::test]
+    async fn wrong_expected_version_is_a_conflict_carrying_the_current_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        store
+            .append(request("a", ExpectedVersion::NoStream, &["1"]))
+            .await
+            .unwrap();
+        for expected in [ExpectedVersion::NoStream, ExpectedVersion::Exact(5)] {
+            match store.append(request("a", expected, &["x"])).await {
+                Err(StoreError::WrongExpectedVersion { current, .. }) => assert_eq!(current, 1),
+                other => panic!("expected a conflict, got {other:?}"),
+            }
+        }
+        assert_eq!(store.head().seq, 1);
+    }
+
+    #[tokio::test]
+    async fn idempotency_key_returns_the_original_outcome_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let keyed = |digest: u8| AppendRequest {
+            idempotency: Some(Idempotency {
+                key: "k1".into(),
+                digest: [digest; 32],
+            }),
+            ..request("a", ExpectedVersion::Any, &["1", "2"])
+        };
+        let first = {
+            let store = open(dir.path());
+            let first = store.append(keyed(1)).await.unwrap();
+            store.close().await;
+            first
+        };
+        let store = open(dir.path());
+        let again = store.append(keyed(1)).await.unwrap();
+        assert!(again.deduplicated);
+        assert_eq!(again.events, first.events);
+        assert_eq!(store.head().seq, 2);
+        match store.append(keyed(2)).await {
+            Err(StoreError::IdempotencyKeyReused { key }) => assert_eq!(key, "k1"),
+            other => panic!("expected reuse error, got {other:?}"),
+        }
+        assert_eq!(store.head().seq, 2);
+    }
+
+    #[tokio::test]
+    async fn a_request_with_one_oversized_event_stores_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let big = "x".repeat(70 * 1024);
+        match store
+            .append(request("a", ExpectedVersion::Any, &["small", &big]))
+            .await
+        {
+            Err(StoreError::EventTooLarge { index, .. }) => assert_eq!(index, 1),
+            other => panic!("expected EventTooLarge, got {other:?}"),
+        }
+        assert_eq!(store.head().seq, 0);
+        assert_eq!(store.stream_version("a").await.unwrap(), 0);
+        let next = store
+            .append(request("a", ExpectedVersion::NoStream, &["ok"]))
+            .await
+            .unwrap();
+        assert_eq!(seqs(&next), vec![1]);
+    }
+
+    #[tokio::test]
+    async fn event_time_never_decreases_when_the_clock_steps_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let micros = Arc::new(AtomicI64::new(2_000_000_000_000_000));
+        let clock_micros = micros.clone();
+        let mut config = SledStoreConfig::new(dir.path());
+        config.clock = Arc::new(move || {
+            Utc.timestamp_micros(clock_micros.load(Ordering::SeqCst))
+                .unwrap()
+        });
+        let store = SledStore::open(config).unwrap();
+        let mut times = Vec::new();
+        for step in [0, -5_000_000, 1, -60_000_000, 100_000_000] {
+            micros.fetch_add(step, Ordering::SeqCst);
+            let outcome = store
+                .append(request("a", ExpectedVersion::Any, &["t"]))
+                .await
+                .unwrap();
+            times.push(outcome.events[0].time);
+        }
+        assert!(times.windows(2).all(|pair| pair[0] <= pair[1]), "{times:?}");
+        assert!(
+            times[4] > times[3],
+            "time moves on once the clock catches up"
+        );
+    }
+
+    #[tokio::test]
+    async fn concurrent_appends_share_fsyncs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(open(dir.path()));
+        let tasks: Vec<_> = (0..64)
+            .map(|writer| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    for _ in 0..10 {
+                        store
+                            .append(request(&format!("s{writer}"), ExpectedVersion::Any, &["e"]))
+                            .await
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let metrics = store.metrics();
+        assert_eq!(store.head().seq, 640);
+        assert_eq!(metrics.events_appended.get(), 640);
+        // Each group is one flush and one fsync; with 64 writers waiting at once,
+        // groups hold more than one request.
+        assert_eq!(metrics.fsyncs.get(), metrics.group_commits.get());
+        assert!(
+            metrics.fsyncs.get() < 640,
+            "{} fsyncs for 640 appends",
+            metrics.fsyncs.get()
+        );
+        assert!(store.verify().await.unwrap().is_ok());
+    }
+
+    #[tokio::test]
+    async fn verify_names_the_first_tampered_seq() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        for text in ["1", "2", "3"] {
+            store
+                .append(request("a", ExpectedVersion::Any, &[text]))
+                .await
+                .unwrap();
+        }
+        store.close().await;
+        drop(store);
+        let db = open_db(dir.path(), 1 << 20).unwrap();
+        let mut record = db.get(event_key(2)).unwrap().unwrap().to_vec();
+        let last = record.len() - 40;
+        record[last] ^= 0x20;
+        db.insert(event_key(2), record).unwrap();
+        let report = verify_tree(&db, None).unwrap();
+        assert_eq!(report.first_bad.unwrap().seq, 2);
+    }
+}

@@ -1,0 +1,288 @@
+//! Durable append throughput, through the library and through HTTP.
+//!
+//! Run: `cargo bench --bench append` (add `-- --seconds 5` for longer runs).
+//!
+//! For 1, 16 and 64 concurrent writers and batches of 1 and 100 events, each
+//! writer appends as fast as its acknowledgements come back, for a fixed time.
+//! Every figure is durable: an append is acknowledged only after flush+fsync.
+//! Printed per point: events/s, append latency p50/p99, and fsyncs per
+//! acknowledged append (below 1 means group commit shared fsyncs).
+//!
+//! The HTTP writers run in the same process as the daemon (the load generator
+//! shares the machine's cores with it); each HTTP writer owns a cluster and
+//! alternates replicas, so every apply appends exactly 1 or 100 PoolScaled events.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cairn::config::Config;
+use cairn::event::{Actor, ActorKind, Cause, NewEvent};
+use cairn::store::{AppendRequest, EventStore, ExpectedVersion, SledStore, SledStoreConfig};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+const WRITERS: [usize; 3] = [1, 16, 64];
+const BATCHES: [usize; 2] = [1, 100];
+
+struct Point {
+    mode: &'static str,
+    writers: usize,
+    batch: usize,
+    events: u64,
+    appends: u64,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+    fsyncs: u64,
+}
+
+impl Point {
+    fn row(&mut self) -> String {
+        self.latencies.sort();
+        let pick = |q: f64| {
+            let index = ((self.latencies.len() as f64 - 1.0) * q).round() as usize;
+            self.latencies
+                .get(index)
+                .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+        };
+        format!(
+            "| {} | {} | {} | {:.0} | {:.0} | {:.2} | {:.2} | {:.3} |",
+            self.mode,
+            self.writers,
+            self.batch,
+            self.events as f64 / self.elapsed.as_secs_f64(),
+            self.appends as f64 / self.elapsed.as_secs_f64(),
+            pick(0.5),
+            pick(0.99),
+            self.fsyncs as f64 / self.appends.max(1) as f64,
+        )
+    }
+}
+
+fn bench_dir(name: &str) -> PathBuf {
+    let base = std::env::var_os("CAIRN_BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("target/bench-data"));
+    let dir = base.join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("bench dir");
+    dir
+}
+
+fn payload() -> Vec<u8> {
+    // About 250 bytes, like a small JSON change.
+    let text = format!(
+        "{{\"pool\":\"workers\",\"from\":3,\"to\":5,\"reason\":\"{}\"}}",
+        "x".repeat(200)
+    );
+    text.into_bytes()
+}
+
+fn new_event(payload: &[u8]) -> NewEvent {
+    NewEvent {
+        id: Uuid::now_v7(),
+        event_type: "BenchEvent".into(),
+        schema: 1,
+        actor: Actor {
+            kind: ActorKind::System,
+            name: "bench".into(),
+        },
+        cause: Cause::None,
+        correlation: Uuid::nil(),
+        payload: payload.to_vec(),
+    }
+}
+
+async fn library_point(writers: usize, batch: usize, seconds: f64) -> Point {
+    let dir = bench_dir(&format!("lib-{writers}-{batch}"));
+    let store = Arc::new(SledStore::open(SledStoreConfig::new(&dir)).expect("open store"));
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let started = Instant::now();
+    let fsyncs_before = store.metrics().fsyncs.get();
+    let tasks: Vec<_> = (0..writers)
+        .map(|writer| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let payload = payload();
+                let mut latencies = Vec::new();
+                let mut sequence = 0u64;
+                while Instant::now() < deadline {
+                    let events = (0..batch).map(|_| new_event(&payload)).collect();
+                    let request = AppendRequest {
+                        // Streams chosen among 1,000, as the suite's peers use.
+                        stream: format!("bench/{}", (writer as u64 * 7919 + sequence) % 1000),
+                        expected: ExpectedVersion::Any,
+                        events,
+                        idempotency: None,
+                    };
+                    sequence += 1;
+                    let begun = Instant::now();
+                    store.append(request).await.expect("append");
+                    latencies.push(begun.elapsed());
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await.expect("writer"));
+    }
+    let elapsed = started.elapsed();
+    let appends = latencies.len() as u64;
+    let fsyncs = store.metrics().fsyncs.get() - fsyncs_before;
+    store.close().await;
+    Point {
+        mode: "library",
+        writers,
+        batch,
+        events: appends * batch as u64,
+        appends,
+        elapsed,
+        latencies,
+        fsyncs,
+    }
+}
+
+fn manifest(name: &str, pools: usize, replicas: u32) -> String {
+    let mut text = format!(
+        "apiVersion: cairn/v1\nkind: Cluster\nmetadata: {{name: {name}}}\nspec:\n  provider: sim\n  region: eu-west-1\n  kubernetesVersion: 1.31.2\n  network:\n    cidr: 10.0.0.0/16\n    subnets: [{{name: a, cidr: 10.0.1.0/24}}]\n  pools:\n"
+    );
+    for pool in 0..pools {
+        text.push_str(&format!(
+            "  - {{name: p{pool}, role: worker, replicas: {replicas}, machineType: m5.large, image: ubuntu-24.04, subnets: [a]}}\n"
+        ));
+    }
+    text
+}
+
+async fn http_point(writers: usize, batch: usize, seconds: f64) -> Point {
+    let dir = bench_dir(&format!("http-{writers}-{batch}"));
+    let config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir,
+        ..Config::default()
+    };
+    let shutdown = CancellationToken::new();
+    let daemon = cairn::daemon::start(config, shutdown.clone())
+        .await
+        .expect("start daemon");
+    let url = format!("http://{}/v1/apply", daemon.addr);
+    let metrics_url = format!("http://{}/metrics", daemon.addr);
+    let client = reqwest::Client::new();
+    // Declare every writer's cluster first (not measured).
+    for writer in 0..writers {
+        let response = client
+            .post(&url)
+            .body(manifest(&format!("w{writer}"), batch, 1))
+            .send()
+            .await
+            .expect("declare");
+        assert!(response.status().is_success(), "{}", response.status());
+    }
+    let fsyncs_before = fsync_count(&client, &metrics_url).await;
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..writers)
+        .map(|writer| {
+            let client = client.clone();
+            let url = url.clone();
+            let bodies = [
+                manifest(&format!("w{writer}"), batch, 2),
+                manifest(&format!("w{writer}"), batch, 1),
+            ];
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut turn = 0;
+                while Instant::now() < deadline {
+                    let begun = Instant::now();
+                    let response = client
+                        .post(&url)
+                        .body(bodies[turn % 2].clone())
+                        .send()
+                        .await
+                        .expect("apply");
+                    assert!(response.status().is_success(), "{}", response.status());
+                    response.bytes().await.expect("body");
+                    latencies.push(begun.elapsed());
+                    turn += 1;
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await.expect("writer"));
+    }
+    let elapsed = started.elapsed();
+    let fsyncs = fsync_count(&client, &metrics_url).await - fsyncs_before;
+    shutdown.cancel();
+    daemon.finished.await.expect("daemon stops");
+    let appends = latencies.len() as u64;
+    Point {
+        mode: "http",
+        writers,
+        batch,
+        events: appends * batch as u64,
+        appends,
+        elapsed,
+        latencies,
+        fsyncs,
+    }
+}
+
+async fn fsync_count(client: &reqwest::Client, url: &str) -> u64 {
+    let text = client
+        .get(url)
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics body");
+    text.lines()
+        .find_map(|line| line.strip_prefix("cairn_fsyncs_total "))
+        .and_then(|value| value.trim().parse().ok())
+        .expect("cairn_fsyncs_total in /metrics")
+}
+
+fn main() {
+    let mut seconds = 3.0;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        if arg == "--seconds" {
+            seconds = args
+                .next()
+                .and_then(|value| value.parse().ok())
+                .expect("--seconds takes a number");
+        }
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    println!(
+        "durable appends, {seconds} s per point, data under CAIRN_BENCH_DIR or target/bench-data"
+    );
+    println!();
+    println!("| mode | writers | events/append | events/s | appends/s | p50 ms | p99 ms | fsyncs/append |");
+    println!("|---|---|---|---|---|---|---|---|");
+    runtime.block_on(async {
+        for batch in BATCHES {
+            for writers in WRITERS {
+                println!("{}", library_point(writers, batch, seconds).await.row());
+            }
+        }
+        for batch in BATCHES {
+            for writers in WRITERS {
+                println!("{}", http_point(writers, batch, seconds).await.row());
+            }
+        }
+    });
+    let _ = std::fs::remove_dir_all(
+        std::env::var_os("CAIRN_BENCH_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("target/bench-data")),
+    );
+}
