@@ -22,9 +22,9 @@ use crate::store::{EventStore, SledStore, SledStoreConfig, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
-    #[error("cannot open the data directory: {0}")]
+    #[error("cannot open the data directory")]
     Store(#[from] StoreError),
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
         source: std::io::Error,

@@ -11,4 +11,5 @@ pub mod ledger;
 pub mod metrics;
 pub mod model;
 pub mod projection;
+pub mod schema;
 pub mod store;

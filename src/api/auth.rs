@@ -41,7 +41,12 @@ impl Auth {
                 name: name.to_string(),
             });
         }
-        let Some(secret) = authorization.and_then(|value| value.strip_prefix("Bearer ")) else {
+        // The scheme name is case-insensitive (RFC 9110, section 11.1).
+        let secret = authorization.and_then(|value| {
+            let (scheme, secret) = value.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then_some(secret)
+        });
+        let Some(secret) = secret else {
             return Err(ApiError::unauthorized(
                 "this daemon requires a bearer token (Authorization: Bearer <token>)",
             ));

@@ -199,45 +199,62 @@ fn authenticated(
         )
 }
 
+/// How much of an oversized body the daemon reads and discards before it
+/// answers 413. A client that is still sending when the answer comes would see
+/// a broken pipe instead of the answer; past this, the daemon answers at once
+/// and closes the connection.
+const MAX_DRAINED_BODY_BYTES: u64 = 16 * 1024 * 1024;
+
 /// The request body, read up to `limit` bytes; beyond that, 413.
 fn limited_body(limit: u64) -> impl Filter<Extract = (Bytes,), Error = Rejection> + Clone {
     warp::header::optional::<u64>("content-length")
-        .and_then(move |length: Option<u64>| async move {
-            match length {
-                Some(length) if length > limit => Err(warp::reject::custom(body_too_large(limit))),
-                _ => Ok(()),
-            }
-        })
-        .untuple_one()
         .and(warp::body::stream())
-        .and_then(move |body| collect_body(body, limit))
+        .and_then(move |length: Option<u64>, body| collect_body(body, length, limit))
 }
 
-async fn collect_body<S, B>(body: S, limit: u64) -> Result<Bytes, Rejection>
+async fn collect_body<S, B>(body: S, length: Option<u64>, limit: u64) -> Result<Bytes, Rejection>
 where
     S: futures_util::Stream<Item = Result<B, warp::Error>>,
     B: Buf,
 {
+    let too_large = || warp::reject::custom(body_too_large(limit));
+    if length.is_some_and(|length| length > MAX_DRAINED_BODY_BYTES) {
+        return Err(too_large());
+    }
     let mut body = Box::pin(body);
     let mut collected = BytesMut::new();
+    let mut received: u64 = 0;
     while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|error| {
+        let mut chunk = chunk.map_err(|error| {
             warp::reject::custom(ApiError::bad_request("bad_body", error.to_string()))
         })?;
-        if collected.len() as u64 + chunk.remaining() as u64 > limit {
-            return Err(warp::reject::custom(body_too_large(limit)));
+        received += chunk.remaining() as u64;
+        if received > MAX_DRAINED_BODY_BYTES {
+            return Err(too_large());
+        }
+        if received > limit || length.is_some_and(|length| length > limit) {
+            // Over the limit: keep reading, but only to discard.
+            chunk.advance(chunk.remaining());
+            collected.clear();
+            continue;
         }
         collected.put(chunk);
+    }
+    if received > limit {
+        return Err(too_large());
     }
     Ok(collected.freeze())
 }
 
 fn body_too_large(limit: u64) -> ApiError {
-    ApiError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "body_too_large",
-        format!("the request body is over the limit of {limit} bytes"),
-    )
+    ApiError {
+        close_connection: true,
+        ..ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the request body is over the limit of {limit} bytes"),
+        )
+    }
 }
 
 fn check_cluster_name(name: &str) -> Result<(), ApiError> {

@@ -20,6 +20,8 @@ pub struct ApiError {
     pub errors: Vec<FieldError>,
     pub current_version: Option<u64>,
     pub retryable: bool,
+    /// Answer with `Connection: close`: the request body may be unread.
+    pub close_connection: bool,
 }
 
 impl warp::reject::Reject for ApiError {}
@@ -33,6 +35,7 @@ impl ApiError {
             errors: Vec::new(),
             current_version: None,
             retryable: false,
+            close_connection: false,
         }
     }
 
@@ -81,6 +84,11 @@ impl ApiError {
             "content-type",
             warp::http::HeaderValue::from_static("application/problem+json"),
         );
+        if self.close_connection {
+            response
+                .headers_mut()
+                .insert("connection", warp::http::HeaderValue::from_static("close"));
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 "www-authenticate",
@@ -158,6 +166,7 @@ pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
             errors: error.errors.clone(),
             current_version: error.current_version,
             retryable: error.retryable,
+            close_connection: error.close_connection,
         }
     } else if rejection.is_not_found() {
         ApiError::not_found("no such endpoint")

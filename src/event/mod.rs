@@ -53,8 +53,9 @@ pub enum ActorKind {
 }
 
 /// Why an event was written. Append new variants at the end only.
+/// Field names affect only JSON: bincode stores no names, only variant indexes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "snake_case", rename_all_fields = "camelCase")]
 pub enum Cause {
     /// Nothing recorded (system events).
     None,
@@ -393,3 +394,6 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod fixture_tests;

@@ -23,6 +23,7 @@ pub const KIND_CLUSTER: &str = "Cluster";
 /// and a stable order makes diffs and folds deterministic.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
 pub struct Manifest {
     /// Always `cairn/v1`.
     pub api_version: String,
@@ -34,6 +35,7 @@ pub struct Manifest {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
 pub struct Metadata {
     /// The cluster name, a DNS label. It names the event stream `cluster/<name>`.
     pub name: String,
@@ -44,6 +46,7 @@ pub struct Metadata {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
 pub struct ClusterSpec {
     /// `sim` or `exec:<plugin-name>`. Immutable once declared.
     pub provider: String,
@@ -62,6 +65,7 @@ pub struct ClusterSpec {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
 pub struct Network {
     /// The network CIDR, e.g. `10.0.0.0/16`. Immutable once declared.
     pub cidr: String,
@@ -71,6 +75,7 @@ pub struct Network {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
 pub struct Subnet {
     pub name: String,
     /// Must lie inside the network CIDR and overlap no other subnet.
@@ -81,6 +86,7 @@ pub struct Subnet {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
 pub struct FirewallRule {
     pub name: String,
     /// `ingress` or `egress`.
@@ -97,6 +103,7 @@ pub struct FirewallRule {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
 pub struct Pool {
     pub name: String,
     /// `control-plane` or `worker`.
@@ -113,6 +120,7 @@ pub struct Pool {
 /// Everything about a pool except its size: what a machine of the pool looks like.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
 pub struct PoolTemplate {
     pub role: String,
     pub machine_type: String,
@@ -122,6 +130,7 @@ pub struct PoolTemplate {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
 pub struct Policy {
     /// `correct` (repair drift) or `report` (only record it).
     #[serde(default = "default_drift")]
