@@ -1,6 +1,7 @@
 //! Durable append throughput, through the library and through HTTP.
 //!
-//! Run: `cargo bench --bench append` (add `-- --seconds 5` for longer runs).
+//! Run: `cargo bench --bench append` (add `-- --seconds 5` for longer runs, or
+//! `-- --only library:64:100` for one point, e.g. under a profiler).
 //!
 //! For 1, 16 and 64 concurrent writers and batches of 1 and 100 events, each
 //! writer appends as fast as its acknowledgements come back, for a fixed time.
@@ -249,15 +250,24 @@ async fn fsync_count(client: &reqwest::Client, url: &str) -> u64 {
 
 fn main() {
     let mut seconds = 3.0;
+    let mut only: Option<String> = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
-        if arg == "--seconds" {
-            seconds = args
-                .next()
-                .and_then(|value| value.parse().ok())
-                .expect("--seconds takes a number");
+        match arg.as_str() {
+            "--seconds" => {
+                seconds = args
+                    .next()
+                    .and_then(|value| value.parse().ok())
+                    .expect("--seconds takes a number")
+            }
+            "--only" => only = Some(args.next().expect("--only takes mode:writers:batch")),
+            _ => {}
         }
     }
+    let selected = |mode: &str, writers: usize, batch: usize| {
+        only.as_ref()
+            .is_none_or(|only| *only == format!("{mode}:{writers}:{batch}"))
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -270,12 +280,15 @@ fn main() {
     println!("|---|---|---|---|---|---|---|---|");
     runtime.block_on(async {
         for batch in BATCHES {
-            for writers in WRITERS {
+            for writers in WRITERS
+                .into_iter()
+                .filter(|w| selected("library", *w, batch))
+            {
                 println!("{}", library_point(writers, batch, seconds).await.row());
             }
         }
         for batch in BATCHES {
-            for writers in WRITERS {
+            for writers in WRITERS.into_iter().filter(|w| selected("http", *w, batch)) {
                 println!("{}", http_point(writers, batch, seconds).await.row());
             }
         }
