@@ -9,7 +9,11 @@
 //! | `s` stream                            | the stream's version (u64 BE)           |
 //! | `x` event id (16 bytes)               | seq (u64 BE): lookup by id              |
 //! | `i` idempotency key                   | format byte + bincode(IdempotencyRecord)|
-//! | `h`                                   | head: seq (u64 BE) + hash (32 bytes)    |
+//! | `h`                                   | head: format byte, seq (u64 BE), hash   |
+//!
+//! Records (events, idempotency records, the head) start with a format byte.
+//! Index values (`v`, `s`, `x`) are plain big-endian integers, derived from
+//! the events and written in the same batch as them.
 //!
 //! # Group commit
 //!
@@ -220,19 +224,23 @@ fn read_head(tree: &sled::Tree) -> Result<Head, StoreError> {
             seq: 0,
             hash: GENESIS_HASH,
         }),
-        Some(bytes) if bytes.len() == 40 => Ok(Head {
-            seq: be_u64(&bytes[..8]).unwrap_or(0),
-            hash: bytes[8..].try_into().unwrap_or(GENESIS_HASH),
+        Some(bytes) if bytes.len() == 41 && bytes[0] == RECORD_FORMAT_V1 => Ok(Head {
+            seq: be_u64(&bytes[1..9]).unwrap_or(0),
+            hash: bytes[9..].try_into().unwrap_or(GENESIS_HASH),
         }),
         Some(bytes) => Err(StoreError::Corrupt {
             seq: 0,
-            reason: format!("head record has {} bytes, expected 40", bytes.len()),
+            reason: format!(
+                "the head record ({} bytes) is not format 1 with 40 bytes of seq and hash",
+                bytes.len()
+            ),
         }),
     }
 }
 
 fn encode_head(head: &Head) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(40);
+    let mut bytes = Vec::with_capacity(41);
+    bytes.push(RECORD_FORMAT_V1);
     bytes.extend_from_slice(&head.seq.to_be_bytes());
     bytes.extend_from_slice(&head.hash);
     bytes
