@@ -54,6 +54,8 @@ pub struct Config {
     pub log_format: LogFormat,
     pub tokens: Vec<TokenConfig>,
     pub max_body_bytes: u64,
+    /// How long a shutdown waits for in-flight requests before it exits anyway.
+    pub shutdown_timeout_seconds: u64,
 }
 
 impl Default for Config {
@@ -66,6 +68,7 @@ impl Default for Config {
             log_format: LogFormat::Human,
             tokens: Vec::new(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            shutdown_timeout_seconds: 30,
         }
     }
 }

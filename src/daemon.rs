@@ -24,6 +24,10 @@ use crate::store::{EventStore, SledStore, SledStoreConfig, StoreError};
 pub enum DaemonError {
     #[error("cannot open the data directory")]
     Store(#[from] StoreError),
+    #[error(
+        "the log in {dir} is damaged; `cairn verify --data-dir {dir}` names the first bad record"
+    )]
+    Damaged { dir: String, source: StoreError },
     #[error("cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
@@ -45,10 +49,19 @@ pub async fn start(
     config: Config,
     shutdown: CancellationToken,
 ) -> Result<RunningDaemon, DaemonError> {
-    let store = Arc::new(SledStore::open(SledStoreConfig::new(&config.data_dir))?);
+    let damaged = |source: StoreError| match source {
+        StoreError::Corrupt { .. } => DaemonError::Damaged {
+            dir: config.data_dir.display().to_string(),
+            source,
+        },
+        other => DaemonError::Store(other),
+    };
+    let store = Arc::new(SledStore::open(SledStoreConfig::new(&config.data_dir)).map_err(damaged)?);
     let metrics = Arc::new(Metrics::new(store.metrics()));
     let started = std::time::Instant::now();
-    let ledger = Ledger::open(store.clone() as Arc<dyn EventStore>).await?;
+    let ledger = Ledger::open(store.clone() as Arc<dyn EventStore>)
+        .await
+        .map_err(damaged)?;
     tracing::info!(
         head_seq = store.head().seq,
         clusters = ledger.clusters().len(),

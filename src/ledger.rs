@@ -35,6 +35,14 @@ const MAX_CONFLICT_RETRIES: usize = 8;
 /// The most events one page of a query returns.
 pub const MAX_PAGE: usize = 1000;
 
+/// How long a command waits for the projection to fold in an event before it
+/// gives up with `ProjectionBehind`. Folding is in-memory and takes
+/// microseconds; this only fires when the follower is stuck.
+const MAX_PROJECTION_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long the follower waits before it retries a failed catch-up read.
+const CATCH_UP_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// How many events one `events` query may scan for its filters before it
 /// returns a partial page with a cursor.
 const MAX_SCAN_PER_PAGE: usize = 10_000;
@@ -53,6 +61,19 @@ pub enum LedgerError {
     },
     #[error("no cluster named {0}")]
     ClusterNotFound(String),
+    /// One change of the manifest would be a stored event over the size limit.
+    #[error(
+        "the {event_type} event this manifest needs is {size} bytes, over the limit of \
+         {limit} bytes for one event (a ClusterDeclared event holds the whole manifest)"
+    )]
+    ChangeTooLarge {
+        event_type: String,
+        size: usize,
+        limit: usize,
+    },
+    /// The projection did not catch up with the log in time; retry later.
+    #[error("the projection is {behind} events behind the log; try again")]
+    ProjectionBehind { behind: u64 },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -104,7 +125,8 @@ pub struct EventQuery {
 #[derive(Debug, Clone)]
 pub struct EventPage {
     pub events: Vec<Arc<Event>>,
-    /// Pass as `after` for the next page; None at the end of the log.
+    /// Pass as `after` for the next page (a seq for the log, a version for a
+    /// cluster's history); None at the end.
     pub next_after: Option<u64>,
 }
 
@@ -137,9 +159,7 @@ impl Ledger {
     pub async fn follow(self: Arc<Self>, shutdown: CancellationToken) {
         let mut committed = self.store.subscribe_committed();
         // Events committed between `open` and the subscription are read here.
-        if let Err(error) = self.catch_up_from_store().await {
-            tracing::error!(%error, "projection catch-up failed");
-        }
+        self.catch_up_until_done(&shutdown).await;
         loop {
             let received = tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -156,11 +176,26 @@ impl Ledger {
                 }
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
                     tracing::warn!(missed, "projection fell behind; reading from the store");
-                    if let Err(error) = self.catch_up_from_store().await {
-                        tracing::error!(%error, "projection catch-up failed");
-                    }
+                    self.catch_up_until_done(&shutdown).await;
                 }
                 Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+
+    /// Catches up from the store, retrying a failed read until it succeeds or
+    /// the daemon shuts down (commands time out meanwhile, see `wait_applied`).
+    async fn catch_up_until_done(&self, shutdown: &CancellationToken) {
+        loop {
+            match self.catch_up_from_store().await {
+                Ok(()) => return,
+                Err(error) => {
+                    tracing::error!(%error, "projection catch-up failed; retrying");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(CATCH_UP_RETRY) => {}
+                    }
+                }
             }
         }
     }
@@ -180,11 +215,22 @@ impl Ledger {
         Ok(())
     }
 
-    /// Waits until the projection has folded in `seq`.
-    pub async fn wait_applied(&self, seq: u64) {
+    /// Waits until the projection has folded in `seq`, for at most
+    /// `MAX_PROJECTION_WAIT`.
+    pub async fn wait_applied(&self, seq: u64) -> Result<(), LedgerError> {
         let mut applied = self.applied.subscribe();
-        // The sender lives as long as self, so this cannot fail.
-        let _ = applied.wait_for(|applied| *applied >= seq).await;
+        let waited = tokio::time::timeout(
+            MAX_PROJECTION_WAIT,
+            applied.wait_for(|applied| *applied >= seq),
+        )
+        .await;
+        match waited {
+            // The sender lives as long as self, so the inner wait cannot fail.
+            Ok(_) => Ok(()),
+            Err(_) => Err(LedgerError::ProjectionBehind {
+                behind: seq.saturating_sub(self.applied_seq()),
+            }),
+        }
     }
 
     pub fn applied_seq(&self) -> u64 {
@@ -235,7 +281,7 @@ impl Ledger {
             attempt += 1;
             // See every committed event before diffing, so the expected version
             // is the true current one unless another writer races us.
-            self.wait_applied(self.store.head().seq).await;
+            self.wait_applied(self.store.head().seq).await?;
             let current = self.cluster(&name);
             let current_version = current.as_ref().map_or(0, |cluster| cluster.stream_version);
             if let Some(expected) = options.if_match {
@@ -279,7 +325,7 @@ impl Ledger {
             match self.store.append(request).await {
                 Ok(appended) => {
                     if let Some(last) = appended.events.last() {
-                        self.wait_applied(last.seq).await;
+                        self.wait_applied(last.seq).await?;
                     }
                     if appended.deduplicated {
                         // A concurrent request with the same key won the race.
@@ -301,6 +347,17 @@ impl Ledger {
                         expected: current_version,
                         current,
                     })
+                }
+                Err(StoreError::EventTooLarge { index, size, limit }) => {
+                    let event_type = outcome
+                        .changes
+                        .get(index)
+                        .map_or("", |change| payload::encode_change(change).event_type);
+                    return Err(LedgerError::ChangeTooLarge {
+                        event_type: event_type.to_string(),
+                        size,
+                        limit,
+                    });
                 }
                 Err(error) => return Err(error.into()),
             }
@@ -328,6 +385,7 @@ impl Ledger {
         } else {
             self.store.read(record.first_seq - 1, count).await?
         };
+        self.wait_applied(record.last_seq).await?;
         Ok(Some(ApplyOutcome {
             cluster: name.to_string(),
             changes: changes_of(&events),
@@ -344,19 +402,21 @@ impl Ledger {
         name: &str,
         after_version: u64,
         limit: usize,
-    ) -> Result<Vec<Arc<Event>>, LedgerError> {
-        let events = self
-            .store
-            .read_stream(
-                &cluster_stream(name),
-                after_version,
-                limit.clamp(1, MAX_PAGE),
-            )
-            .await?;
-        if events.is_empty() && after_version == 0 {
+    ) -> Result<EventPage, LedgerError> {
+        let stream = cluster_stream(name);
+        let current = self.store.stream_version(&stream).await?;
+        if current == 0 {
             return Err(LedgerError::ClusterNotFound(name.to_string()));
         }
-        Ok(events)
+        let events = self
+            .store
+            .read_stream(&stream, after_version, limit.clamp(1, MAX_PAGE))
+            .await?;
+        let next_after = events
+            .last()
+            .map(|event| event.version)
+            .filter(|version| *version < current);
+        Ok(EventPage { events, next_after })
     }
 
     /// A page of the log, filtered.

@@ -43,6 +43,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
     )?;
     init_tracing(config.log_format);
+    let grace = std::time::Duration::from_secs(config.shutdown_timeout_seconds);
     let shutdown = CancellationToken::new();
     let daemon = cairn::daemon::start(config, shutdown.clone()).await?;
     // Scripts and tests read this line to learn the port.
@@ -51,7 +52,20 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     wait_for_signal().await;
     tracing::info!("shutting down: finishing in-flight requests");
     shutdown.cancel();
-    daemon.finished.await?;
+    let mut finished = daemon.finished;
+    // Every acknowledged event is already on disk, so leaving early loses
+    // only requests that were never answered.
+    tokio::select! {
+        result = &mut finished => result?,
+        () = wait_for_signal() => {
+            tracing::warn!("second signal: exiting without waiting for in-flight requests");
+            std::process::exit(130);
+        }
+        () = tokio::time::sleep(grace) => {
+            tracing::error!(seconds = grace.as_secs(), "in-flight requests did not finish in time; exiting");
+            std::process::exit(1);
+        }
+    }
     Ok(())
 }
 

@@ -54,9 +54,14 @@ impl Metrics {
             store.batch_size.clone(),
         );
         registry.register(
+            "flush_seconds",
+            "Seconds per group commit in sled's flush (writes and sync_file_range)",
+            store.flush_seconds.clone(),
+        );
+        registry.register(
             "fsync_seconds",
-            "Seconds per group commit spent in sled flush plus fsync",
-            store.sync_seconds.clone(),
+            "Seconds per group commit in the fsync of the database file",
+            store.fsync_seconds.clone(),
         );
         registry.register(
             "head_seq",

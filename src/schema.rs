@@ -56,8 +56,7 @@ mod tests {
     }
 
     #[test]
-    fn example_manifest_validates_against_its_schema_shape() {
-        // The schema forbids unknown fields everywhere the parser does.
+    fn manifest_schema_forbids_unknown_fields_like_the_parser() {
         let manifest = &schemas()[0].1;
         let text = manifest.to_string();
         assert!(text.contains("\"additionalProperties\":false"), "{text}");

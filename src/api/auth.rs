@@ -8,21 +8,63 @@
 //! With no tokens (allowed on loopback only, see `Config::check`), every
 //! request acts as the local user; the `X-Cairn-Actor` header may name who
 //! (the CLI sends the login name) so that history still says who changed what.
+//!
+//! Browsers are kept out: Cairn has no browser client, so a request that a web
+//! page made (it carries `Origin`, or `Sec-Fetch-Site` other than `none`) is
+//! refused, which stops cross-site request forgery against a token-less daemon
+//! on loopback. Without tokens, the `Host` must also be a loopback name or
+//! address, which stops DNS rebinding.
 
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use warp::http::{HeaderMap, StatusCode};
 
 use super::problem::ApiError;
 use crate::config::{Role, TokenConfig};
 use crate::event::{Actor, ActorKind};
-use warp::http::StatusCode;
 
 pub struct Auth {
-    tokens: Vec<TokenConfig>,
+    /// Each token with the SHA-256 of its secret: comparing digests of equal
+    /// length keeps even the secret's length out of the timing.
+    tokens: Vec<(TokenConfig, [u8; 32])>,
+}
+
+fn digest(secret: &str) -> [u8; 32] {
+    Sha256::digest(secret.as_bytes()).into()
 }
 
 impl Auth {
     pub fn new(tokens: Vec<TokenConfig>) -> Auth {
-        Auth { tokens }
+        Auth {
+            tokens: tokens
+                .into_iter()
+                .map(|token| {
+                    let digest = digest(&token.secret);
+                    (token, digest)
+                })
+                .collect(),
+        }
+    }
+
+    /// Checks where a request comes from, then who it is.
+    pub fn check_request(&self, headers: &HeaderMap, required: Role) -> Result<Actor, ApiError> {
+        let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
+        if header("origin").is_some() || header("sec-fetch-site").is_some_and(|site| site != "none")
+        {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "browser_request",
+                "requests made by web pages are refused (Origin or Sec-Fetch-Site header present)",
+            ));
+        }
+        if self.tokens.is_empty() && !header("host").is_some_and(is_loopback_host) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "bad_host",
+                "without tokens, only requests addressed to a loopback host are served",
+            ));
+        }
+        self.check(header("authorization"), header("x-cairn-actor"), required)
     }
 
     /// Who the request is, if it may do what needs `required`.
@@ -51,9 +93,10 @@ impl Auth {
                 "this daemon requires a bearer token (Authorization: Bearer <token>)",
             ));
         };
+        let given = digest(secret.trim());
         let mut found: Option<&TokenConfig> = None;
-        for token in &self.tokens {
-            if bool::from(token.secret.as_bytes().ct_eq(secret.trim().as_bytes())) {
+        for (token, expected) in &self.tokens {
+            if bool::from(expected.ct_eq(&given)) {
                 found = Some(token);
             }
         }
@@ -77,6 +120,18 @@ impl Auth {
     }
 }
 
+/// `localhost`, `127.0.0.1`, `[::1]` and the like, with or without a port.
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(name, _port)| name),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|address| address.is_loopback())
+}
+
 fn valid_actor_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
@@ -88,6 +143,10 @@ fn valid_actor_name(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn auth_with_tokens() -> Auth {
+        auth()
+    }
 
     fn auth() -> Auth {
         Auth::new(vec![
@@ -132,6 +191,70 @@ mod tests {
             403
         );
         assert!(auth.check(Some(&reader), None, Role::Read).is_ok());
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.insert(*name, value.parse().unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn requests_from_web_pages_are_refused() {
+        let auth = Auth::new(Vec::new());
+        let local = [("host", "127.0.0.1:7470")];
+        assert!(auth.check_request(&headers(&local), Role::Write).is_ok());
+        for extra in [
+            ("origin", "https://evil.example"),
+            ("sec-fetch-site", "cross-site"),
+        ] {
+            let error = auth
+                .check_request(&headers(&[local[0], extra]), Role::Write)
+                .unwrap_err();
+            assert_eq!(error.code, "browser_request");
+        }
+        assert!(auth
+            .check_request(
+                &headers(&[local[0], ("sec-fetch-site", "none")]),
+                Role::Write
+            )
+            .is_ok());
+    }
+
+    #[test]
+    fn without_tokens_only_loopback_hosts_are_served() {
+        let auth = Auth::new(Vec::new());
+        for host in [
+            "localhost:7470",
+            "127.0.0.1",
+            "[::1]:7470",
+            "127.1.2.3:80",
+            "LOCALHOST",
+        ] {
+            assert!(
+                auth.check_request(&headers(&[("host", host)]), Role::Read)
+                    .is_ok(),
+                "{host}"
+            );
+        }
+        for host in [
+            "evil.example:7470",
+            "10.0.0.1:7470",
+            "localhost.evil.example",
+        ] {
+            let error = auth
+                .check_request(&headers(&[("host", host)]), Role::Read)
+                .unwrap_err();
+            assert_eq!(error.code, "bad_host", "{host}");
+        }
+        assert!(auth.check_request(&HeaderMap::new(), Role::Read).is_err());
+        // With tokens, the host is the operator's business (a proxy, a DNS name).
+        let with_tokens = auth_with_tokens();
+        let bearer = format!("Bearer {}", "a".repeat(20));
+        let remote = headers(&[("host", "cairn.internal:7470"), ("authorization", &bearer)]);
+        assert!(with_tokens.check_request(&remote, Role::Write).is_ok());
     }
 
     #[test]

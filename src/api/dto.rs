@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::event::{payload, Actor, Cause, Event};
+use crate::ledger::EventPage;
 use crate::model::{describe_change, Change, FieldError, Manifest};
 use crate::projection::ClusterState;
 use crate::store::VerifyReport;
@@ -179,6 +180,15 @@ pub struct ClusterList {
 pub struct EventPageView {
     pub events: Vec<EventView>,
     pub next: Option<String>,
+}
+
+impl EventPageView {
+    pub fn from_page(page: &EventPage) -> EventPageView {
+        EventPageView {
+            events: EventView::from_events(&page.events),
+            next: page.next_after.map(|after| after.to_string()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

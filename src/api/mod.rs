@@ -34,7 +34,7 @@ use self::dto::{
 use self::problem::{recover, ApiError};
 use crate::config::Role;
 use crate::event::Actor;
-use crate::ledger::{ApplyOptions, CommandContext, EventQuery, Ledger};
+use crate::ledger::{ApplyOptions, CommandContext, EventQuery, Ledger, MAX_PAGE};
 use crate::metrics::{Metrics, ResponseLabels};
 use crate::model::{is_dns_label, parse_manifest, ManifestFormat};
 
@@ -62,11 +62,13 @@ pub fn routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Error = I
         .and(warp::get())
         .and(with_state(&state))
         .map(|state: ApiState| {
-            let ready = !state.shutdown.is_cancelled();
+            let failure = state.ledger.store().failure();
+            let ready = !state.shutdown.is_cancelled() && failure.is_none();
             let body = serde_json::json!({
                 "ready": ready,
                 "headSeq": state.ledger.store().head().seq,
                 "appliedSeq": state.ledger.applied_seq(),
+                "storeFailure": failure,
             });
             let status = if ready {
                 StatusCode::OK
@@ -183,20 +185,16 @@ fn with_state(state: &ApiState) -> impl Filter<Extract = (ApiState,), Error = In
     warp::any().map(move || state.clone())
 }
 
-/// Resolves the caller to an actor, or rejects with 401/403.
+/// Resolves the caller to an actor, or rejects with 401/403 (see `auth`).
 fn authenticated(
     state: &ApiState,
     required: Role,
 ) -> impl Filter<Extract = (Actor,), Error = Rejection> + Clone {
     let auth = state.auth.clone();
-    warp::header::optional::<String>("authorization")
-        .and(warp::header::optional::<String>("x-cairn-actor"))
-        .and_then(
-            move |authorization: Option<String>, claimed: Option<String>| {
-                let result = auth.check(authorization.as_deref(), claimed.as_deref(), required);
-                async move { result.map_err(warp::reject::custom) }
-            },
-        )
+    warp::header::headers_cloned().and_then(move |headers: warp::http::HeaderMap| {
+        let result = auth.check_request(&headers, required);
+        async move { result.map_err(warp::reject::custom) }
+    })
 }
 
 /// How much of an oversized body the daemon reads and discards before it
@@ -289,6 +287,31 @@ fn query_u64(query: &HashMap<String, String>, name: &str) -> Result<Option<u64>,
     }
 }
 
+fn check_known_parameters(query: &HashMap<String, String>, known: &[&str]) -> Result<(), ApiError> {
+    match query.keys().find(|key| !known.contains(&key.as_str())) {
+        None => Ok(()),
+        Some(key) => Err(ApiError::bad_request(
+            "bad_query",
+            format!(
+                "unknown query parameter {key:?} (known: {})",
+                known.join(", ")
+            ),
+        )),
+    }
+}
+
+/// `limit`: 1 to `MAX_PAGE`, 100 when absent.
+fn query_limit(query: &HashMap<String, String>) -> Result<usize, ApiError> {
+    match query_u64(query, "limit")? {
+        None => Ok(100),
+        Some(limit) if (1..=MAX_PAGE as u64).contains(&limit) => Ok(limit as usize),
+        Some(limit) => Err(ApiError::bad_request(
+            "bad_query",
+            format!("query parameter limit={limit} must be between 1 and {MAX_PAGE}"),
+        )),
+    }
+}
+
 fn query_bool(query: &HashMap<String, String>, name: &str) -> Result<bool, ApiError> {
     match query.get(name).map(String::as_str) {
         None | Some("false") => Ok(false),
@@ -347,10 +370,7 @@ async fn apply_request(
             format!("X-Cairn-Reason is over {MAX_REASON_BYTES} bytes"),
         ));
     }
-    let format = match header(&headers, "content-type")? {
-        Some(content_type) if content_type.contains("json") => ManifestFormat::Json,
-        _ => ManifestFormat::Yaml,
-    };
+    let format = manifest_format(header(&headers, "content-type")?)?;
     let manifest = parse_manifest(&body, format)?;
     let request_id = Uuid::now_v7();
     let context = CommandContext {
@@ -367,12 +387,10 @@ async fn apply_request(
     if !outcome.events.is_empty() && !outcome.deduplicated {
         state.metrics.applies_changed.inc();
     }
-    let status = if outcome.events.is_empty() || outcome.deduplicated {
-        StatusCode::OK
-    } else if outcome.events[0].version == 1 {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
+    // 201 when this request (or the one it replays) declared the cluster.
+    let status = match outcome.events.first() {
+        Some(first) if first.version == 1 => StatusCode::CREATED,
+        _ => StatusCode::OK,
     };
     let response = ApplyResponse {
         cluster: outcome.cluster,
@@ -389,6 +407,33 @@ async fn apply_request(
     let reply = warp::reply::with_status(warp::reply::json(&response), status);
     let reply = warp::reply::with_header(reply, "etag", format!("\"{}\"", response.stream_version));
     Ok(warp::reply::with_header(reply, "x-request-id", request_id.to_string()).into_response())
+}
+
+/// The manifest's format from its Content-Type. The content types a web page
+/// can send without a CORS preflight (text/plain, forms) are refused.
+fn manifest_format(content_type: Option<&str>) -> Result<ManifestFormat, ApiError> {
+    let Some(content_type) = content_type else {
+        return Ok(ManifestFormat::Yaml);
+    };
+    let media_type = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match media_type.as_str() {
+        "application/json" => Ok(ManifestFormat::Json),
+        "application/yaml" | "application/x-yaml" | "text/yaml" | "text/x-yaml" => {
+            Ok(ManifestFormat::Yaml)
+        }
+        other => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!(
+                "Content-Type {other:?} is not a manifest type: use application/yaml or application/json"
+            ),
+        )),
+    }
 }
 
 fn cluster_handler(name: &str, state: &ApiState) -> Result<Response, ApiError> {
@@ -413,16 +458,11 @@ async fn history_handler(
 ) -> Response {
     let result = async {
         check_cluster_name(&name)?;
+        check_known_parameters(&query, &["after", "limit"])?;
         let after = query_u64(&query, "after")?.unwrap_or(0);
-        let limit = query_u64(&query, "limit")?.unwrap_or(100) as usize;
-        let events = state.ledger.history(&name, after, limit).await?;
-        let next = (events.len() == limit.clamp(1, crate::ledger::MAX_PAGE))
-            .then(|| events.last().map(|event| event.version.to_string()))
-            .flatten();
-        Ok(warp::reply::json(&EventPageView {
-            events: EventView::from_events(&events),
-            next,
-        }))
+        let limit = query_limit(&query)?;
+        let page = state.ledger.history(&name, after, limit).await?;
+        Ok(warp::reply::json(&EventPageView::from_page(&page)))
     }
     .await;
     problem::respond(result)
@@ -434,25 +474,15 @@ async fn events_handler(
     query: HashMap<String, String>,
 ) -> Response {
     let result = async {
-        for key in query.keys() {
-            if !matches!(key.as_str(), "after" | "limit" | "stream" | "type") {
-                return Err(ApiError::bad_request(
-                    "bad_query",
-                    format!("unknown query parameter {key:?} (known: after, limit, stream, type)"),
-                ));
-            }
-        }
+        check_known_parameters(&query, &["after", "limit", "stream", "type"])?;
         let query = EventQuery {
             after: query_u64(&query, "after")?.unwrap_or(0),
-            limit: query_u64(&query, "limit")?.unwrap_or(100) as usize,
+            limit: query_limit(&query)?,
             stream: query.get("stream").cloned(),
             event_type: query.get("type").cloned(),
         };
         let page = state.ledger.events(&query).await?;
-        Ok(warp::reply::json(&EventPageView {
-            events: EventView::from_events(&page.events),
-            next: page.next_after.map(|seq| seq.to_string()),
-        }))
+        Ok(warp::reply::json(&EventPageView::from_page(&page)))
     }
     .await;
     problem::respond(result)

@@ -129,7 +129,10 @@ impl From<StoreError> for ApiError {
             StoreError::Corrupt { .. } => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "corrupt_log", detail)
             }
-            StoreError::Io(_) | StoreError::Closed | StoreError::Locked { .. } => {
+            StoreError::Io(_)
+            | StoreError::OutcomeUnknown(_)
+            | StoreError::Closed
+            | StoreError::Locked { .. } => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", detail)
             }
         };
@@ -151,6 +154,19 @@ impl From<LedgerError> for ApiError {
                 "cluster_not_found",
                 error.to_string(),
             ),
+            LedgerError::ChangeTooLarge { .. } => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "event_too_large",
+                error.to_string(),
+            ),
+            LedgerError::ProjectionBehind { .. } => ApiError {
+                retryable: true,
+                ..ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    error.to_string(),
+                )
+            },
             LedgerError::Store(store) => store.into(),
         }
     }

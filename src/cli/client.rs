@@ -18,17 +18,26 @@ pub enum ClientError {
         status: u16,
         body: String,
     },
-    #[error("bad --server URL {0:?}: it must start with http://")]
+    #[error("bad --server URL {0:?}: it must start with http:// (the CLI does not speak TLS yet)")]
     BadServer(String),
+    #[error(
+        "the daemon at {server} did not answer within 60 s (it may still carry out the request)"
+    )]
+    TimedOut { server: String },
 }
 
 fn render_problem(problem: &Problem) -> String {
     let mut text = format!(
-        "the daemon refused: {} ({}, HTTP {}): {}",
-        problem.title, problem.code, problem.status, problem.detail
+        "the daemon refused: {} ({}, HTTP {})",
+        problem.title, problem.code, problem.status
     );
-    for error in &problem.errors {
-        text.push_str(&format!("\n  {error}"));
+    if problem.errors.is_empty() {
+        text.push_str(&format!(": {}", problem.detail));
+    } else {
+        // The detail only summarizes the list.
+        for error in &problem.errors {
+            text.push_str(&format!("\n  {error}"));
+        }
     }
     if let Some(version) = problem.current_version {
         text.push_str(&format!("\n  the cluster is at version {version}"));
@@ -47,13 +56,15 @@ impl Client {
         if !server.starts_with("http://") {
             return Err(ClientError::BadServer(server.to_string()));
         }
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(60))
-            .build()
-            .map_err(|error| ClientError::Unreachable {
-                server: server.to_string(),
-                reason: error.to_string(),
-            })?;
+        let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(60));
+        if is_loopback_url(server) {
+            // A proxy from the environment cannot reach this machine's loopback.
+            builder = builder.no_proxy();
+        }
+        let http = builder.build().map_err(|error| ClientError::Unreachable {
+            server: server.to_string(),
+            reason: error.to_string(),
+        })?;
         Ok(Client {
             http,
             server: server.trim_end_matches('/').to_string(),
@@ -131,6 +142,21 @@ impl Client {
             }),
         }
     }
+}
+
+fn is_loopback_url(server: &str) -> bool {
+    let rest = server.trim_start_matches("http://");
+    let authority = rest.split('/').next().unwrap_or("");
+    let host = match authority.strip_prefix('[') {
+        Some(bracketed) => bracketed.split(']').next().unwrap_or(""),
+        None => authority
+            .rsplit_once(':')
+            .map_or(authority, |(host, _)| host),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|address| address.is_loopback())
 }
 
 /// An error with its causes, e.g. "error sending request: connection refused".

@@ -10,8 +10,9 @@
 //! **Architecture Invariant:** the CLI knows nothing of warp; it speaks the
 //! API's DTOs (`api::dto`) over HTTP, and opens sled only for offline commands.
 //!
-//! Exit codes: 0 success, 1 the daemon refused the request, 2 bad usage,
-//! 3 the daemon could not be reached, 4 verification found a bad record.
+//! Exit codes: 0 success, 1 the daemon refused the request, 2 bad usage or a
+//! local problem (an unreadable file, a data directory in use), 3 the daemon
+//! could not be reached or did not answer, 4 verification found a bad record.
 
 mod client;
 mod output;
@@ -153,16 +154,21 @@ pub struct VerifyArgs {
 /// How a client command ended, for the exit code.
 #[derive(Debug)]
 pub enum Failure {
+    /// The daemon answered with an error (exit 1).
     Refused(String),
+    /// The daemon could not be reached or did not answer (exit 3).
     Unreachable(String),
+    /// Verification found a bad record (exit 4).
     VerifyFailed(String),
+    /// A local problem: bad arguments, an unreadable file, a locked data dir (exit 2).
     Other(String),
 }
 
 impl Failure {
     pub fn exit_code(&self) -> i32 {
         match self {
-            Failure::Refused(_) | Failure::Other(_) => 1,
+            Failure::Refused(_) => 1,
+            Failure::Other(_) => 2,
             Failure::Unreachable(_) => 3,
             Failure::VerifyFailed(_) => 4,
         }
@@ -181,8 +187,12 @@ impl Failure {
 impl From<ClientError> for Failure {
     fn from(error: ClientError) -> Failure {
         match error {
-            ClientError::Unreachable { .. } => Failure::Unreachable(error.to_string()),
-            ClientError::Refused { .. } => Failure::Refused(error.to_string()),
+            ClientError::Unreachable { .. } | ClientError::TimedOut { .. } => {
+                Failure::Unreachable(error.to_string())
+            }
+            ClientError::Refused { .. } | ClientError::Unexpected { .. } => {
+                Failure::Refused(error.to_string())
+            }
             other => Failure::Other(other.to_string()),
         }
     }

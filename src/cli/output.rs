@@ -29,10 +29,11 @@ fn print_structured<T: Serialize>(value: &T, format: OutputFormat) -> bool {
             true
         }
         OutputFormat::Yaml => {
-            print!(
-                "{}",
-                serde_norway::to_string(value).expect("DTOs serialize")
-            );
+            // Through JSON, so YAML has the same shape as `-o json` (serde_norway
+            // would write enums as YAML tags such as `!request`).
+            let json = serde_json::to_value(value).expect("DTOs serialize");
+            let yaml = serde_norway::to_string(&json).expect("JSON values serialize");
+            print!("{yaml}");
             true
         }
     }

@@ -149,6 +149,20 @@ fn bincode_config() -> bincode::config::Configuration {
     bincode::config::standard()
 }
 
+/// The most bytes a decoder may claim for one value. A record is far smaller
+/// (the store bounds it at 64 KiB); the limit keeps a corrupted length prefix
+/// from making the decoder allocate gigabytes instead of reporting an error.
+/// It applies to decoding only and does not change the format.
+const MAX_DECODE_BYTES: usize = 1024 * 1024;
+
+fn bincode_decode_config() -> bincode::config::Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Varint,
+    bincode::config::Limit<MAX_DECODE_BYTES>,
+> {
+    bincode::config::standard().with_limit::<MAX_DECODE_BYTES>()
+}
+
 /// Encodes any serde value with the project's bincode configuration.
 pub(crate) fn to_bincode<T: Serialize>(value: &T) -> Vec<u8> {
     // Encoding into a Vec only fails for types serde cannot express in bincode
@@ -159,7 +173,7 @@ pub(crate) fn to_bincode<T: Serialize>(value: &T) -> Vec<u8> {
 
 /// Decodes a serde value and insists that every byte was used.
 pub(crate) fn from_bincode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
-    let (value, used) = bincode::serde::decode_from_slice(bytes, bincode_config())
+    let (value, used) = bincode::serde::decode_from_slice(bytes, bincode_decode_config())
         .map_err(|error| DecodeError::Bincode(error.to_string()))?;
     if used != bytes.len() {
         return Err(DecodeError::TrailingBytes(bytes.len() - used));
@@ -379,6 +393,30 @@ mod tests {
                 cursor.check(2, &tampered).is_err(),
                 "flipping byte {index} went unnoticed"
             );
+        }
+    }
+
+    /// Every value of every byte, not only one bit: a corrupted length prefix
+    /// must be an error, never a huge allocation or a panic.
+    #[test]
+    fn every_value_of_every_byte_is_noticed() {
+        let first = sample(1, GENESIS_HASH);
+        let second = sample(2, first.hash);
+        let record = second.encode_record();
+        for index in 0..record.len() {
+            for value in 0..=255u8 {
+                if value == record[index] {
+                    continue;
+                }
+                let mut tampered = record.clone();
+                tampered[index] = value;
+                let mut cursor = ChainCursor::default();
+                cursor.check(1, &first.encode_record()).unwrap();
+                assert!(
+                    cursor.check(2, &tampered).is_err(),
+                    "byte {index} set to {value:#04x} went unnoticed"
+                );
+            }
         }
     }
 

@@ -1,20 +1,26 @@
 //! Parsing a manifest from YAML or JSON bytes, with errors that name a place.
 //!
-//! Parsing runs in three steps, and each step reports every problem it can
-//! see instead of stopping at the first one:
+//! Parsing runs in three steps, and together they report every problem they
+//! can see instead of stopping at the first one:
 //!
 //! 1. Syntax: the bytes become a `serde_json::Value`. A syntax error names the
-//!    line and column where the document broke.
+//!    line and column where the document broke. A key that appears twice in
+//!    one mapping is refused here too, by its path (`spec.pools[0].replicas`).
 //! 2. Typing: the value becomes a [`Manifest`]. Every unknown field is
-//!    reported by its path (`spec.pools[0].replica`), and a value of the wrong
-//!    type is reported by its path too (`spec.pools[0].replicas`).
-//! 3. Validation: [`validate`] checks the rules that types cannot express.
+//!    reported by its path (`spec.pools[0].replica`), and so is every value of
+//!    the wrong type (`spec.pools[0].replicas`) and every missing field: each
+//!    is replaced by a placeholder of the right type and typing runs again.
+//! 3. Validation: [`validate`] checks the rules that types cannot express, on
+//!    the typed manifest, placeholders included; what it says about a
+//!    placeholder is dropped.
 //!
 //! Paths use the manifest's own camelCase names, joined with `.` for fields
 //! and `[i]` for list elements, so a user can find the place in their file.
 
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -74,9 +80,7 @@ pub enum ManifestError {
         column: Option<usize>,
     },
     /// The document is well-formed but is not a valid Cluster manifest. Holds
-    /// every problem found by the step that failed: unknown fields (in
-    /// alphabetical order of keys within each mapping, as serde_json keeps
-    /// them) then a type error, or else every validation error.
+    /// every problem found, in the order described at [`parse_manifest`].
     #[error("{}", display_invalid(.0))]
     Invalid(Vec<FieldError>),
 }
@@ -108,11 +112,32 @@ fn display_invalid(errors: &[FieldError]) -> String {
 /// On success the manifest has passed [`validate`] and has been normalized
 /// (see [`Manifest::normalize`]), so it can go straight to `diff`.
 ///
-/// Unknown fields are reported together with every validation error. A type
-/// error (a string where a number belongs) stops deserialization, so it is
-/// reported with the unknown fields met before it (keys are visited in
-/// alphabetical order within each mapping), and validation runs only on a
-/// manifest that typed cleanly.
+/// Bytes that are not UTF-8, YAML or JSON give [`ManifestError::Syntax`].
+/// Everything else gives [`ManifestError::Invalid`] with every problem found:
+///
+/// - A key written twice in one mapping (`spec.pools[0].replicas: duplicate
+///   key`) stops parsing before typing: all such keys are reported, alone.
+/// - A document that is empty or is not a mapping is reported alone, at the
+///   root (path `""`).
+/// - Otherwise the errors come in three groups, in this order:
+///   1. unknown fields;
+///   2. type errors (`invalid type: string "five", expected i64`) and missing
+///      fields (`missing field`);
+///   3. validation errors, from [`validate`].
+///
+///   Groups 1 and 2 follow the order in which typing meets them: keys in
+///   alphabetical order within each mapping (as serde_json keeps them), list
+///   elements in order, and a missing field once the rest of its mapping has
+///   been read. Group 3 is in document order (see [`validate`]).
+///
+/// A type error or a missing field does not stop typing: the value at its path
+/// is replaced by a placeholder of the expected type (`0`, `""`, `[]`, `{}`,
+/// `false`), and typing runs again, so the errors after it are found too. A
+/// validation error at or under such a path is dropped, since it would only be
+/// about the placeholder; so is a type error or missing field under it (an
+/// empty `{}` put in place of a pool lacks every field of a pool). Typing
+/// gives up after 64 rounds, or when a place still fails after its
+/// placeholder; it then reports the errors found so far, without validation.
 pub fn parse_manifest(bytes: &[u8], format: ManifestFormat) -> Result<Manifest, ManifestError> {
     let value = parse_syntax(bytes, format)?;
     let Some(mut value) = value else {
@@ -129,8 +154,23 @@ pub fn parse_manifest(bytes: &[u8], format: ManifestFormat) -> Result<Manifest, 
     }
     stringify_numbers(&mut value);
 
-    let (mut manifest, mut errors) = parse_typed(value)?;
-    errors.extend(validate(&manifest));
+    let typed = parse_typed(value);
+    let mut errors = typed.unknown_fields;
+    errors.extend(typed.type_errors.iter().cloned());
+    let Some(mut manifest) = typed.manifest else {
+        return Err(ManifestError::Invalid(errors));
+    };
+    let about_placeholder = |error: &FieldError| {
+        typed
+            .type_errors
+            .iter()
+            .any(|type_error| is_at_or_under(&error.path, &type_error.path))
+    };
+    errors.extend(
+        validate(&manifest)
+            .into_iter()
+            .filter(|error| !about_placeholder(error)),
+    );
     if !errors.is_empty() {
         return Err(ManifestError::Invalid(errors));
     }
@@ -138,7 +178,24 @@ pub fn parse_manifest(bytes: &[u8], format: ManifestFormat) -> Result<Manifest, 
     Ok(manifest)
 }
 
+/// Whether `path` is `parent` or lies under it: `spec.pools[1].name` is under
+/// `spec.pools[1]` and `spec.pools`, but not under `spec.pool`. The empty path
+/// is the whole document.
+///
+/// This compares text, so a label key containing `.` or `[` could look like a
+/// child of another label; the worst that does is hide a validation error
+/// next to a type error.
+fn is_at_or_under(path: &str, parent: &str) -> bool {
+    parent.is_empty()
+        || path
+            .strip_prefix(parent)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('.') || rest.starts_with('['))
+}
+
 /// The syntax step: bytes to a JSON value, or `None` for an empty document.
+///
+/// A key written twice in one mapping makes this step fail with every such
+/// key, by path, rather than let the last one win silently.
 fn parse_syntax(bytes: &[u8], format: ManifestFormat) -> Result<Option<Value>, ManifestError> {
     let text = std::str::from_utf8(bytes).map_err(|error| {
         let offset = error.valid_up_to();
@@ -149,14 +206,20 @@ fn parse_syntax(bytes: &[u8], format: ManifestFormat) -> Result<Option<Value>, M
             column: Some(column),
         }
     })?;
-    match format {
+    let mut duplicates = Vec::new();
+    let seed = UniqueKeys {
+        place: Place::Root,
+        duplicates: &mut duplicates,
+    };
+    let value = match format {
         ManifestFormat::Json => {
             let text = text.strip_prefix('\u{feff}').unwrap_or(text);
             if text.trim().is_empty() {
                 return Ok(None);
             }
-            serde_json::from_str::<Value>(text)
-                .map(Some)
+            let mut deserializer = serde_json::Deserializer::from_str(text);
+            seed.deserialize(&mut deserializer)
+                .and_then(|value| deserializer.end().map(|()| value))
                 .map_err(|error| {
                     let (line, column) = (error.line(), error.column());
                     let message = strip_location(&error.to_string(), line, column);
@@ -165,7 +228,7 @@ fn parse_syntax(bytes: &[u8], format: ManifestFormat) -> Result<Option<Value>, M
                         line: (line > 0).then_some(line),
                         column: (line > 0).then_some(column),
                     }
-                })
+                })?
         }
         ManifestFormat::Yaml => {
             let yaml_error = |error: serde_norway::Error| {
@@ -186,7 +249,7 @@ fn parse_syntax(bytes: &[u8], format: ManifestFormat) -> Result<Option<Value>, M
             let Some(document) = documents.next() else {
                 return Ok(None);
             };
-            let value = Value::deserialize(document).map_err(yaml_error)?;
+            let value = seed.deserialize(document).map_err(yaml_error)?;
             if documents.next().is_some() {
                 return Err(ManifestError::Syntax {
                     message: "expected one YAML document, found more than one".to_string(),
@@ -194,8 +257,142 @@ fn parse_syntax(bytes: &[u8], format: ManifestFormat) -> Result<Option<Value>, M
                     column: None,
                 });
             }
-            Ok(if value.is_null() { None } else { Some(value) })
+            if value.is_null() {
+                return Ok(None);
+            }
+            value
         }
+    };
+    if !duplicates.is_empty() {
+        return Err(ManifestError::Invalid(duplicates));
+    }
+    Ok(Some(value))
+}
+
+/// Where a value sits in the document being read: a linked list from the
+/// value up to the root, on the stack, formatted only to name a duplicate.
+#[derive(Clone, Copy)]
+enum Place<'a> {
+    Root,
+    Key(&'a Place<'a>, &'a str),
+    Index(&'a Place<'a>, usize),
+}
+
+impl Place<'_> {
+    /// The place as a path, e.g. `spec.pools[0].replicas`.
+    fn path(&self) -> String {
+        match self {
+            Place::Root => String::new(),
+            Place::Key(parent, key) => join_field(&parent.path(), key),
+            Place::Index(parent, index) => format!("{}[{index}]", parent.path()),
+        }
+    }
+}
+
+/// Reads one value at `place` into a `serde_json::Value`, exactly as
+/// `Value::deserialize` does, except that a key already met in the same
+/// mapping is pushed to `duplicates`, once per key and mapping (the later
+/// value wins, and reading goes on to find the other duplicates). Works with any
+/// deserializer, so serde_json and serde_norway share it.
+struct UniqueKeys<'p, 'd> {
+    place: Place<'p>,
+    duplicates: &'d mut Vec<FieldError>,
+}
+
+impl<'de> DeserializeSeed<'de> for UniqueKeys<'_, '_> {
+    type Value = Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+/// The scalars go as in serde_json's own `Value` visitor.
+impl<'de> Visitor<'de> for UniqueKeys<'_, '_> {
+    type Value = Value;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("any valid JSON value")
+    }
+
+    fn visit_bool<E>(self, value: bool) -> Result<Value, E> {
+        Ok(Value::Bool(value))
+    }
+
+    fn visit_i64<E>(self, value: i64) -> Result<Value, E> {
+        Ok(Value::Number(value.into()))
+    }
+
+    fn visit_i128<E: serde::de::Error>(self, value: i128) -> Result<Value, E> {
+        let number = serde::de::value::I128Deserializer::new(value);
+        serde_json::Number::deserialize(number).map(Value::Number)
+    }
+
+    fn visit_u64<E>(self, value: u64) -> Result<Value, E> {
+        Ok(Value::Number(value.into()))
+    }
+
+    fn visit_u128<E: serde::de::Error>(self, value: u128) -> Result<Value, E> {
+        let number = serde::de::value::U128Deserializer::new(value);
+        serde_json::Number::deserialize(number).map(Value::Number)
+    }
+
+    fn visit_f64<E>(self, value: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(value).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, value: &str) -> Result<Value, E> {
+        Ok(Value::String(value.to_string()))
+    }
+
+    fn visit_string<E>(self, value: String) -> Result<Value, E> {
+        Ok(Value::String(value))
+    }
+
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        self.deserialize(deserializer)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let UniqueKeys { place, duplicates } = self;
+        let mut elements = Vec::new();
+        loop {
+            let element = UniqueKeys {
+                place: Place::Index(&place, elements.len()),
+                duplicates: &mut *duplicates,
+            };
+            match seq.next_element_seed(element)? {
+                Some(element) => elements.push(element),
+                None => return Ok(Value::Array(elements)),
+            }
+        }
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let UniqueKeys { place, duplicates } = self;
+        let mut object = serde_json::Map::new();
+        // The keys already reported, so that a key written thrice is one error.
+        let mut reported = HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let place = Place::Key(&place, &key);
+            if object.contains_key(&key) && reported.insert(key.clone()) {
+                duplicates.push(FieldError::new(place.path(), "duplicate key"));
+            }
+            let value = map.next_value_seed(UniqueKeys {
+                place,
+                duplicates: &mut *duplicates,
+            })?;
+            object.insert(key, value);
+        }
+        Ok(Value::Object(object))
     }
 }
 
@@ -256,37 +453,211 @@ fn stringify_number(value: &mut Value) {
     }
 }
 
-/// The typing step: a JSON value to a [`Manifest`], collecting every unknown
-/// field and the first type error.
-/// The typing step. On success, returns the manifest with the unknown fields
-/// met on the way, so that they are reported together with validation errors.
-fn parse_typed(value: Value) -> Result<(Manifest, Vec<FieldError>), ManifestError> {
-    let mut errors = Vec::new();
-    let mut on_ignored = |path: serde_ignored::Path<'_>| {
-        errors.push(FieldError::new(ignored_path(&path), "unknown field"));
-    };
-    let deserializer = serde_ignored::Deserializer::new(value, &mut on_ignored);
-    let typed: Result<Manifest, _> = serde_path_to_error::deserialize(deserializer);
-    match typed {
-        Ok(manifest) => Ok((manifest, errors)),
-        Err(error) => {
-            errors.push(type_error(&error));
-            Err(ManifestError::Invalid(errors))
-        }
-    }
+/// The most rounds of typing for one manifest. Each round types the whole
+/// value again and finds at most one new problem, so this bounds the work.
+/// The doc comment of [`parse_manifest`] states this number.
+const MAX_TYPING_ROUNDS: usize = 64;
+
+/// What the typing step found.
+#[derive(Default)]
+struct Typed {
+    /// The manifest, with placeholders where `type_errors` point; `None` when
+    /// typing gave up.
+    manifest: Option<Manifest>,
+    /// Every unknown field, once each.
+    unknown_fields: Vec<FieldError>,
+    /// Every type error and missing field, except those under another one.
+    type_errors: Vec<FieldError>,
 }
 
-/// Converts a typing error into a field error. A missing field is reported at
-/// the path of the field itself rather than at the mapping that lacks it.
-fn type_error(error: &serde_path_to_error::Error<serde_json::Error>) -> FieldError {
+/// One step of a path into a `Value`, to find the place of a placeholder.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Step {
+    Key(String),
+    Index(usize),
+}
+
+/// What was put at a place that failed typing.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fix {
+    /// `null`, put because the type expected there was unknown (a missing
+    /// field, or a message that does not say): the next round's error there
+    /// says which type, and is not reported.
+    Probe,
+    /// A placeholder of the expected type, or the key removed as a last
+    /// resort. A place that fails again after this makes typing give up.
+    Final,
+}
+
+/// The typing step: a JSON value to a [`Manifest`], collecting every unknown
+/// field, type error and missing field.
+///
+/// Each round types the value, with `serde_ignored` noting unknown fields and
+/// `serde_path_to_error` giving the path of the first error. The error is
+/// recorded, unless it lies under an earlier one (then it is about a
+/// placeholder), the value at its path is replaced by a placeholder (see
+/// [`Fix`]) and the next round begins. Unknown fields are gathered over all
+/// rounds, once each by path: each round meets those of the round before
+/// again, and one met inside a value that a later placeholder replaced (a
+/// list given for a struct, read element by element before it failed) is
+/// still in the user's document, so it is still reported.
+fn parse_typed(mut value: Value) -> Typed {
+    let mut typed = Typed::default();
+    let mut unknown_seen = HashSet::new();
+    // The steps of each recorded error, and what was put at each place.
+    let mut recorded: Vec<Vec<Step>> = Vec::new();
+    let mut fixes: HashMap<Vec<Step>, Fix> = HashMap::new();
+    // Placeholders by place with list indexes erased, so that a missing field
+    // seen in one pool needs no probe in the next.
+    let mut learned: HashMap<Vec<Step>, Value> = HashMap::new();
+
+    for _ in 0..MAX_TYPING_ROUNDS {
+        let mut ignored = Vec::new();
+        let mut on_ignored = |path: serde_ignored::Path<'_>| ignored.push(ignored_path(&path));
+        let deserializer = serde_ignored::Deserializer::new(&value, &mut on_ignored);
+        let result: Result<Manifest, _> = serde_path_to_error::deserialize(deserializer);
+        for path in ignored {
+            if unknown_seen.insert(path.clone()) {
+                typed
+                    .unknown_fields
+                    .push(FieldError::new(path, "unknown field"));
+            }
+        }
+        let error = match result {
+            Ok(manifest) => {
+                typed.manifest = Some(manifest);
+                break;
+            }
+            Err(error) => error,
+        };
+
+        let (field_error, steps) = type_error(&error);
+        let Some(steps) = steps else {
+            // A place that cannot be found in the value cannot be fixed.
+            typed.type_errors.push(field_error);
+            break;
+        };
+        let previous = fixes.get(&steps).copied();
+        if previous == Some(Fix::Final) {
+            break;
+        }
+        if previous.is_none() && !recorded.iter().any(|parent| steps.starts_with(parent)) {
+            typed.type_errors.push(field_error);
+            recorded.push(steps.clone());
+        }
+
+        let shape: Vec<Step> = steps
+            .iter()
+            .map(|step| match step {
+                Step::Index(_) => Step::Index(0),
+                Step::Key(_) => step.clone(),
+            })
+            .collect();
+        let message = error.inner().to_string();
+        let (placeholder, fix) = match placeholder_for(&message) {
+            Some(placeholder) => {
+                learned.insert(shape, placeholder.clone());
+                (Some(placeholder), Fix::Final)
+            }
+            None => match learned.get(&shape) {
+                Some(placeholder) => (Some(placeholder.clone()), Fix::Final),
+                None if previous.is_none() => (Some(Value::Null), Fix::Probe),
+                None => (None, Fix::Final),
+            },
+        };
+        if put(&mut value, &steps, placeholder).is_none() {
+            break;
+        }
+        fixes.insert(steps, fix);
+    }
+    typed
+}
+
+/// A placeholder of the type that a typing error expected, read from the end
+/// of serde's message: `invalid type: string "five", expected i64` gives `0`.
+/// `None` when the message names no type (a missing field, a list too long
+/// for a struct).
+fn placeholder_for(message: &str) -> Option<Value> {
+    // The expected part comes last; the found part may quote the user's text.
+    let (_, expected) = message.rsplit_once(", expected ")?;
+    let placeholder = match expected {
+        "a string" => Value::String(String::new()),
+        "a boolean" => Value::Bool(false),
+        "a sequence" => Value::Array(Vec::new()),
+        "a map" => Value::Object(serde_json::Map::new()),
+        "i8" | "i16" | "i32" | "i64" | "i128" | "isize" | "u8" | "u16" | "u32" | "u64" | "u128"
+        | "usize" => Value::from(0),
+        "f32" | "f64" => Value::from(0.0),
+        // `struct Pool`, or `struct Pool with 6 elements` for a short list.
+        _ if expected.starts_with("struct ") => Value::Object(serde_json::Map::new()),
+        _ => return None,
+    };
+    Some(placeholder)
+}
+
+/// Puts `placeholder` at `steps` in `value`, replacing what is there or adding
+/// the key; `None` as the placeholder removes the key. Returns `None` when the
+/// place does not exist (or is a list element to remove).
+fn put(value: &mut Value, steps: &[Step], placeholder: Option<Value>) -> Option<()> {
+    let Some((last, parents)) = steps.split_last() else {
+        *value = placeholder?;
+        return Some(());
+    };
+    let mut parent = value;
+    for step in parents {
+        parent = match (step, parent) {
+            (Step::Key(key), Value::Object(object)) => object.get_mut(key)?,
+            (Step::Index(index), Value::Array(array)) => array.get_mut(*index)?,
+            _ => return None,
+        };
+    }
+    match (last, parent, placeholder) {
+        (Step::Key(key), Value::Object(object), Some(placeholder)) => {
+            object.insert(key.clone(), placeholder);
+        }
+        (Step::Key(key), Value::Object(object), None) => {
+            object.remove(key)?;
+        }
+        (Step::Index(index), Value::Array(array), Some(placeholder)) => {
+            *array.get_mut(*index)? = placeholder;
+        }
+        _ => return None,
+    }
+    Some(())
+}
+
+/// Converts a typing error into a field error, with the steps to its place in
+/// the value (`None` if the path has a segment that is not a key or an index).
+/// A missing field is reported at the path of the field itself rather than at
+/// the mapping that lacks it.
+fn type_error(
+    error: &serde_path_to_error::Error<serde_json::Error>,
+) -> (FieldError, Option<Vec<Step>>) {
     let path = typed_path(error.path());
+    let mut steps: Option<Vec<Step>> = error
+        .path()
+        .iter()
+        .map(|segment| match segment {
+            serde_path_to_error::Segment::Seq { index } => Some(Step::Index(*index)),
+            serde_path_to_error::Segment::Map { key } => Some(Step::Key(key.clone())),
+            _ => None,
+        })
+        .collect();
     let message = error.inner().to_string();
     let missing = message
         .strip_prefix("missing field `")
         .and_then(|rest| rest.strip_suffix('`'));
     match missing {
-        Some(field) => FieldError::new(join_field(&path, field), "missing field"),
-        None => FieldError::new(path, message),
+        Some(field) => {
+            if let Some(steps) = &mut steps {
+                steps.push(Step::Key(field.to_string()));
+            }
+            (
+                FieldError::new(join_field(&path, field), "missing field"),
+                steps,
+            )
+        }
+        None => (FieldError::new(path, message), steps),
     }
 }
 
@@ -540,5 +911,226 @@ mod tests {
             error.to_string(),
             "invalid manifest, 2 errors:\n  kind: expected \"Cluster\", got \"Clutser\"\n  spec.region: missing field"
         );
+    }
+
+    /// Parses `input` and checks that it is refused with exactly `expected`.
+    #[track_caller]
+    fn check(input: &str, format: ManifestFormat, expected: &[&str]) {
+        let actual = invalid(parse_manifest(input.as_bytes(), format));
+        assert_eq!(actual, expected, "\ninput: {input}");
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused_by_path() {
+        let yaml = ManifestFormat::Yaml;
+        let json = ManifestFormat::Json;
+        let cases: &[(&str, ManifestFormat, &[&str])] = &[
+            (r#"{"kind":"Bogus","kind":"Cluster"}"#, json, &["kind: duplicate key"]),
+            (
+                r#"{"spec":{"pools":[{"name":"a"},{"replicas":1,"name":"b","replicas":2}]}}"#,
+                json,
+                &["spec.pools[1].replicas: duplicate key"],
+            ),
+            // Three times is still one duplicate; the same key in another
+            // mapping is no duplicate at all.
+            (
+                r#"{"a":{"b":[{"c":1,"c":2,"c":3}],"c":4},"a":1}"#,
+                json,
+                &["a.b[0].c: duplicate key", "a: duplicate key"],
+            ),
+            ("kind: Bogus\nkind: Cluster\n", yaml, &["kind: duplicate key"]),
+            (
+                "spec:\n  region: a\n  pools:\n    - {name: a}\n    - name: b\n      replicas: 1\n      replicas: 2\n  region: b\n",
+                yaml,
+                &["spec.pools[1].replicas: duplicate key", "spec.region: duplicate key"],
+            ),
+            // YAML keys are compared as the strings they become.
+            ("1: a\n\"1\": b\n", yaml, &["1: duplicate key"]),
+        ];
+        for (input, format, expected) in cases {
+            check(input, *format, expected);
+        }
+
+        // A duplicate is reported alone, before any type or validation error.
+        let yaml = PROD_EU
+            .replace("replicas: 5", "replicas: five, replicas: 5")
+            .replace("kind: Cluster", "kind: Pod\ncolour: blue");
+        check(
+            &yaml,
+            ManifestFormat::Yaml,
+            &["spec.pools[1].replicas: duplicate key"],
+        );
+        let manifest = parse_manifest(PROD_EU.as_bytes(), ManifestFormat::Yaml).unwrap();
+        let json = serde_json::to_string(&manifest).unwrap().replacen(
+            "\"kind\":\"Cluster\"",
+            "\"kind\":\"Cluster\",\"kind\":\"Pod\"",
+            1,
+        );
+        check(&json, ManifestFormat::Json, &["kind: duplicate key"]);
+
+        // A syntax error still wins over a duplicate met before it.
+        let (message, line, _) = syntax(parse_manifest(
+            b"{\"kind\":1,\"kind\":2,}",
+            ManifestFormat::Json,
+        ));
+        assert_eq!((message.as_str(), line), ("trailing comma", Some(1)));
+    }
+
+    #[test]
+    fn pathological_documents_end_promptly_with_sensible_paths() {
+        let yaml = ManifestFormat::Yaml;
+        let cases: &[(&str, &[&str])] = &[
+            (
+                "spec: 5",
+                &[
+                    "spec: invalid type: integer `5`, expected struct ClusterSpec",
+                    "apiVersion: missing field",
+                    "kind: missing field",
+                    "metadata: missing field",
+                ],
+            ),
+            (
+                "metadata: []",
+                &[
+                    "metadata: invalid length 0, expected struct Metadata with 2 elements",
+                    "apiVersion: missing field",
+                    "kind: missing field",
+                    "spec: missing field",
+                ],
+            ),
+            // serde accepts a list for a struct, field by field, and says so.
+            (
+                "metadata: [1, 2, 3]",
+                &[
+                    "metadata[0]: invalid type: integer `1`, expected a string",
+                    "metadata[1]: invalid type: integer `2`, expected a map",
+                    "metadata: invalid length 3, expected fewer elements in array",
+                    "apiVersion: missing field",
+                    "kind: missing field",
+                    "spec: missing field",
+                ],
+            ),
+            // The missing fields of each placeholder `{}` are not reported,
+            // those of the user's own `{}` are; `kind` shows that typing went
+            // all the way through to validation.
+            (
+                "kind: Bogus\nspec: {pools: [1, \"x\", [], {}]}",
+                &[
+                    "spec.pools[0]: invalid type: integer `1`, expected struct Pool",
+                    "spec.pools[1]: invalid type: string \"x\", expected struct Pool",
+                    "spec.pools[2]: invalid length 0, expected struct Pool with 6 elements",
+                    "spec.pools[3].name: missing field",
+                    "spec.pools[3].role: missing field",
+                    "spec.pools[3].replicas: missing field",
+                    "spec.pools[3].machineType: missing field",
+                    "spec.pools[3].image: missing field",
+                    "spec.pools[3].subnets: missing field",
+                    "spec.provider: missing field",
+                    "spec.region: missing field",
+                    "spec.kubernetesVersion: missing field",
+                    "spec.network: missing field",
+                    "apiVersion: missing field",
+                    "metadata: missing field",
+                    "kind: expected \"Cluster\", got \"Bogus\"",
+                ],
+            ),
+            (
+                "{apiVersion: [], kind: {}, metadata: 1, spec: [], extra: null}",
+                &[
+                    "extra: unknown field",
+                    "apiVersion: invalid type: sequence, expected a string",
+                    "kind: invalid type: map, expected a string",
+                    "metadata: invalid type: integer `1`, expected struct Metadata",
+                    "spec: invalid length 0, expected struct ClusterSpec with 7 elements",
+                ],
+            ),
+        ];
+        for (input, expected) in cases {
+            check(input, yaml, expected);
+        }
+    }
+
+    #[test]
+    fn typing_gives_up_after_a_bounded_number_of_rounds() {
+        let pool = "{name: p, role: worker, replicas: x, machineType: m, image: i, subnets: [a]}";
+        let pools = format!("{pool}, ").repeat(3 * MAX_TYPING_ROUNDS);
+        let yaml = format!("spec: {{pools: [{pools}]}}");
+        let errors = invalid(parse_manifest(yaml.as_bytes(), ManifestFormat::Yaml));
+        // One error per round, then the errors found so far, unvalidated.
+        assert_eq!(errors.len(), MAX_TYPING_ROUNDS, "{errors:#?}");
+        for (index, error) in errors.iter().enumerate() {
+            assert_eq!(
+                *error,
+                format!("spec.pools[{index}].replicas: invalid type: string \"x\", expected i64")
+            );
+        }
+    }
+
+    #[test]
+    fn placeholders_follow_the_expected_type_in_the_message() {
+        let cases: &[(&str, Option<Value>)] = &[
+            (
+                "invalid type: string \"five\", expected i64",
+                Some(Value::from(0)),
+            ),
+            (
+                "invalid value: integer `-1`, expected u32",
+                Some(Value::from(0)),
+            ),
+            (
+                "invalid type: integer `1`, expected a string",
+                Some(Value::from("")),
+            ),
+            (
+                "invalid type: string \"a\", expected a sequence",
+                Some(Value::from(Vec::<Value>::new())),
+            ),
+            (
+                "invalid type: sequence, expected a map",
+                Some(serde_json::json!({})),
+            ),
+            (
+                "invalid type: integer `5`, expected struct ClusterSpec",
+                Some(serde_json::json!({})),
+            ),
+            (
+                "invalid length 0, expected struct Pool with 6 elements",
+                Some(serde_json::json!({})),
+            ),
+            (
+                "invalid type: string \"no\", expected a boolean",
+                Some(Value::Bool(false)),
+            ),
+            // The user's text cannot pass for the expected type.
+            (
+                "invalid type: string \"x, expected a map\", expected i64",
+                Some(Value::from(0)),
+            ),
+            ("invalid length 3, expected fewer elements in array", None),
+            ("missing field `region`", None),
+        ];
+        for (message, expected) in cases {
+            assert_eq!(placeholder_for(message), *expected, "{message}");
+        }
+    }
+
+    #[test]
+    fn a_path_is_at_or_under_its_parents_only() {
+        let cases = [
+            ("spec.pools[1].name", "spec.pools[1]", true),
+            ("spec.pools[1].name", "spec.pools", true),
+            ("spec.pools[1]", "spec.pools[1]", true),
+            ("spec.pools[1]", "", true),
+            ("spec.pools[10]", "spec.pools[1]", false),
+            ("spec.pools", "spec.pool", false),
+            ("spec.pools", "spec.pools[1]", false),
+        ];
+        for (path, parent, expected) in cases {
+            assert_eq!(
+                is_at_or_under(path, parent),
+                expected,
+                "{path} under {parent}"
+            );
+        }
     }
 }

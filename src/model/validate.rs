@@ -578,6 +578,90 @@ spec:
     }
 
     #[test]
+    fn type_errors_do_not_hide_other_errors() {
+        // Unknown fields, then type errors and missing fields, then validation.
+        check(
+            &edit(&[
+                ("replicas: 5", "replicas: five"),
+                ("cidr: 10.0.2.0/24", "cidr: 10.1.2.0/24"),
+                (
+                    "  policy: {drift: correct}",
+                    "  policy: {drift: correct}\n  zzz: 1",
+                ),
+            ]),
+            &[
+                "spec.zzz: unknown field",
+                "spec.pools[1].replicas: invalid type: string \"five\", expected i64",
+                "spec.network.subnets[1].cidr: 10.1.2.0/24 is not inside the network 10.0.0.0/16",
+            ],
+        );
+        check(
+            &edit(&[
+                ("replicas: 3", "replicas: three"),
+                ("subnets: [a, b]", "subnets: {a: b}"),
+            ]),
+            &[
+                "spec.pools[0].replicas: invalid type: string \"three\", expected i64",
+                "spec.pools[1].subnets: invalid type: map, expected a sequence",
+            ],
+        );
+        check(
+            &edit(&[
+                ("  region: eu-west-1\n", ""),
+                ("{name: workers,", "{name: Workers,"),
+            ]),
+            &[
+                "spec.region: missing field",
+                "spec.pools[1].name: \"Workers\" is not a DNS label",
+            ],
+        );
+        check(
+            &edit(&[
+                ("  pools:\n", "  pools: many\n"),
+                ("    - {name: control-plane, role: control-plane, replicas: 3, machineType: m5.large, image: ubuntu-24.04, subnets: [a]}\n", ""),
+                ("    - {name: workers, role: worker, replicas: 5, machineType: m5.xlarge, image: ubuntu-24.04, subnets: [a, b]}\n", ""),
+                ("kind: Cluster", "kind: Clutser"),
+                ("provider: sim", "provider: gcp"),
+            ]),
+            &[
+                "spec.pools: invalid type: string \"many\", expected a sequence",
+                "kind: expected \"Cluster\", got \"Clutser\"",
+                "spec.provider: unknown provider \"gcp\"",
+            ],
+        );
+    }
+
+    #[test]
+    fn nothing_is_said_about_a_placeholder() {
+        // Each placeholder ("", [], {}) would break a rule; only the type
+        // error that put it there is reported.
+        check(
+            &edit(&[("region: eu-west-1", "region: [eu-west-1]")]),
+            &["spec.region: invalid type: sequence, expected a string"],
+        );
+        check(
+            &edit(&[("zone: eu-west-1b", "zone: [eu-west-1b]")]),
+            &["spec.network.subnets[1].zone: invalid type: sequence, expected a string"],
+        );
+        check(
+            &edit(&[("ports: \"443\"", "ports: [443]")]),
+            &["spec.firewall[0].ports: invalid type: sequence, expected a string"],
+        );
+        check(
+            &edit(&[("{name: workers,", "{name: [workers],")]),
+            &["spec.pools[1].name: invalid type: sequence, expected a string"],
+        );
+        check(
+            &edit(&[("    - {name: workers, role: worker, replicas: 5, machineType: m5.xlarge, image: ubuntu-24.04, subnets: [a, b]}", "    - workers")]),
+            &["spec.pools[1]: invalid type: string \"workers\", expected struct Pool"],
+        );
+        check(
+            &edit(&[("  name: prod-eu\n", "")]),
+            &["metadata.name: missing field"],
+        );
+    }
+
+    #[test]
     fn spec_scalar_rules() {
         check(
             &edit(&[("provider: sim", "provider: aws")]),

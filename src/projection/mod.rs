@@ -3,10 +3,11 @@
 //! # The contract
 //!
 //! `DesiredState::apply(&mut self, &Event)` must be deterministic: no clock, no
-//! randomness, no IO. It is total: an event it does not understand, or a change
-//! that does not fit the current state, leaves the state as it was (and is
-//! counted), because the fold is replayed from the log and must never stop at
-//! an old event. Applying an event whose seq is not past `applied_seq` does
+//! randomness, no IO. It is total: an event it cannot use leaves the state as it
+//! was, because the fold is replayed from the log and must never stop at an old
+//! event. A payload that does not decode, or a change that does not fit the
+//! current state, is counted in `skipped_events`; a type this build does not
+//! know (written by a newer build) is passed over silently. Applying an event whose seq is not past `applied_seq` does
 //! nothing, so a follower that sees an event twice stays correct.
 //!
 //! Replay rules: the state after replaying seqs 1..=n is the same whether built

@@ -152,9 +152,15 @@ pub enum StoreError {
     /// The log on disk is damaged; an operator must look.
     #[error("corrupt record at seq {seq}: {reason}")]
     Corrupt { seq: u64, reason: String },
-    /// The disk or sled failed. The writer stops taking appends after this.
+    /// The disk or sled failed before anything of the request was written.
+    /// The writer stops taking appends after this.
     #[error("storage I/O: {0}")]
     Io(String),
+    /// The request reached sled but its fsync failed: it may or may not be on
+    /// disk. The writer stops taking appends; after a restart, retrying with the
+    /// same idempotency key is safe.
+    #[error("storage I/O failed after the write, its outcome is unknown: {0}")]
+    OutcomeUnknown(String),
     /// The store is shutting down or has failed; retry against a healthy daemon.
     #[error("the store is closed")]
     Closed,
@@ -192,11 +198,16 @@ pub trait EventStore: Send + Sync + 'static {
     /// What an idempotency key was used for, if it was.
     async fn idempotency_record(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError>;
 
-    /// The last committed event.
+    /// The last committed event. (A store shared by several daemons will make
+    /// this a read; today's single writer keeps it in memory.)
     fn head(&self) -> Head;
 
-    /// Events as they are committed, after they are durable. A receiver that
-    /// lags gets `RecvError::Lagged` and must catch up with `read`.
+    /// Why the store stopped taking appends, if it did.
+    fn failure(&self) -> Option<String>;
+
+    /// Events as they are committed by this process, after they are durable. A
+    /// receiver that lags gets `RecvError::Lagged` and must catch up with
+    /// `read`; `read` is the source of truth, the broadcast only a wake-up.
     fn subscribe_committed(&self) -> broadcast::Receiver<Arc<Event>>;
 
     /// Recomputes the whole hash chain.

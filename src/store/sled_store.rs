@@ -7,12 +7,11 @@
 //! | `e` seq (u64 BE)                      | the event record (format byte + bincode)|
 //! | `v` stream `\0` version (u64 BE)      | seq (u64 BE): the per-stream index      |
 //! | `s` stream                            | the stream's version (u64 BE)           |
-//! | `x` event id (16 bytes)               | seq (u64 BE): lookup by id              |
 //! | `i` idempotency key                   | format byte + bincode(IdempotencyRecord)|
 //! | `h`                                   | head: format byte, seq (u64 BE), hash   |
 //!
 //! Records (events, idempotency records, the head) start with a format byte.
-//! Index values (`v`, `s`, `x`) are plain big-endian integers, derived from
+//! Index values (`v`, `s`) are plain big-endian integers, derived from
 //! the events and written in the same batch as them.
 //!
 //! # Group commit
@@ -25,11 +24,16 @@
 //! Only then does it answer the requests and publish the events. A thread rather
 //! than a tokio task, because every step of it blocks on the disk.
 //!
-//! Records are bounded (`SledStoreConfig::max_record_bytes`) well below the
-//! size at which sled moves a value into a separate blob file that it never
-//! fsyncs.
+//! # Blob files
+//!
+//! sled writes any log message larger than a quarter of its segment size to a
+//! file under `blobs/` that it never fsyncs, and a message can be a whole tree
+//! node of up to 17 entries. So the store opens sled with 8 MiB segments (a
+//! 2 MiB threshold) and bounds records at 64 KiB: 17 of them stay below it. A
+//! test fills nodes with records of the largest size and checks that `blobs/`
+//! stays empty.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -51,7 +55,6 @@ use crate::event::{from_bincode, to_bincode, ChainCursor, Event, GENESIS_HASH, R
 const EVENT_PREFIX: u8 = b'e';
 const STREAM_INDEX_PREFIX: u8 = b'v';
 const STREAM_VERSION_PREFIX: u8 = b's';
-const ID_INDEX_PREFIX: u8 = b'x';
 const IDEMPOTENCY_PREFIX: u8 = b'i';
 const HEAD_KEY: &[u8] = b"h";
 
@@ -65,8 +68,8 @@ pub struct SledStoreConfig {
     pub path: PathBuf,
     /// The most append requests one group commit takes.
     pub max_group_requests: usize,
-    /// The largest encoded event record accepted. sled writes values over about
-    /// a quarter of its segment size (512 KiB) to blob files it never fsyncs.
+    /// The largest encoded event record accepted; at most `MAX_RECORD_BYTES`
+    /// (see "Blob files" above).
     pub max_record_bytes: usize,
     /// sled's page cache, in bytes.
     pub cache_capacity_bytes: u64,
@@ -81,7 +84,7 @@ impl SledStoreConfig {
         SledStoreConfig {
             path: path.into(),
             max_group_requests: 4096,
-            max_record_bytes: 64 * 1024,
+            max_record_bytes: MAX_RECORD_BYTES,
             cache_capacity_bytes: 64 * 1024 * 1024,
             broadcast_capacity: 4096,
             clock: Arc::new(Utc::now),
@@ -104,8 +107,10 @@ pub struct StoreMetrics {
     pub group_size: Histogram,
     /// Events per accepted append request.
     pub batch_size: Histogram,
-    /// Seconds spent in sled flush plus fsync, per group commit.
-    pub sync_seconds: Histogram,
+    /// Seconds in sled's flush (writes and sync_file_range), per group commit.
+    pub flush_seconds: Histogram,
+    /// Seconds in the fsync of the database file, per group commit.
+    pub fsync_seconds: Histogram,
     /// The last committed seq.
     pub head_seq: Gauge,
 }
@@ -119,7 +124,8 @@ impl Default for StoreMetrics {
             fsyncs: Counter::default(),
             group_size: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
             batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
-            sync_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 16)),
+            flush_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 16)),
+            fsync_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 16)),
             head_seq: Gauge::default(),
         }
     }
@@ -137,6 +143,11 @@ pub struct SledStore {
 /// State the writer publishes for readers.
 struct Shared {
     head: Mutex<Head>,
+    /// Idempotency keys of the group being committed: in sled, not yet fsynced.
+    /// Readers treat them as absent until the group is durable.
+    pending_keys: Mutex<HashSet<String>>,
+    /// Why the writer stopped taking appends, if it did.
+    failure: Mutex<Option<String>>,
     metrics: StoreMetrics,
 }
 
@@ -168,12 +179,6 @@ fn stream_version_key(stream: &str) -> Vec<u8> {
     key
 }
 
-fn id_key(id: &uuid::Uuid) -> [u8; 17] {
-    let mut key = [ID_INDEX_PREFIX; 17];
-    key[1..].copy_from_slice(id.as_bytes());
-    key
-}
-
 fn idempotency_key(key: &str) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(key.len() + 1);
     bytes.push(IDEMPOTENCY_PREFIX);
@@ -190,21 +195,40 @@ fn io_error(error: impl std::fmt::Display) -> StoreError {
 }
 
 fn open_error(path: &Path, error: sled::Error) -> StoreError {
-    let text = error.to_string();
-    if text.contains("lock") {
-        StoreError::Locked {
-            path: path.display().to_string(),
+    // sled 0.34 reports a held lock only as an `io::ErrorKind::Other` with this
+    // text (config.rs, `try_lock_exclusive`); there is nothing more specific to
+    // match. Any other error stays an I/O error with sled's own words.
+    match &error {
+        sled::Error::Io(io) if io.to_string().starts_with("could not acquire lock on") => {
+            StoreError::Locked {
+                path: path.display().to_string(),
+            }
         }
-    } else {
-        io_error(text)
+        _ => io_error(error),
     }
 }
+
+/// sled's segment size. sled records it in the data directory and refuses to
+/// open the directory with another one, so this never changes. See "Blob files".
+pub const SEGMENT_SIZE_BYTES: usize = 8 * 1024 * 1024;
+
+/// The most entries sled keeps in one leaf node (it splits above 16).
+const MAX_ENTRIES_PER_LEAF: usize = 17;
+
+/// The largest record that can never push a node into a blob file: sled's blob
+/// threshold is a quarter of the segment, less the segment header, and a node
+/// holds its entries with their keys and some framing.
+pub const MAX_RECORD_BYTES: usize = 64 * 1024;
+
+const _: () =
+    assert!(MAX_ENTRIES_PER_LEAF * (MAX_RECORD_BYTES + 1024) < SEGMENT_SIZE_BYTES / 4 - 1024);
 
 /// Opens the sled database of a data directory, for the store or for offline tools.
 pub fn open_db(path: &Path, cache_capacity_bytes: u64) -> Result<sled::Db, StoreError> {
     std::fs::create_dir_all(path).map_err(io_error)?;
     let db = sled::Config::new()
         .path(path)
+        .segment_size(SEGMENT_SIZE_BYTES)
         .cache_capacity(cache_capacity_bytes)
         // We flush and fsync ourselves after every group; a background flush
         // would only add writes.
@@ -258,18 +282,48 @@ fn read_event(tree: &sled::Tree, seq: u64) -> Result<Option<Arc<Event>>, StoreEr
     }
 }
 
-fn read_range(tree: &sled::Tree, first: u64, last: u64) -> Result<Vec<Arc<Event>>, StoreError> {
+/// Up to `limit` events with seqs in `first..=last`, in order.
+fn scan_events(
+    tree: &sled::Tree,
+    first: u64,
+    last: u64,
+    limit: usize,
+) -> Result<Vec<Arc<Event>>, StoreError> {
     let mut events = Vec::new();
-    for seq in first..=last {
-        match read_event(tree, seq)? {
-            Some(event) => events.push(event),
-            None => {
-                return Err(StoreError::Corrupt {
-                    seq,
-                    reason: "missing event".into(),
-                })
-            }
+    if first > last || limit == 0 {
+        return Ok(events);
+    }
+    for entry in tree.range(event_key(first)..=event_key(last)) {
+        let (key, record) = entry.map_err(io_error)?;
+        let seq = be_u64(&key[1..]).unwrap_or(0);
+        let event = Event::decode_record(&record).map_err(|error| StoreError::Corrupt {
+            seq,
+            reason: error.to_string(),
+        })?;
+        events.push(Arc::new(event));
+        if events.len() == limit {
+            break;
         }
+    }
+    Ok(events)
+}
+
+/// Exactly the events `first..=last`; a missing one is corruption.
+fn read_range(tree: &sled::Tree, first: u64, last: u64) -> Result<Vec<Arc<Event>>, StoreError> {
+    let events = scan_events(tree, first, last, usize::MAX)?;
+    for (expected, event) in (first..).zip(&events) {
+        if event.seq != expected {
+            return Err(StoreError::Corrupt {
+                seq: expected,
+                reason: "missing event".into(),
+            });
+        }
+    }
+    if first <= last && events.len() as u64 != last - first + 1 {
+        return Err(StoreError::Corrupt {
+            seq: first + events.len() as u64,
+            reason: "missing event".into(),
+        });
     }
     Ok(events)
 }
@@ -302,8 +356,30 @@ fn read_stream_version(tree: &sled::Tree, stream: &str) -> Result<u64, StoreErro
         .unwrap_or(0))
 }
 
-/// Recomputes the hash chain of a tree up to `head` (or the stored head).
+/// The first event stored past the head record, if any. sled applies a batch
+/// atomically and the head is in the same batch, so this is corruption (or a
+/// head record rolled back by hand), never the remains of a crash.
+fn first_event_past(tree: &sled::Tree, head: &Head) -> Result<Option<u64>, StoreError> {
+    if head.seq == u64::MAX {
+        return Ok(None);
+    }
+    match tree
+        .range(event_key(head.seq + 1)..=event_key(u64::MAX))
+        .next()
+    {
+        Some(entry) => {
+            let (key, _) = entry.map_err(io_error)?;
+            Ok(be_u64(&key[1..]))
+        }
+        None => Ok(None),
+    }
+}
+
+/// Recomputes the hash chain of a tree. With `head` given (a running store's
+/// durable head), checks up to it; without, checks up to the stored head
+/// record and also that nothing is stored past it (offline verification).
 pub fn verify_tree(tree: &sled::Tree, head: Option<Head>) -> Result<VerifyReport, StoreError> {
+    let offline = head.is_none();
     let head = match head {
         Some(head) => head,
         None => read_head(tree)?,
@@ -346,6 +422,16 @@ pub fn verify_tree(tree: &sled::Tree, head: Option<Head>) -> Result<VerifyReport
                 seq: head.seq,
                 reason: "hash differs from the one in the head record".into(),
             });
+        } else if offline {
+            if let Some(seq) = first_event_past(tree, &head)? {
+                first_bad = Some(BadRecord {
+                    seq,
+                    reason: format!(
+                        "stored past the head record, which ends the log at seq {}",
+                        head.seq
+                    ),
+                });
+            }
         }
     }
     Ok(VerifyReport {
@@ -360,7 +446,22 @@ impl SledStore {
     /// Opens (or creates) the store and starts its writer thread.
     pub fn open(config: SledStoreConfig) -> Result<SledStore, StoreError> {
         let db = open_db(&config.path, config.cache_capacity_bytes)?;
+        if config.max_record_bytes > MAX_RECORD_BYTES {
+            return Err(StoreError::InvalidRequest(format!(
+                "max_record_bytes {} is over {MAX_RECORD_BYTES}, the most sled keeps out of blob files",
+                config.max_record_bytes
+            )));
+        }
         let head = read_head(&db)?;
+        if let Some(seq) = first_event_past(&db, &head)? {
+            return Err(StoreError::Corrupt {
+                seq,
+                reason: format!(
+                    "an event is stored past the head record (seq {}); run `cairn verify --data-dir`",
+                    head.seq
+                ),
+            });
+        }
         let last_time = match read_event(&db, head.seq)? {
             Some(event) => Some(event.time),
             None if head.seq == 0 => None,
@@ -376,6 +477,8 @@ impl SledStore {
         metrics.head_seq.set(head.seq as i64);
         let shared = Arc::new(Shared {
             head: Mutex::new(head),
+            pending_keys: Mutex::new(HashSet::new()),
+            failure: Mutex::new(None),
             metrics,
         });
         let (committed, _) = broadcast::channel(config.broadcast_capacity);
@@ -407,14 +510,6 @@ impl SledStore {
     pub fn metrics(&self) -> &StoreMetrics {
         &self.shared.metrics
     }
-
-    /// The event with this id, if any.
-    pub fn event_by_id(&self, id: &uuid::Uuid) -> Result<Option<Arc<Event>>, StoreError> {
-        match self.tree.get(id_key(id)).map_err(io_error)? {
-            Some(seq) => read_event(&self.tree, be_u64(&seq).unwrap_or(0)),
-            None => Ok(None),
-        }
-    }
 }
 
 #[async_trait]
@@ -435,24 +530,7 @@ impl EventStore for SledStore {
     }
 
     async fn read(&self, after: u64, limit: usize) -> Result<Vec<Arc<Event>>, StoreError> {
-        let head = self.head().seq;
-        let mut events = Vec::new();
-        if after >= head || limit == 0 {
-            return Ok(events);
-        }
-        for entry in self.tree.range(event_key(after + 1)..=event_key(head)) {
-            let (key, record) = entry.map_err(io_error)?;
-            let seq = be_u64(&key[1..]).unwrap_or(0);
-            let event = Event::decode_record(&record).map_err(|error| StoreError::Corrupt {
-                seq,
-                reason: error.to_string(),
-            })?;
-            events.push(Arc::new(event));
-            if events.len() == limit {
-                break;
-            }
-        }
-        Ok(events)
+        scan_events(&self.tree, after.saturating_add(1), self.head().seq, limit)
     }
 
     async fn read_stream(
@@ -508,12 +586,24 @@ impl EventStore for SledStore {
 
     async fn idempotency_record(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {
         let record = read_idempotency(&self.tree, key)?;
-        // As above: a record written by a group that is not yet durable is not shown.
-        Ok(record.filter(|record| record.last_seq <= self.head().seq))
+        // A record of a group that is not yet durable is not shown. The writer
+        // marks a key pending before it applies the batch, so a record found
+        // here is either pending or durable.
+        let pending = self
+            .shared
+            .pending_keys
+            .lock()
+            .expect("pending lock")
+            .contains(key);
+        Ok(record.filter(|_| !pending))
     }
 
     fn head(&self) -> Head {
         *self.shared.head.lock().expect("head lock")
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.shared.failure.lock().expect("failure lock").clone()
     }
 
     fn subscribe_committed(&self) -> broadcast::Receiver<Arc<Event>> {
@@ -593,14 +683,18 @@ impl Writer {
     }
 
     fn sync(&self) -> Result<(), StoreError> {
+        let metrics = &self.shared.metrics;
         let started = Instant::now();
         self.tree.flush().map_err(io_error)?;
+        let flushed = Instant::now();
+        metrics
+            .flush_seconds
+            .observe((flushed - started).as_secs_f64());
         self.db_file.sync_all().map_err(io_error)?;
-        let metrics = &self.shared.metrics;
         metrics.fsyncs.inc();
         metrics
-            .sync_seconds
-            .observe(started.elapsed().as_secs_f64());
+            .fsync_seconds
+            .observe(flushed.elapsed().as_secs_f64());
         Ok(())
     }
 
@@ -631,19 +725,41 @@ impl Writer {
             if let Some(head) = overlay.head {
                 batch.insert(HEAD_KEY, encode_head(&head));
             }
-            let written = self
-                .tree
-                .apply_batch(batch)
-                .map_err(io_error)
-                .and_then(|()| self.sync());
+            let pending: Vec<String> = overlay.idempotency.keys().cloned().collect();
+            self.shared
+                .pending_keys
+                .lock()
+                .expect("pending lock")
+                .extend(pending.iter().cloned());
+            let written = match self.tree.apply_batch(batch) {
+                Err(error) => Err(io_error(error)),
+                // The batch is in sled now; whether it reaches the disk is unknown.
+                Ok(()) => self
+                    .sync()
+                    .map_err(|error| StoreError::OutcomeUnknown(error.to_string())),
+            };
             if let Err(error) = written {
                 tracing::error!(%error, "group commit failed; the store stops taking appends");
-                self.failed = Some(error.to_string());
+                let reason = error.to_string();
+                self.failed = Some(reason.clone());
+                *self.shared.failure.lock().expect("failure lock") = Some(reason);
                 for job in staged {
-                    let _ = job.reply.send(Err(StoreError::Io(error.to_string())));
+                    let answer = match &error {
+                        StoreError::OutcomeUnknown(text) => {
+                            StoreError::OutcomeUnknown(text.clone())
+                        }
+                        other => StoreError::Io(other.to_string()),
+                    };
+                    let _ = job.reply.send(Err(answer));
                 }
+                // The pending keys stay hidden: their records may not be durable.
                 return;
             }
+            let mut pending_keys = self.shared.pending_keys.lock().expect("pending lock");
+            for key in &pending {
+                pending_keys.remove(key);
+            }
+            drop(pending_keys);
             metrics.group_commits.inc();
         }
 
@@ -767,7 +883,6 @@ impl Writer {
                 stream_index_key(&event.stream, event.version),
                 &seq_bytes[..],
             );
-            batch.insert(&id_key(&event.id)[..], &seq_bytes[..]);
         }
         if !sealed.is_empty() {
             batch.insert(
@@ -840,7 +955,7 @@ mod tests {
     use uuid::Uuid;
 
     use super::*;
-    use crate::event::{Actor, ActorKind, Cause, NewEvent};
+    use crate::event::{Actor, ActorKind, Cause, NewEvent, GENESIS_HASH};
     use crate::store::{ExpectedVersion, Idempotency};
 
     fn new_event(text: &str) -> NewEvent {
@@ -1026,15 +1141,83 @@ mod tests {
         let metrics = store.metrics();
         assert_eq!(store.head().seq, 640);
         assert_eq!(metrics.events_appended.get(), 640);
-        // Each group is one flush and one fsync; with 64 writers waiting at once,
-        // groups hold more than one request.
-        assert_eq!(metrics.fsyncs.get(), metrics.group_commits.get());
+        // With 64 writers waiting at once, groups hold more than one request,
+        // and each group costs one fsync.
         assert!(
             metrics.fsyncs.get() < 640,
             "{} fsyncs for 640 appends",
             metrics.fsyncs.get()
         );
         assert!(store.verify().await.unwrap().is_ok());
+    }
+
+    /// sled never fsyncs its blob files, so no record may ever land in one:
+    /// records of the largest accepted size, enough to fill many leaf nodes.
+    #[tokio::test]
+    async fn records_of_the_largest_size_stay_out_of_blob_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        // The largest payload whose record still fits under the limit.
+        let mut size = MAX_RECORD_BYTES;
+        let text = loop {
+            let text = "x".repeat(size);
+            let record =
+                Event::seal(new_event(&text), "a", 1, 1, Utc::now(), GENESIS_HASH).encode_record();
+            if record.len() <= MAX_RECORD_BYTES {
+                break text;
+            }
+            size -= record.len() - MAX_RECORD_BYTES;
+        };
+        for round in 0..6 {
+            let texts = vec![text.as_str(); 10];
+            store
+                .append(request(
+                    &format!("s{}", round % 2),
+                    ExpectedVersion::Any,
+                    &texts,
+                ))
+                .await
+                .unwrap();
+        }
+        store.close().await;
+        drop(store);
+        let blobs = dir.path().join("blobs");
+        let files = std::fs::read_dir(&blobs)
+            .map(|entries| entries.count())
+            .unwrap_or(0);
+        assert_eq!(
+            files,
+            0,
+            "sled wrote {files} blob files under {}",
+            blobs.display()
+        );
+        let db = open_db(dir.path(), 1 << 20).unwrap();
+        assert!(verify_tree(&db, None).unwrap().is_ok());
+    }
+
+    #[tokio::test]
+    async fn offline_verify_reports_an_event_stored_past_the_head() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        for text in ["1", "2"] {
+            store
+                .append(request("a", ExpectedVersion::Any, &[text]))
+                .await
+                .unwrap();
+        }
+        store.close().await;
+        drop(store);
+        let db = open_db(dir.path(), 1 << 20).unwrap();
+        let record = db.get(event_key(2)).unwrap().unwrap();
+        db.insert(event_key(3), record).unwrap();
+        let report = verify_tree(&db, None).unwrap();
+        assert_eq!(report.first_bad.unwrap().seq, 3);
+        drop(db);
+        match SledStore::open(SledStoreConfig::new(dir.path())) {
+            Err(StoreError::Corrupt { seq, .. }) => assert_eq!(seq, 3),
+            Err(other) => panic!("expected Corrupt, got {other:?}"),
+            Ok(_) => panic!("a store with an event past its head opened"),
+        }
     }
 
     #[tokio::test]

@@ -284,9 +284,10 @@ async fn idempotency_key_replays_the_original_outcome_and_refuses_a_different_ma
         first_event["cause"]
     );
 
-    // The same key with the same manifest: the original answer, nothing new.
+    // The same key with the same manifest: the original answer (status
+    // included), nothing new.
     let retried = post_apply(&client, &daemon, "/v1/apply", &example, &key).await;
-    retried.assert_status(200);
+    retried.assert_status(201);
     assert_eq!(retried.body["deduplicated"], true, "{}", retried.body_text);
     assert_eq!(retried.body["streamVersion"], 1);
     assert_eq!(retried.body["events"], first.body["events"]);
@@ -302,7 +303,7 @@ async fn idempotency_key_replays_the_original_outcome_and_refuses_a_different_ma
 
     // The replay still works after the refusal.
     let retried_again = post_apply(&client, &daemon, "/v1/apply", &example, &key).await;
-    retried_again.assert_status(200);
+    retried_again.assert_status(201);
     assert_eq!(retried_again.body["deduplicated"], true);
     assert_eq!(retried_again.body["events"], first.body["events"]);
     assert_eq!(head_seq(&client, &daemon).await, 1);
@@ -388,17 +389,23 @@ async fn rejected_requests_are_problem_documents_with_stable_codes_and_append_no
     }
     assert_eq!(paths.len(), 3, "exactly the three problems: {paths:?}");
 
-    // A body over 1 MiB is refused before it is parsed. The daemon answers
-    // without reading the body and then closes the connection, but its answer
-    // does not say `Connection: close`, so a pooling client could reuse the
-    // dead connection and fail its next request with a broken pipe (reported
-    // as a bug). A client of its own keeps that connection out of the pool
-    // that the rest of this test uses.
+    // A body over 1 MiB is refused before it is parsed. The daemon reads and
+    // discards it, answers with `Connection: close`, and the client's next
+    // request on the same pool still works.
     let oversized_body = format!("# {}\n{}", "x".repeat(1024 * 1024), example_manifest_text());
-    let one_off_client = http_client();
-    let too_large = post_apply(&one_off_client, &daemon, "/v1/apply", &oversized_body, &[]).await;
-    drop(one_off_client);
+    let too_large = post_apply(&client, &daemon, "/v1/apply", &oversized_body, &[]).await;
     too_large.assert_problem(413, "body_too_large");
+    assert_eq!(
+        too_large
+            .headers
+            .get("connection")
+            .map(|value| value.as_bytes()),
+        Some(&b"close"[..]),
+        "a 413 sent before the body is used closes the connection"
+    );
+    get(&client, &daemon.url("/healthz"))
+        .await
+        .assert_status(200);
     // Without a Content-Length, the limit applies while the body streams in.
     let chunked_answer = post_chunked_body_of_more_than_one_mebibyte(&daemon);
     assert!(
@@ -640,4 +647,87 @@ fn daemon_refuses_to_listen_beyond_loopback_without_tokens() {
         output.standard_error.contains("refusing"),
         "the refusal must say why: {output:?}"
     );
+}
+
+/// A loopback daemon without tokens must not be writable from a web page the
+/// user happens to visit: cross-site form posts, fetches and DNS rebinding.
+#[tokio::test]
+async fn requests_from_web_pages_and_foreign_hosts_are_refused() {
+    let data_directory = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(data_directory.path());
+    let client = http_client();
+    let example = example_manifest_text();
+
+    // A page's fetch or form carries Origin and Sec-Fetch-Site.
+    post_apply(
+        &client,
+        &daemon,
+        "/v1/apply",
+        &example,
+        &[("origin", "https://evil.example")],
+    )
+    .await
+    .assert_problem(403, "browser_request");
+    post_apply(
+        &client,
+        &daemon,
+        "/v1/apply",
+        &example,
+        &[("sec-fetch-site", "cross-site")],
+    )
+    .await
+    .assert_problem(403, "browser_request");
+    // A form can post text/plain without a CORS preflight: not a manifest type.
+    let form_post = client
+        .post(daemon.url("/v1/apply"))
+        .header("content-type", "text/plain")
+        .body(example.clone())
+        .send()
+        .await
+        .expect("answered");
+    let form_post = crate::harness::HttpAnswer::read(form_post).await;
+    form_post.assert_problem(415, "unsupported_media_type");
+    // DNS rebinding: a foreign name that resolves to 127.0.0.1.
+    let rebound = client
+        .get(daemon.url("/v1/clusters"))
+        .header("host", "evil.example:7470")
+        .send()
+        .await
+        .expect("answered");
+    crate::harness::HttpAnswer::read(rebound)
+        .await
+        .assert_problem(403, "bad_host");
+    assert_eq!(head_seq(&client, &daemon).await, 0, "nothing was appended");
+
+    // The CLI's own requests (no Origin, loopback Host) still work.
+    post_apply(&client, &daemon, "/v1/apply", &example, &[])
+        .await
+        .assert_status(201);
+}
+
+#[tokio::test]
+async fn query_parameters_are_checked_the_same_way_everywhere() {
+    let data_directory = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(data_directory.path());
+    let client = http_client();
+    post_apply(&client, &daemon, "/v1/apply", &example_manifest_text(), &[])
+        .await
+        .assert_status(201);
+    for path in [
+        "/v1/events?limit=0",
+        "/v1/events?limit=1001",
+        "/v1/events?colour=blue",
+        "/v1/clusters/prod-eu/history?limit=0",
+        "/v1/clusters/prod-eu/history?colour=blue",
+    ] {
+        get(&client, &daemon.url(path))
+            .await
+            .assert_problem(400, "bad_query");
+    }
+    get(&client, &daemon.url("/v1/clusters/no-such/history?after=3"))
+        .await
+        .assert_problem(404, "cluster_not_found");
+    let history = get(&client, &daemon.url("/v1/clusters/prod-eu/history?limit=1")).await;
+    history.assert_status(200);
+    assert_eq!(history.body["next"], Value::Null, "one event, no next page");
 }

@@ -108,16 +108,22 @@ fn command_line_applies_reads_and_verifies_against_a_running_daemon() {
     // The log as YAML parses, and holds exactly the one event.
     let events = run_command_line(server, &["events", "-o", "yaml"], None);
     assert_exit_code(&events, 0);
-    // YAML tags enum variants (`cause: !request`), so this parses into a YAML value.
-    let events_yaml: serde_norway::Value = serde_norway::from_str(&events.standard_output)
+    // `-o yaml` has the same shape as `-o json`: plain mappings, no YAML tags,
+    // so it parses into a JSON value and `cause.request` is a field.
+    let events_yaml: Value = serde_norway::from_str(&events.standard_output)
         .unwrap_or_else(|error| panic!("not YAML ({error}):\n{}", events.standard_output));
     let event_list = events_yaml["events"]
-        .as_sequence()
+        .as_array()
         .unwrap_or_else(|| panic!("no events list in:\n{}", events.standard_output));
     assert_eq!(event_list.len(), 1, "{}", events.standard_output);
     assert_eq!(event_list[0]["seq"].as_u64(), Some(1));
     assert_eq!(event_list[0]["type"].as_str(), Some("ClusterDeclared"));
     assert_eq!(event_list[0]["stream"].as_str(), Some("cluster/prod-eu"));
+    assert!(
+        event_list[0]["cause"]["request"]["requestId"].is_string(),
+        "{}",
+        events.standard_output
+    );
 
     // The daemon verifies its chain.
     let verification = run_command_line(server, &["verify"], None);

@@ -17,9 +17,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::harness::{
-    all_events, example_manifest_text, get, http_client, manifest_with_name_and_worker_replicas,
-    pool_replicas, post_apply, run_command_line, run_to_exit_with_deadline, Daemon,
-    CAIRN_BINARY_PATH,
+    all_events, example_manifest_text, get, http_client, manifest_with_name_and_pool_replicas,
+    manifest_with_name_and_worker_replicas, pool_replicas, post_apply, run_command_line,
+    run_to_exit_with_deadline, Daemon, CAIRN_BINARY_PATH,
 };
 
 /// What a client was told about one event in a 2xx answer.
@@ -87,9 +87,10 @@ struct LoadOutcome {
     writers_stopped_by_a_failed_request: usize,
 }
 
-/// Concurrent writers, each declaring its own cluster and then scaling its
-/// worker pool back and forth with `POST /v1/apply`, until told to stop or
-/// until a request fails (as every request does once the daemon is gone).
+/// Concurrent writers, each declaring its own cluster and then scaling both of
+/// its pools back and forth with `POST /v1/apply` (two events per request, in
+/// one atomic batch), until told to stop or until a request fails (as every
+/// request does once the daemon is gone).
 struct LoadGenerator {
     stop: Arc<AtomicBool>,
     acknowledged: Arc<Mutex<Vec<AcknowledgedEvent>>>,
@@ -111,8 +112,8 @@ impl LoadGenerator {
             .iter()
             .map(|cluster_name| {
                 let manifests = [
-                    manifest_with_name_and_worker_replicas(cluster_name, 6),
-                    manifest_with_name_and_worker_replicas(cluster_name, 7),
+                    manifest_with_name_and_pool_replicas(cluster_name, 6, 3),
+                    manifest_with_name_and_pool_replicas(cluster_name, 7, 4),
                 ];
                 let stop = stop.clone();
                 let acknowledged = acknowledged.clone();
@@ -249,11 +250,31 @@ async fn assert_log_is_intact_and_holds_every_acknowledged_event(
     assert_eq!(verification.body["headSeq"], head_seq);
     assert_eq!(verification.body["eventsChecked"], head_seq);
 
-    // Per stream, versions count from 1 without gaps, and folding the events
-    // gives the worker replicas that the projection shows.
-    let mut streams: BTreeMap<String, (u64, i64)> = BTreeMap::new();
+    // A request's events are all there or none is: every scale request of the
+    // load changes both pools, so it appended exactly two events.
+    let mut events_per_request: BTreeMap<String, Vec<&str>> = BTreeMap::new();
     for (event, json) in log_events.iter().zip(&log) {
-        let (version, worker_replicas) = streams.entry(event.stream.clone()).or_insert((0, 0));
+        let request_id = json["cause"]["request"]["requestId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("an apply event names its request: {json}"));
+        events_per_request
+            .entry(request_id.to_string())
+            .or_default()
+            .push(event.event_type.as_str());
+    }
+    for (request_id, types) in &events_per_request {
+        assert!(
+            types[..] == ["ClusterDeclared"] || types[..] == ["PoolScaled", "PoolScaled"],
+            "request {request_id} left a partial batch: {types:?}"
+        );
+    }
+
+    // Per stream, versions count from 1 without gaps, and folding the events
+    // gives the pool sizes that the projection shows.
+    let pools = ["control-plane", "workers"];
+    let mut streams: BTreeMap<String, (u64, BTreeMap<String, i64>)> = BTreeMap::new();
+    for (event, json) in log_events.iter().zip(&log) {
+        let (version, replicas) = streams.entry(event.stream.clone()).or_default();
         *version += 1;
         assert_eq!(
             event.version, *version,
@@ -262,16 +283,23 @@ async fn assert_log_is_intact_and_holds_every_acknowledged_event(
         );
         match event.event_type.as_str() {
             "ClusterDeclared" => {
-                *worker_replicas = pool_replicas(&json["data"]["manifest"], "workers");
+                for pool in pools {
+                    replicas.insert(
+                        pool.to_string(),
+                        pool_replicas(&json["data"]["manifest"], pool),
+                    );
+                }
             }
             "PoolScaled" => {
-                assert_eq!(json["data"]["pool"], "workers", "{json}");
+                let pool = json["data"]["pool"].as_str().expect("pool is a string");
+                let current = replicas.get(pool).copied();
                 assert_eq!(
                     json["data"]["from"].as_i64(),
-                    Some(*worker_replicas),
+                    current,
                     "a PoolScaled event must start where the previous one ended: {json}"
                 );
-                *worker_replicas = json["data"]["to"].as_i64().expect("to is a number");
+                let to = json["data"]["to"].as_i64().expect("to is a number");
+                replicas.insert(pool.to_string(), to);
             }
             other => panic!("unexpected event type {other} in {json}"),
         }
@@ -283,18 +311,20 @@ async fn assert_log_is_intact_and_holds_every_acknowledged_event(
         streams.len(),
         "one cluster per stream"
     );
-    for (stream, (version, worker_replicas)) in &streams {
+    for (stream, (version, replicas)) in &streams {
         let cluster_name = stream
             .strip_prefix("cluster/")
             .unwrap_or_else(|| panic!("unexpected stream {stream}"));
         let cluster = get(client, &daemon.url(&format!("/v1/clusters/{cluster_name}"))).await;
         cluster.assert_status(200);
         assert_eq!(cluster.body["streamVersion"], *version, "{cluster_name}");
-        assert_eq!(
-            pool_replicas(&cluster.body["desired"], "workers"),
-            *worker_replicas,
-            "the projection of {cluster_name} disagrees with its last event"
-        );
+        for pool in pools {
+            assert_eq!(
+                pool_replicas(&cluster.body["desired"], pool),
+                replicas[pool],
+                "the projection of {cluster_name} disagrees with its last event for {pool}"
+            );
+        }
     }
     log
 }
@@ -582,7 +612,7 @@ fn a_second_process_on_the_data_directory_of_a_running_daemon_is_refused() {
     // Offline verification of a directory in use is refused too.
     let data_argument = data_directory.path().to_str().unwrap();
     let offline = run_command_line(None, &["verify", "--data-dir", data_argument], None);
-    assert_eq!(offline.exit_code, 1, "{}", offline.all_output());
+    assert_eq!(offline.exit_code, 2, "{}", offline.all_output());
     assert!(
         offline.standard_error.contains("in use by another process"),
         "{}",

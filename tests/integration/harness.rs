@@ -77,6 +77,26 @@ pub fn manifest_with_name_and_worker_replicas(cluster_name: &str, worker_replica
         )
 }
 
+/// The example manifest renamed, with both pools resized: scaling from one
+/// such manifest to another with different sizes appends two `PoolScaled`
+/// events in one atomic batch.
+pub fn manifest_with_name_and_pool_replicas(
+    cluster_name: &str,
+    worker_replicas: i64,
+    control_plane_replicas: i64,
+) -> String {
+    let control_plane_field = "{name: control-plane, role: control-plane, replicas: 3,";
+    let manifest = manifest_with_name_and_worker_replicas(cluster_name, worker_replicas);
+    assert!(
+        manifest.contains(control_plane_field),
+        "the example manifest no longer has the fields this test rewrites"
+    );
+    manifest.replace(
+        control_plane_field,
+        &format!("{{name: control-plane, role: control-plane, replicas: {control_plane_replicas},"),
+    )
+}
+
 /// A `cairn serve` process listening on a loopback port. Dropping it kills the
 /// process, so no daemon outlives its test, even when the test panics.
 pub struct Daemon {
