@@ -23,6 +23,19 @@ pub const DEFAULT_MAX_BODY_BYTES: u64 = 1024 * 1024;
 /// Tokens shorter than this are refused: they can be guessed.
 pub const MIN_SECRET_LEN: usize = 16;
 
+/// Whether a `host[:port]` (as in a `Host` header or a URL's authority) names
+/// this machine's loopback: `localhost`, `127.0.0.1`, `[::1]` and the like.
+pub fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(name, _port)| name),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|address| address.is_loopback())
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {

@@ -20,7 +20,7 @@ use subtle::ConstantTimeEq;
 use warp::http::{HeaderMap, StatusCode};
 
 use super::problem::ApiError;
-use crate::config::{Role, TokenConfig};
+use crate::config::{is_loopback_host, Role, TokenConfig};
 use crate::event::{Actor, ActorKind};
 
 pub struct Auth {
@@ -118,18 +118,6 @@ impl Auth {
             name: token.name.clone(),
         })
     }
-}
-
-/// `localhost`, `127.0.0.1`, `[::1]` and the like, with or without a port.
-fn is_loopback_host(host: &str) -> bool {
-    let name = match host.strip_prefix('[') {
-        Some(rest) => rest.split(']').next().unwrap_or(""),
-        None => host.rsplit_once(':').map_or(host, |(name, _port)| name),
-    };
-    name.eq_ignore_ascii_case("localhost")
-        || name
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|address| address.is_loopback())
 }
 
 fn valid_actor_name(name: &str) -> bool {

@@ -144,19 +144,10 @@ impl Client {
     }
 }
 
+/// Whether an `http://host[:port]/...` URL points at this machine's loopback.
 fn is_loopback_url(server: &str) -> bool {
     let rest = server.trim_start_matches("http://");
-    let authority = rest.split('/').next().unwrap_or("");
-    let host = match authority.strip_prefix('[') {
-        Some(bracketed) => bracketed.split(']').next().unwrap_or(""),
-        None => authority
-            .rsplit_once(':')
-            .map_or(authority, |(host, _)| host),
-    };
-    host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|address| address.is_loopback())
+    crate::config::is_loopback_host(rest.split('/').next().unwrap_or(""))
 }
 
 /// An error with its causes, e.g. "error sending request: connection refused".
