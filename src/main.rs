@@ -8,6 +8,9 @@ use cairn::config::{Config, ConfigOverrides, LogFormat};
 
 fn main() {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_)) {
+        restore_default_sigpipe();
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -67,6 +70,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Lets a client command end quietly when its output is cut short, as in
+/// `cairn events | head`: Rust ignores SIGPIPE, so printing would panic with
+/// "Broken pipe" instead. Only for client commands: the daemon keeps ignoring
+/// it, so a client that hangs up never kills it.
+fn restore_default_sigpipe() {
+    // SAFETY: called before the command starts any work of its own; setting a
+    // signal disposition to its default has no memory-safety preconditions.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
 }
 
 async fn wait_for_signal() {
