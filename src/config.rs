@@ -27,13 +27,29 @@ pub const MIN_SECRET_LEN: usize = 16;
 /// this machine's loopback: `localhost`, `127.0.0.1`, `[::1]` and the like.
 pub fn is_loopback_host(host: &str) -> bool {
     let name = match host.strip_prefix('[') {
-        Some(rest) => rest.split(']').next().unwrap_or(""),
-        None => host.rsplit_once(':').map_or(host, |(name, _port)| name),
+        // `[address]` or `[address]:port`, nothing else after the bracket.
+        Some(rest) => match rest.split_once(']') {
+            Some((address, "")) => address,
+            Some((address, port)) if is_port_suffix(port) => address,
+            _ => return false,
+        },
+        None => match host.rsplit_once(':') {
+            Some((name, port)) if is_port_suffix(&format!(":{port}")) => name,
+            Some(_) => return false,
+            None => host,
+        },
     };
     name.eq_ignore_ascii_case("localhost")
         || name
             .parse::<std::net::IpAddr>()
             .is_ok_and(|address| address.is_loopback())
+}
+
+/// `:` followed by 1 to 5 digits.
+fn is_port_suffix(text: &str) -> bool {
+    text.strip_prefix(':').is_some_and(|digits| {
+        (1..=5).contains(&digits.len()) && digits.bytes().all(|byte| byte.is_ascii_digit())
+    })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -170,6 +186,13 @@ impl Config {
                     token.name
                 )));
             }
+        }
+        if self.shutdown_timeout_seconds == 0 {
+            return Err(ConfigError::Invalid(
+                "shutdown_timeout_seconds: must be positive, or a shutdown would not wait \
+                 for in-flight appends"
+                    .into(),
+            ));
         }
         if self.max_body_bytes == 0 {
             return Err(ConfigError::Invalid(

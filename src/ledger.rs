@@ -303,14 +303,19 @@ impl Ledger {
                 dry_run: options.dry_run,
                 deduplicated: false,
             };
-            if options.dry_run || (outcome.changes.is_empty() && idempotency.is_none()) {
-                return Ok(outcome);
-            }
-            let events = outcome
+            let events: Vec<NewEvent> = outcome
                 .changes
                 .iter()
                 .map(|change| new_event(change, context))
                 .collect();
+            if options.dry_run {
+                // A plan that the real apply would refuse is no plan.
+                self.check_event_sizes(&stream, &events, &outcome.changes)?;
+                return Ok(outcome);
+            }
+            if outcome.changes.is_empty() && idempotency.is_none() {
+                return Ok(outcome);
+            }
             let expected = if current_version == 0 {
                 ExpectedVersion::NoStream
             } else {
@@ -325,7 +330,12 @@ impl Ledger {
             match self.store.append(request).await {
                 Ok(appended) => {
                     if let Some(last) = appended.events.last() {
-                        self.wait_applied(last.seq).await?;
+                        // The change is committed whatever happens now: a slow
+                        // projection only delays read-your-writes, it does not
+                        // make the append a failure.
+                        if let Err(error) = self.wait_applied(last.seq).await {
+                            tracing::warn!(%error, seq = last.seq, "answering before the projection caught up");
+                        }
                     }
                     if appended.deduplicated {
                         // A concurrent request with the same key won the race.
@@ -364,6 +374,28 @@ impl Ledger {
         }
     }
 
+    /// Refuses a change whose stored event would be over the store's limit,
+    /// as the store itself would at append time.
+    fn check_event_sizes(
+        &self,
+        stream: &str,
+        events: &[NewEvent],
+        changes: &[Change],
+    ) -> Result<(), LedgerError> {
+        let limit = self.store.max_record_bytes();
+        for (event, change) in events.iter().zip(changes) {
+            let size = Event::record_len_upper_bound(event, stream);
+            if size > limit {
+                return Err(LedgerError::ChangeTooLarge {
+                    event_type: payload::encode_change(change).event_type.to_string(),
+                    size,
+                    limit,
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// The original outcome of an idempotency key, if it was used for this request.
     async fn replay_idempotent(
         &self,
@@ -380,12 +412,12 @@ impl Ledger {
             .into());
         }
         let count = (record.last_seq + 1).saturating_sub(record.first_seq) as usize;
+        self.wait_applied(record.last_seq).await?;
         let events = if count == 0 {
             Vec::new()
         } else {
             self.store.read(record.first_seq - 1, count).await?
         };
-        self.wait_applied(record.last_seq).await?;
         Ok(Some(ApplyOutcome {
             cluster: name.to_string(),
             changes: changes_of(&events),

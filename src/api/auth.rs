@@ -46,8 +46,14 @@ impl Auth {
         }
     }
 
-    /// Checks where a request comes from, then who it is.
-    pub fn check_request(&self, headers: &HeaderMap, required: Role) -> Result<Actor, ApiError> {
+    /// Checks where a request comes from, then who it is. `host` is the
+    /// request's authority (the Host header, or HTTP/2's :authority).
+    pub fn check_request(
+        &self,
+        headers: &HeaderMap,
+        host: Option<&str>,
+        required: Role,
+    ) -> Result<Actor, ApiError> {
         let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
         if header("origin").is_some() || header("sec-fetch-site").is_some_and(|site| site != "none")
         {
@@ -57,7 +63,7 @@ impl Auth {
                 "requests made by web pages are refused (Origin or Sec-Fetch-Site header present)",
             ));
         }
-        if self.tokens.is_empty() && !header("host").is_some_and(is_loopback_host) {
+        if self.tokens.is_empty() && !host.is_some_and(is_loopback_host) {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "bad_host",
@@ -132,10 +138,6 @@ fn valid_actor_name(name: &str) -> bool {
 mod tests {
     use super::*;
 
-    fn auth_with_tokens() -> Auth {
-        auth()
-    }
-
     fn auth() -> Auth {
         Auth::new(vec![
             TokenConfig {
@@ -181,49 +183,51 @@ mod tests {
         assert!(auth.check(Some(&reader), None, Role::Read).is_ok());
     }
 
-    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+    /// Checks a request with these headers; its host is the `host` pair.
+    fn check(
+        auth: &Auth,
+        pairs: &[(&'static str, &str)],
+        required: Role,
+    ) -> Result<Actor, ApiError> {
         let mut map = HeaderMap::new();
         for (name, value) in pairs {
             map.insert(*name, value.parse().unwrap());
         }
-        map
+        let host = pairs
+            .iter()
+            .find(|(name, _)| *name == "host")
+            .map(|(_, value)| *value);
+        auth.check_request(&map, host, required)
     }
 
     #[test]
     fn requests_from_web_pages_are_refused() {
         let auth = Auth::new(Vec::new());
-        let local = [("host", "127.0.0.1:7470")];
-        assert!(auth.check_request(&headers(&local), Role::Write).is_ok());
+        let local = ("host", "127.0.0.1:7470");
+        assert!(check(&auth, &[local], Role::Write).is_ok());
         for extra in [
             ("origin", "https://evil.example"),
             ("sec-fetch-site", "cross-site"),
         ] {
-            let error = auth
-                .check_request(&headers(&[local[0], extra]), Role::Write)
-                .unwrap_err();
+            let error = check(&auth, &[local, extra], Role::Write).unwrap_err();
             assert_eq!(error.code, "browser_request");
         }
-        assert!(auth
-            .check_request(
-                &headers(&[local[0], ("sec-fetch-site", "none")]),
-                Role::Write
-            )
-            .is_ok());
+        assert!(check(&auth, &[local, ("sec-fetch-site", "none")], Role::Write).is_ok());
     }
 
     #[test]
     fn without_tokens_only_loopback_hosts_are_served() {
-        let auth = Auth::new(Vec::new());
+        let without_tokens = Auth::new(Vec::new());
         for host in [
             "localhost:7470",
             "127.0.0.1",
             "[::1]:7470",
+            "[::1]",
             "127.1.2.3:80",
             "LOCALHOST",
         ] {
             assert!(
-                auth.check_request(&headers(&[("host", host)]), Role::Read)
-                    .is_ok(),
+                check(&without_tokens, &[("host", host)], Role::Read).is_ok(),
                 "{host}"
             );
         }
@@ -231,18 +235,20 @@ mod tests {
             "evil.example:7470",
             "10.0.0.1:7470",
             "localhost.evil.example",
+            "[::1]evil",
+            "[::1]:7470x",
         ] {
-            let error = auth
-                .check_request(&headers(&[("host", host)]), Role::Read)
-                .unwrap_err();
+            let error = check(&without_tokens, &[("host", host)], Role::Read).unwrap_err();
             assert_eq!(error.code, "bad_host", "{host}");
         }
-        assert!(auth.check_request(&HeaderMap::new(), Role::Read).is_err());
+        assert!(check(&without_tokens, &[], Role::Read).is_err());
         // With tokens, the host is the operator's business (a proxy, a DNS name).
-        let with_tokens = auth_with_tokens();
         let bearer = format!("Bearer {}", "a".repeat(20));
-        let remote = headers(&[("host", "cairn.internal:7470"), ("authorization", &bearer)]);
-        assert!(with_tokens.check_request(&remote, Role::Write).is_ok());
+        let remote = [
+            ("host", "cairn.internal:7470"),
+            ("authorization", bearer.as_str()),
+        ];
+        assert!(check(&auth(), &remote, Role::Write).is_ok());
     }
 
     #[test]

@@ -191,10 +191,16 @@ fn authenticated(
     required: Role,
 ) -> impl Filter<Extract = (Actor,), Error = Rejection> + Clone {
     let auth = state.auth.clone();
-    warp::header::headers_cloned().and_then(move |headers: warp::http::HeaderMap| {
-        let result = auth.check_request(&headers, required);
-        async move { result.map_err(warp::reject::custom) }
-    })
+    warp::header::headers_cloned()
+        .and(warp::host::optional())
+        .and_then(
+            move |headers: warp::http::HeaderMap, authority: Option<warp::host::Authority>| {
+                // HTTP/2 carries the host in the :authority pseudo-header.
+                let host = authority.map(|authority| authority.to_string());
+                let result = auth.check_request(&headers, host.as_deref(), required);
+                async move { result.map_err(warp::reject::custom) }
+            },
+        )
 }
 
 /// How much of an oversized body the daemon reads and discards before it
@@ -371,7 +377,17 @@ async fn apply_request(
         ));
     }
     let format = manifest_format(header(&headers, "content-type")?)?;
-    let manifest = parse_manifest(&body, format)?;
+    // Parsing a large, badly typed manifest takes CPU time in the tens of
+    // milliseconds; keep it off the runtime's worker threads.
+    let manifest = tokio::task::spawn_blocking(move || parse_manifest(&body, format))
+        .await
+        .map_err(|error| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("the manifest parser failed: {error}"),
+            )
+        })??;
     let request_id = Uuid::now_v7();
     let context = CommandContext {
         actor,

@@ -129,10 +129,10 @@ impl From<StoreError> for ApiError {
             StoreError::Corrupt { .. } => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "corrupt_log", detail)
             }
-            StoreError::Io(_)
-            | StoreError::OutcomeUnknown(_)
-            | StoreError::Closed
-            | StoreError::Locked { .. } => {
+            StoreError::OutcomeUnknown(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "outcome_unknown", detail)
+            }
+            StoreError::Io(_) | StoreError::Closed | StoreError::Locked { .. } => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", detail)
             }
         };

@@ -99,6 +99,19 @@ impl Client {
         self.send(request).await
     }
 
+    fn send_error(&self, error: &reqwest::Error) -> ClientError {
+        if error.is_timeout() {
+            ClientError::TimedOut {
+                server: self.server.clone(),
+            }
+        } else {
+            ClientError::Unreachable {
+                server: self.server.clone(),
+                reason: error_chain(error),
+            }
+        }
+    }
+
     async fn send<T: DeserializeOwned>(
         &self,
         mut request: reqwest::RequestBuilder,
@@ -112,18 +125,12 @@ impl Client {
         let response = request
             .send()
             .await
-            .map_err(|error| ClientError::Unreachable {
-                server: self.server.clone(),
-                reason: error_chain(&error),
-            })?;
+            .map_err(|error| self.send_error(&error))?;
         let status = response.status();
         let body = response
             .bytes()
             .await
-            .map_err(|error| ClientError::Unreachable {
-                server: self.server.clone(),
-                reason: error_chain(&error),
-            })?;
+            .map_err(|error| self.send_error(&error))?;
         if status.is_success() {
             return serde_json::from_slice(&body).map_err(|error| ClientError::Unexpected {
                 server: self.server.clone(),

@@ -125,7 +125,8 @@ pub struct HistoryArgs {
     /// Show events after this stream version.
     #[arg(long, default_value_t = 0)]
     pub after: u64,
-    #[arg(long, default_value_t = 100)]
+    /// At most this many events (1 to 1000).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=1000))]
     pub limit: u64,
 }
 
@@ -134,7 +135,8 @@ pub struct EventsArgs {
     /// Show events after this seq.
     #[arg(long, default_value_t = 0)]
     pub after: u64,
-    #[arg(long, default_value_t = 100)]
+    /// At most this many events (1 to 1000).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=1000))]
     pub limit: u64,
     /// Only this stream, e.g. cluster/prod-eu.
     #[arg(long)]

@@ -226,6 +226,23 @@ impl Event {
         }
     }
 
+    /// The most bytes `new` can take once stored in `stream`: its record with
+    /// the largest seq and version (any time after 1970 encodes in the same 9
+    /// bytes), so a plan can be checked against the store's record limit
+    /// before anything is appended.
+    pub fn record_len_upper_bound(new: &NewEvent, stream: &str) -> usize {
+        Event::seal(
+            new.clone(),
+            stream,
+            u64::MAX,
+            u64::MAX,
+            Utc::now(),
+            GENESIS_HASH,
+        )
+        .encode_record()
+        .len()
+    }
+
     /// Builds a fully formed event: assigns the position, time and hashes.
     pub fn seal(
         new: NewEvent,

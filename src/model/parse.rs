@@ -160,11 +160,18 @@ pub fn parse_manifest(bytes: &[u8], format: ManifestFormat) -> Result<Manifest, 
     let Some(mut manifest) = typed.manifest else {
         return Err(ManifestError::Invalid(errors));
     };
+    // A subnet replaced by a placeholder has lost its name, so the pools that
+    // refer to it by name would be reported as naming a missing subnet.
+    let subnet_names_are_placeholders = typed.type_errors.iter().any(|type_error| {
+        is_at_or_under(&type_error.path, "spec.network.subnets")
+            || is_at_or_under("spec.network.subnets", &type_error.path)
+    });
     let about_placeholder = |error: &FieldError| {
         typed
             .type_errors
             .iter()
             .any(|type_error| is_at_or_under(&error.path, &type_error.path))
+            || (subnet_names_are_placeholders && error.reason.starts_with("no subnet named"))
     };
     errors.extend(
         validate(&manifest)

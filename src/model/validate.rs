@@ -555,6 +555,17 @@ spec:
     }
 
     #[test]
+    fn a_subnet_replaced_by_a_placeholder_is_not_reported_missing_from_pools() {
+        check(
+            &edit(&[(
+                "{name: a, cidr: 10.0.1.0/24",
+                "{name: [a], cidr: 10.0.1.0/24",
+            )]),
+            &["spec.network.subnets[0].name: invalid type: sequence, expected a string"],
+        );
+    }
+
+    #[test]
     fn type_errors_name_their_path() {
         check(
             &edit(&[("replicas: 5", "replicas: many")]),

@@ -205,6 +205,9 @@ pub trait EventStore: Send + Sync + 'static {
     /// Why the store stopped taking appends, if it did.
     fn failure(&self) -> Option<String>;
 
+    /// The largest stored record the store accepts (`EventTooLarge` beyond).
+    fn max_record_bytes(&self) -> usize;
+
     /// Events as they are committed by this process, after they are durable. A
     /// receiver that lags gets `RecvError::Lagged` and must catch up with
     /// `read`; `read` is the source of truth, the broadcast only a wake-up.

@@ -134,6 +134,7 @@ impl Default for StoreMetrics {
 /// The embedded store. Cheap to share behind an `Arc`.
 pub struct SledStore {
     tree: sled::Db,
+    max_record_bytes: usize,
     sender: Mutex<Option<mpsc::Sender<WriteJob>>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     shared: Arc<Shared>,
@@ -500,6 +501,7 @@ impl SledStore {
             .map_err(io_error)?;
         Ok(SledStore {
             tree: db,
+            max_record_bytes: config.max_record_bytes,
             sender: Mutex::new(Some(sender)),
             writer: Mutex::new(Some(handle)),
             shared,
@@ -604,6 +606,10 @@ impl EventStore for SledStore {
 
     fn failure(&self) -> Option<String> {
         self.shared.failure.lock().expect("failure lock").clone()
+    }
+
+    fn max_record_bytes(&self) -> usize {
+        self.max_record_bytes
     }
 
     fn subscribe_committed(&self) -> broadcast::Receiver<Arc<Event>> {
@@ -725,12 +731,11 @@ impl Writer {
             if let Some(head) = overlay.head {
                 batch.insert(HEAD_KEY, encode_head(&head));
             }
-            let pending: Vec<String> = overlay.idempotency.keys().cloned().collect();
             self.shared
                 .pending_keys
                 .lock()
                 .expect("pending lock")
-                .extend(pending.iter().cloned());
+                .extend(overlay.idempotency.keys().cloned());
             let written = match self.tree.apply_batch(batch) {
                 Err(error) => Err(io_error(error)),
                 // The batch is in sled now; whether it reaches the disk is unknown.
@@ -755,19 +760,22 @@ impl Writer {
                 // The pending keys stay hidden: their records may not be durable.
                 return;
             }
-            let mut pending_keys = self.shared.pending_keys.lock().expect("pending lock");
-            for key in &pending {
-                pending_keys.remove(key);
-            }
-            drop(pending_keys);
             metrics.group_commits.inc();
         }
 
-        // The group is durable: adopt its state, then answer and publish.
+        // The group is durable: adopt its state, then answer and publish. The
+        // head moves before the pending keys are released, so a reader that
+        // sees a key's record can also read the events it points to.
         if let Some(head) = overlay.head {
             self.head = head;
             *self.shared.head.lock().expect("head lock") = head;
             metrics.head_seq.set(head.seq as i64);
+        }
+        if !overlay.idempotency.is_empty() {
+            let mut pending_keys = self.shared.pending_keys.lock().expect("pending lock");
+            for key in overlay.idempotency.keys() {
+                pending_keys.remove(key);
+            }
         }
         if overlay.last_time.is_some() {
             self.last_time = overlay.last_time;
@@ -1068,6 +1076,28 @@ mod tests {
             other => panic!("expected reuse error, got {other:?}"),
         }
         assert_eq!(store.head().seq, 2);
+    }
+
+    /// Between the batch and its fsync a key's record is in sled but not on
+    /// disk; readers must not see it then (the writer marks it pending).
+    #[tokio::test]
+    async fn a_pending_idempotency_key_is_not_shown_to_readers() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let keyed = AppendRequest {
+            idempotency: Some(Idempotency {
+                key: "k".into(),
+                digest: [1; 32],
+            }),
+            ..request("a", ExpectedVersion::Any, &["1"])
+        };
+        store.append(keyed).await.unwrap();
+        assert!(store.idempotency_record("k").await.unwrap().is_some());
+        // Put the store in the state of a group between apply_batch and fsync.
+        store.shared.pending_keys.lock().unwrap().insert("k".into());
+        assert!(store.idempotency_record("k").await.unwrap().is_none());
+        store.shared.pending_keys.lock().unwrap().remove("k");
+        assert!(store.idempotency_record("k").await.unwrap().is_some());
     }
 
     #[tokio::test]

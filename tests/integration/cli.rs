@@ -186,3 +186,20 @@ fn command_line_against_a_dead_port_exits_with_code_three() {
         output.standard_error
     );
 }
+
+/// Local problems (bad arguments, unreadable files) exit 2 before any request,
+/// so they are never confused with a refusal (1) or an unreachable daemon (3).
+#[test]
+fn local_problems_exit_with_code_two() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_server = format!("http://{}", listener.local_addr().unwrap());
+    drop(listener);
+    for arguments in [
+        &["events", "--limit", "0"][..],
+        &["events", "--limit", "5000"][..],
+        &["apply", "-f", "/no/such/manifest.yaml"][..],
+    ] {
+        let output = run_command_line(Some(&dead_server), arguments, None);
+        assert_exit_code(&output, 2);
+    }
+}
