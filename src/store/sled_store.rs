@@ -994,6 +994,21 @@ mod tests {
         SledStore::open(SledStoreConfig::new(dir)).unwrap()
     }
 
+    /// Appends one event per text to stream `a`, closes the store, and opens
+    /// its sled database directly, as an offline tool (or a tamperer) would.
+    async fn closed_store_with_one_event_each(dir: &Path, texts: &[&str]) -> sled::Db {
+        let store = open(dir);
+        for text in texts {
+            store
+                .append(request("a", ExpectedVersion::Any, &[text]))
+                .await
+                .unwrap();
+        }
+        store.close().await;
+        drop(store);
+        open_db(dir, 1 << 20).unwrap()
+    }
+
     fn seqs(outcome: &AppendOutcome) -> Vec<u64> {
         outcome.events.iter().map(|event| event.seq).collect()
     }
@@ -1228,16 +1243,7 @@ mod tests {
     #[tokio::test]
     async fn offline_verify_reports_an_event_stored_past_the_head() {
         let dir = tempfile::tempdir().unwrap();
-        let store = open(dir.path());
-        for text in ["1", "2"] {
-            store
-                .append(request("a", ExpectedVersion::Any, &[text]))
-                .await
-                .unwrap();
-        }
-        store.close().await;
-        drop(store);
-        let db = open_db(dir.path(), 1 << 20).unwrap();
+        let db = closed_store_with_one_event_each(dir.path(), &["1", "2"]).await;
         let record = db.get(event_key(2)).unwrap().unwrap();
         db.insert(event_key(3), record).unwrap();
         let report = verify_tree(&db, None).unwrap();
@@ -1253,16 +1259,7 @@ mod tests {
     #[tokio::test]
     async fn verify_names_the_first_tampered_seq() {
         let dir = tempfile::tempdir().unwrap();
-        let store = open(dir.path());
-        for text in ["1", "2", "3"] {
-            store
-                .append(request("a", ExpectedVersion::Any, &[text]))
-                .await
-                .unwrap();
-        }
-        store.close().await;
-        drop(store);
-        let db = open_db(dir.path(), 1 << 20).unwrap();
+        let db = closed_store_with_one_event_each(dir.path(), &["1", "2", "3"]).await;
         let mut record = db.get(event_key(2)).unwrap().unwrap().to_vec();
         let last = record.len() - 40;
         record[last] ^= 0x20;
