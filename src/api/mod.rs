@@ -49,6 +49,9 @@ pub struct ApiState {
     pub shutdown: CancellationToken,
 }
 
+/// Manifests up to this size are parsed on the request's own task.
+const INLINE_PARSE_MAX_BYTES: usize = 16 * 1024;
+
 /// The longest free-text reason a request may carry.
 const MAX_REASON_BYTES: usize = 1024;
 
@@ -377,17 +380,22 @@ async fn apply_request(
         ));
     }
     let format = manifest_format(header(&headers, "content-type")?)?;
-    // Parsing a large, badly typed manifest takes CPU time in the tens of
-    // milliseconds; keep it off the runtime's worker threads.
-    let manifest = tokio::task::spawn_blocking(move || parse_manifest(&body, format))
-        .await
-        .map_err(|error| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                format!("the manifest parser failed: {error}"),
-            )
-        })??;
+    // Parsing a large, badly typed manifest can take tens of milliseconds of
+    // CPU; keep those off the runtime's worker threads. A small one parses in
+    // microseconds, less than the hop to the blocking pool costs.
+    let manifest = if body.len() > INLINE_PARSE_MAX_BYTES {
+        tokio::task::spawn_blocking(move || parse_manifest(&body, format))
+            .await
+            .map_err(|error| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    format!("the manifest parser failed: {error}"),
+                )
+            })??
+    } else {
+        parse_manifest(&body, format)?
+    };
     let request_id = Uuid::now_v7();
     let context = CommandContext {
         actor,
