@@ -60,11 +60,11 @@ impl Point {
     }
 }
 
+/// A point's data directory. Data stays until the end of the run: on this
+/// machine's ext4 (mounted with `discard`), deleting hundreds of megabytes
+/// makes the next fsyncs wait for the discards.
 fn bench_dir(name: &str) -> PathBuf {
-    let base = std::env::var_os("CAIRN_BENCH_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("target/bench-data"));
-    let dir = base.join(name);
+    let dir = bench_base().join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("bench dir");
     dir
@@ -248,6 +248,34 @@ async fn fsync_count(client: &reqwest::Client, url: &str) -> u64 {
         .expect("cairn_fsyncs_total in /metrics")
 }
 
+fn bench_base() -> PathBuf {
+    std::env::var_os("CAIRN_BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("target/bench-data"))
+}
+
+/// Runs one point in this process and prints its row.
+fn run_point(point: &str, seconds: f64) {
+    let parts: Vec<&str> = point.split(':').collect();
+    let [mode, writers, batch] = parts[..] else {
+        panic!("--only takes mode:writers:batch, e.g. library:64:100");
+    };
+    let writers: usize = writers.parse().expect("writers is a number");
+    let batch: usize = batch.parse().expect("batch is a number");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut point = runtime.block_on(async {
+        match mode {
+            "library" => library_point(writers, batch, seconds).await,
+            "http" => http_point(writers, batch, seconds).await,
+            other => panic!("unknown mode {other:?}: library or http"),
+        }
+    });
+    println!("{}", point.row());
+}
+
 fn main() {
     let mut seconds = 3.0;
     let mut only: Option<String> = None;
@@ -264,38 +292,33 @@ fn main() {
             _ => {}
         }
     }
-    let selected = |mode: &str, writers: usize, batch: usize| {
-        only.as_ref()
-            .is_none_or(|only| *only == format!("{mode}:{writers}:{batch}"))
-    };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    if let Some(point) = only {
+        run_point(&point, seconds);
+        return;
+    }
     println!(
         "durable appends, {seconds} s per point, data under CAIRN_BENCH_DIR or target/bench-data"
     );
     println!();
     println!("| mode | writers | events/append | events/s | appends/s | p50 ms | p99 ms | fsyncs/append |");
     println!("|---|---|---|---|---|---|---|---|");
-    runtime.block_on(async {
+    // Each point runs in a fresh process of this program, so that no point
+    // inherits another's heap, threads or runtime (in one process, the first
+    // HTTP point after the library points ran at a fifth of its speed alone).
+    let this_program = std::env::current_exe().expect("the bench's own path");
+    for mode in ["library", "http"] {
         for batch in BATCHES {
-            for writers in WRITERS
-                .into_iter()
-                .filter(|w| selected("library", *w, batch))
-            {
-                println!("{}", library_point(writers, batch, seconds).await.row());
+            for writers in WRITERS {
+                // Start each point with nothing dirty in the page cache.
+                let _ = std::process::Command::new("sync").status();
+                let status = std::process::Command::new(&this_program)
+                    .args(["--only", &format!("{mode}:{writers}:{batch}")])
+                    .args(["--seconds", &seconds.to_string()])
+                    .status()
+                    .expect("the bench runs itself");
+                assert!(status.success(), "point {mode}:{writers}:{batch} failed");
             }
         }
-        for batch in BATCHES {
-            for writers in WRITERS.into_iter().filter(|w| selected("http", *w, batch)) {
-                println!("{}", http_point(writers, batch, seconds).await.row());
-            }
-        }
-    });
-    let _ = std::fs::remove_dir_all(
-        std::env::var_os("CAIRN_BENCH_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("target/bench-data")),
-    );
+    }
+    let _ = std::fs::remove_dir_all(bench_base());
 }
