@@ -16,7 +16,7 @@
 use std::sync::{Arc, RwLock};
 
 use sha2::{Digest, Sha256};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -25,7 +25,7 @@ use crate::event::{Actor, Cause, Event, NewEvent};
 use crate::model::{cluster_stream, diff, Change, FieldError, Manifest};
 use crate::projection::{ClusterState, DesiredState};
 use crate::store::{
-    AppendRequest, EventStore, ExpectedVersion, Idempotency, StoreError, VerifyReport,
+    AppendRequest, EventStore, ExpectedVersion, Idempotency, StoreError, Subscription, VerifyReport,
 };
 
 /// How many times `apply` recomputes its diff after losing a race with
@@ -40,7 +40,7 @@ pub const MAX_PAGE: usize = 1000;
 /// microseconds; this only fires when the follower is stuck.
 const MAX_PROJECTION_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// How long the follower waits before it retries a failed catch-up read.
+/// How long the follower waits before it retries a failed read of the log.
 const CATCH_UP_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// How many events one `events` query may scan for its filters before it
@@ -153,20 +153,20 @@ impl Ledger {
         &self.store
     }
 
-    /// Folds committed events into the projection until `shutdown`. A receiver
-    /// that lags behind the broadcast buffer reads the missed events from the
-    /// store, so nothing is skipped.
+    /// Folds committed events into the projection until `shutdown`, through a
+    /// catch-up subscription from the first seq it has not applied (so events
+    /// committed between `open` and now, or missed by a lagging broadcast, are
+    /// read from the store). A failed read is retried after a pause; commands
+    /// meanwhile time out (see `wait_applied`).
     pub async fn follow(self: Arc<Self>, shutdown: CancellationToken) {
-        let mut committed = self.store.subscribe_committed();
-        // Events committed between `open` and the subscription are read here.
-        self.catch_up_until_done(&shutdown).await;
+        let mut subscription = Subscription::new(self.store.clone(), self.applied_seq() + 1);
         loop {
-            let received = tokio::select! {
+            let next = tokio::select! {
                 () = shutdown.cancelled() => return,
-                received = committed.recv() => received,
+                next = subscription.next() => next,
             };
-            match received {
-                Ok(event) => {
+            match next {
+                Ok(Some(event)) => {
                     let applied = {
                         let mut desired = self.desired.write().expect("projection lock");
                         desired.apply(&event);
@@ -174,23 +174,9 @@ impl Ledger {
                     };
                     self.applied.send_replace(applied);
                 }
-                Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    tracing::warn!(missed, "projection fell behind; reading from the store");
-                    self.catch_up_until_done(&shutdown).await;
-                }
-                Err(broadcast::error::RecvError::Closed) => return,
-            }
-        }
-    }
-
-    /// Catches up from the store, retrying a failed read until it succeeds or
-    /// the daemon shuts down (commands time out meanwhile, see `wait_applied`).
-    async fn catch_up_until_done(&self, shutdown: &CancellationToken) {
-        loop {
-            match self.catch_up_from_store().await {
-                Ok(()) => return,
+                Ok(None) => return,
                 Err(error) => {
-                    tracing::error!(%error, "projection catch-up failed; retrying");
+                    tracing::error!(%error, "the projection cannot read the log; retrying");
                     tokio::select! {
                         () = shutdown.cancelled() => return,
                         () = tokio::time::sleep(CATCH_UP_RETRY) => {}
@@ -198,21 +184,6 @@ impl Ledger {
                 }
             }
         }
-    }
-
-    async fn catch_up_from_store(&self) -> Result<(), StoreError> {
-        let mut copy = self.desired.read().expect("projection lock").clone();
-        catch_up(self.store.as_ref(), &mut copy).await?;
-        let applied = {
-            let mut desired = self.desired.write().expect("projection lock");
-            // Events the broadcast delivered meanwhile are skipped by seq.
-            if copy.applied_seq > desired.applied_seq {
-                *desired = copy;
-            }
-            desired.applied_seq
-        };
-        self.applied.send_replace(applied);
-        Ok(())
     }
 
     /// Waits until the projection has folded in `seq`, for at most

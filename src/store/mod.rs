@@ -6,6 +6,8 @@
 //!   result types, and its errors.
 //! - `sled_store.rs`: the embedded store: key layout, the group-commit writer
 //!   thread, reads, verification.
+//! - `subscription.rs`: catch-up subscriptions over any store (from a seq,
+//!   then live, no gap, no duplicate).
 //!
 //! # The contract
 //!
@@ -25,6 +27,7 @@
 //! payload types. It moves envelopes with opaque payload bytes.
 
 pub mod sled_store;
+pub mod subscription;
 
 use std::sync::Arc;
 
@@ -35,6 +38,7 @@ use tokio::sync::broadcast;
 use crate::event::{Event, Hash, NewEvent};
 
 pub use sled_store::{SledStore, SledStoreConfig};
+pub use subscription::Subscription;
 
 /// The stream version an append expects to find.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -138,7 +138,8 @@ pub struct SledStore {
     sender: Mutex<Option<mpsc::Sender<WriteJob>>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     shared: Arc<Shared>,
-    committed: broadcast::Sender<Arc<Event>>,
+    /// None once closed, so subscribers see the end of the stream.
+    committed: Mutex<Option<broadcast::Sender<Arc<Event>>>>,
 }
 
 /// State the writer publishes for readers.
@@ -505,7 +506,7 @@ impl SledStore {
             sender: Mutex::new(Some(sender)),
             writer: Mutex::new(Some(handle)),
             shared,
-            committed,
+            committed: Mutex::new(Some(committed)),
         })
     }
 
@@ -613,7 +614,11 @@ impl EventStore for SledStore {
     }
 
     fn subscribe_committed(&self) -> broadcast::Receiver<Arc<Event>> {
-        self.committed.subscribe()
+        match &*self.committed.lock().expect("committed lock") {
+            Some(sender) => sender.subscribe(),
+            // Closed: a receiver whose sender is already gone reports Closed.
+            None => broadcast::channel(1).1,
+        }
     }
 
     async fn verify(&self) -> Result<VerifyReport, StoreError> {
@@ -633,6 +638,8 @@ impl EventStore for SledStore {
             // last sender (including those held by in-flight appends) is gone.
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
+        // With the writer gone too, subscribers now hear Closed.
+        self.committed.lock().expect("committed lock").take();
     }
 }
 
