@@ -333,7 +333,7 @@ impl Ledger {
                     let event_type = outcome
                         .changes
                         .get(index)
-                        .map_or("", |change| payload::encode_change(change).event_type);
+                        .map_or("", |change| payload::change_type(change));
                     return Err(LedgerError::ChangeTooLarge {
                         event_type: event_type.to_string(),
                         size,
@@ -358,7 +358,7 @@ impl Ledger {
             let size = Event::record_len_upper_bound(event, stream);
             if size > limit {
                 return Err(LedgerError::ChangeTooLarge {
-                    event_type: payload::encode_change(change).event_type.to_string(),
+                    event_type: payload::change_type(change).to_string(),
                     size,
                     limit,
                 });

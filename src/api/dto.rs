@@ -91,7 +91,7 @@ impl PlannedChange {
         let description = describe_change(change);
         PlannedChange {
             op: description.op.symbol().to_string(),
-            event_type: payload::encode_change(change).event_type.to_string(),
+            event_type: payload::change_type(change).to_string(),
             summary: description.summary,
         }
     }

@@ -35,6 +35,13 @@ macro_rules! payload_types {
         /// Every event type name this build writes, for docs and filters.
         pub const EVENT_TYPES: &[&str] = &[$(stringify!($variant)),*];
 
+        /// The type name a change is stored under, without encoding it.
+        pub fn change_type(change: &Change) -> &'static str {
+            match change {
+                $(Change::$variant(_) => stringify!($variant),)*
+            }
+        }
+
         /// Encodes a desired-state change.
         pub fn encode_change(change: &Change) -> EncodedPayload {
             match change {
@@ -98,6 +105,7 @@ mod tests {
         });
         let encoded = encode_change(&change);
         assert_eq!(encoded.event_type, "PoolScaled");
+        assert_eq!(change_type(&change), "PoolScaled");
         assert_eq!(
             decode(encoded.event_type, encoded.schema, &encoded.bytes).unwrap(),
             Payload::Change(Box::new(change))

@@ -997,8 +997,23 @@ mod tests {
         }
     }
 
+    /// Retries while the directory is still locked: sled's own threads can
+    /// hold the lock file for a moment after a closed store is dropped (a
+    /// restart in a new process, as in production, never meets this).
+    fn when_released<T>(mut attempt: impl FnMut() -> Result<T, StoreError>) -> T {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match attempt() {
+                Err(StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                result => return result.unwrap(),
+            }
+        }
+    }
+
     fn open(dir: &Path) -> SledStore {
-        SledStore::open(SledStoreConfig::new(dir)).unwrap()
+        when_released(|| SledStore::open(SledStoreConfig::new(dir)))
     }
 
     /// Appends one event per text to stream `a`, closes the store, and opens
@@ -1013,7 +1028,7 @@ mod tests {
         }
         store.close().await;
         drop(store);
-        open_db(dir, 1 << 20).unwrap()
+        when_released(|| open_db(dir, 1 << 20))
     }
 
     fn seqs(outcome: &AppendOutcome) -> Vec<u64> {
@@ -1243,7 +1258,7 @@ mod tests {
             "sled wrote {files} blob files under {}",
             blobs.display()
         );
-        let db = open_db(dir.path(), 1 << 20).unwrap();
+        let db = when_released(|| open_db(dir.path(), 1 << 20));
         assert!(verify_tree(&db, None).unwrap().is_ok());
     }
 
@@ -1256,7 +1271,11 @@ mod tests {
         let report = verify_tree(&db, None).unwrap();
         assert_eq!(report.first_bad.unwrap().seq, 3);
         drop(db);
-        match SledStore::open(SledStoreConfig::new(dir.path())) {
+        let opened = when_released(|| match SledStore::open(SledStoreConfig::new(dir.path())) {
+            Err(StoreError::Locked { path }) => Err(StoreError::Locked { path }),
+            other => Ok(other),
+        });
+        match opened {
             Err(StoreError::Corrupt { seq, .. }) => assert_eq!(seq, 3),
             Err(other) => panic!("expected Corrupt, got {other:?}"),
             Ok(_) => panic!("a store with an event past its head opened"),
