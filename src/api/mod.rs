@@ -34,7 +34,7 @@ use self::dto::{
 use self::problem::{recover, ApiError};
 use crate::config::Role;
 use crate::event::Actor;
-use crate::ledger::{ApplyOptions, CommandContext, EventQuery, Ledger, MAX_PAGE};
+use crate::ledger::{ApplyOptions, CommandContext, EventQuery, Ledger, LedgerError, MAX_PAGE};
 use crate::metrics::{Metrics, ResponseLabels};
 use crate::model::{is_dns_label, parse_manifest, ManifestFormat};
 
@@ -463,11 +463,7 @@ fn manifest_format(content_type: Option<&str>) -> Result<ManifestFormat, ApiErro
 fn cluster_handler(name: &str, state: &ApiState) -> Result<Response, ApiError> {
     check_cluster_name(name)?;
     let Some(cluster) = state.ledger.cluster(name) else {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "cluster_not_found",
-            format!("no cluster named {name}"),
-        ));
+        return Err(LedgerError::ClusterNotFound(name.to_string()).into());
     };
     let view = ClusterView::from_state(&cluster);
     let etag = format!("\"{}\"", view.stream_version);

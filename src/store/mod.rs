@@ -28,6 +28,8 @@
 
 pub mod sled_store;
 pub mod subscription;
+#[cfg(test)]
+mod test_support;
 
 use std::sync::Arc;
 

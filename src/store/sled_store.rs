@@ -966,36 +966,11 @@ fn validate_request(request: &AppendRequest) -> Result<(), StoreError> {
 mod tests {
     use std::sync::atomic::{AtomicI64, Ordering};
 
-    use chrono::TimeZone;
-    use uuid::Uuid;
-
     use super::*;
-    use crate::event::{Actor, ActorKind, Cause, NewEvent, GENESIS_HASH};
+    use crate::event::GENESIS_HASH;
+    use crate::store::test_support::{new_event, request};
     use crate::store::{ExpectedVersion, Idempotency};
-
-    fn new_event(text: &str) -> NewEvent {
-        NewEvent {
-            id: Uuid::now_v7(),
-            event_type: "Test".into(),
-            schema: 1,
-            actor: Actor {
-                kind: ActorKind::System,
-                name: "test".into(),
-            },
-            cause: Cause::None,
-            correlation: Uuid::nil(),
-            payload: text.as_bytes().to_vec(),
-        }
-    }
-
-    fn request(stream: &str, expected: ExpectedVersion, texts: &[&str]) -> AppendRequest {
-        AppendRequest {
-            stream: stream.into(),
-            expected,
-            events: texts.iter().map(|text| new_event(text)).collect(),
-            idempotency: None,
-        }
-    }
+    use chrono::TimeZone;
 
     /// Retries while the directory is still locked: sled's own threads can
     /// hold the lock file for a moment after a closed store is dropped (a

@@ -81,32 +81,12 @@ impl Subscription {
 
 #[cfg(test)]
 mod tests {
-    use uuid::Uuid;
-
     use super::*;
-    use crate::event::{Actor, ActorKind, Cause, NewEvent};
+    use crate::store::test_support;
     use crate::store::{AppendRequest, ExpectedVersion, SledStore, SledStoreConfig};
 
     fn request(stream: &str, count: usize) -> AppendRequest {
-        AppendRequest {
-            stream: stream.into(),
-            expected: ExpectedVersion::Any,
-            events: (0..count)
-                .map(|_| NewEvent {
-                    id: Uuid::now_v7(),
-                    event_type: "Test".into(),
-                    schema: 1,
-                    actor: Actor {
-                        kind: ActorKind::System,
-                        name: "test".into(),
-                    },
-                    cause: Cause::None,
-                    correlation: Uuid::nil(),
-                    payload: vec![7; 16],
-                })
-                .collect(),
-            idempotency: None,
-        }
+        test_support::request(stream, ExpectedVersion::Any, &vec!["payload"; count])
     }
 
     /// Subscribers that start at the beginning, in the middle and at the head,
