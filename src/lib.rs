@@ -11,5 +11,6 @@ pub mod ledger;
 pub mod metrics;
 pub mod model;
 pub mod projection;
+pub mod provider;
 pub mod schema;
 pub mod store;

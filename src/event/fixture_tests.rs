@@ -56,7 +56,7 @@ fn fixture_log_still_decodes_and_verifies() {
         .iter()
         .map(|event| event.event_type.as_str())
         .collect();
-    for event_type in payload::EVENT_TYPES {
+    for event_type in payload::CHANGE_TYPES {
         assert!(
             types.contains(event_type),
             "the fixture lacks a {event_type} event"

@@ -11,13 +11,17 @@
 //! old schema into the new type here (upcasting).
 
 use crate::event::{from_bincode, to_bincode, DecodeError};
-use crate::model::Change;
+use crate::model::{Change, Lifecycle, ReconcileEvent};
 
 /// A decoded payload.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Payload {
-    /// A desired-state change.
+    /// A desired-state change from a manifest diff (stream `cluster/<name>`).
     Change(Box<Change>),
+    /// Pause, resume, deletion request (stream `cluster/<name>`).
+    Lifecycle(Lifecycle),
+    /// An intent, outcome, drift or condition (stream `reconcile/<name>`).
+    Reconcile(Box<ReconcileEvent>),
     /// A type this build does not know (written by a newer build).
     Unknown { event_type: String, schema: u16 },
 }
@@ -30,22 +34,25 @@ pub struct EncodedPayload {
     pub bytes: Vec<u8>,
 }
 
-macro_rules! payload_types {
-    ($($variant:ident => $schema:literal),* $(,)?) => {
-        /// Every event type name this build writes, for docs and filters.
-        pub const EVENT_TYPES: &[&str] = &[$(stringify!($variant)),*];
+/// One family of payload types: an enum whose variants each wrap a struct
+/// stored under the variant's name.
+macro_rules! payload_family {
+    ($family:ident, $wrap:expr, $types:ident, $type_fn:ident, $encode:ident, $decode:ident, $json:ident,
+     { $($variant:ident => $schema:literal),* $(,)? }) => {
+        /// The type names of this family.
+        pub const $types: &[&str] = &[$(stringify!($variant)),*];
 
-        /// The type name a change is stored under, without encoding it.
-        pub fn change_type(change: &Change) -> &'static str {
-            match change {
-                $(Change::$variant(_) => stringify!($variant),)*
+        /// The type name a payload is stored under, without encoding it.
+        pub fn $type_fn(payload: &$family) -> &'static str {
+            match payload {
+                $($family::$variant(_) => stringify!($variant),)*
             }
         }
 
-        /// Encodes a desired-state change.
-        pub fn encode_change(change: &Change) -> EncodedPayload {
-            match change {
-                $(Change::$variant(inner) => EncodedPayload {
+        /// Encodes a payload of this family.
+        pub fn $encode(payload: &$family) -> EncodedPayload {
+            match payload {
+                $($family::$variant(inner) => EncodedPayload {
                     event_type: stringify!($variant),
                     schema: $schema,
                     bytes: to_bincode(inner),
@@ -53,30 +60,23 @@ macro_rules! payload_types {
             }
         }
 
-        /// Decodes a payload by its type name and schema version.
-        pub fn decode(event_type: &str, schema: u16, bytes: &[u8]) -> Result<Payload, DecodeError> {
+        fn $decode(event_type: &str, schema: u16, bytes: &[u8]) -> Option<Result<Payload, DecodeError>> {
             match (event_type, schema) {
-                $((stringify!($variant), $schema) => Ok(Payload::Change(Box::new(Change::$variant(from_bincode(bytes)?)))),)*
-                _ => Ok(Payload::Unknown { event_type: event_type.to_string(), schema }),
+                $((stringify!($variant), $schema) => Some(from_bincode(bytes).map(|inner| $wrap($family::$variant(inner)))),)*
+                _ => None,
             }
         }
 
-        /// The payload as JSON, for the API and the CLI.
-        pub fn to_json(event_type: &str, schema: u16, bytes: &[u8]) -> Result<serde_json::Value, DecodeError> {
-            let json = |value: Result<serde_json::Value, serde_json::Error>| {
-                value.map_err(|error| DecodeError::Bincode(error.to_string()))
-            };
-            match decode(event_type, schema, bytes)? {
-                Payload::Change(change) => match *change {
-                    $(Change::$variant(inner) => json(serde_json::to_value(inner)),)*
-                },
-                Payload::Unknown { .. } => Ok(serde_json::Value::Null),
+        fn $json(payload: &$family) -> Result<serde_json::Value, serde_json::Error> {
+            match payload {
+                $($family::$variant(inner) => serde_json::to_value(inner),)*
             }
         }
     };
 }
 
-payload_types! {
+payload_family!(Change, |change| Payload::Change(Box::new(change)), CHANGE_TYPES, change_type,
+    encode_change, decode_change, change_json, {
     ClusterDeclared => 1,
     LabelsChanged => 1,
     KubernetesVersionChanged => 1,
@@ -89,6 +89,56 @@ payload_types! {
     PoolRemoved => 1,
     PoolScaled => 1,
     PoolTemplateChanged => 1,
+});
+
+payload_family!(Lifecycle, Payload::Lifecycle, LIFECYCLE_TYPES, lifecycle_type,
+    encode_lifecycle, decode_lifecycle, lifecycle_json, {
+    ClusterPaused => 1,
+    ClusterResumed => 1,
+    ClusterDeletionRequested => 1,
+});
+
+payload_family!(ReconcileEvent, |event| Payload::Reconcile(Box::new(event)), RECONCILE_TYPES,
+    reconcile_type, encode_reconcile, decode_reconcile, reconcile_json, {
+    ActionStarted => 1,
+    ActionSucceeded => 1,
+    ActionFailed => 1,
+    DriftDetected => 1,
+    ConditionChanged => 1,
+    ClusterDeleted => 1,
+});
+
+/// Every event type name this build writes, for docs and filters.
+pub fn event_types() -> impl Iterator<Item = &'static str> {
+    CHANGE_TYPES
+        .iter()
+        .chain(LIFECYCLE_TYPES)
+        .chain(RECONCILE_TYPES)
+        .copied()
+}
+
+/// Decodes a payload by its type name and schema version.
+pub fn decode(event_type: &str, schema: u16, bytes: &[u8]) -> Result<Payload, DecodeError> {
+    decode_change(event_type, schema, bytes)
+        .or_else(|| decode_lifecycle(event_type, schema, bytes))
+        .or_else(|| decode_reconcile(event_type, schema, bytes))
+        .unwrap_or_else(|| {
+            Ok(Payload::Unknown {
+                event_type: event_type.to_string(),
+                schema,
+            })
+        })
+}
+
+/// The payload as JSON, for the API and the CLI.
+pub fn to_json(event_type: &str, schema: u16, bytes: &[u8]) -> Result<serde_json::Value, DecodeError> {
+    let json = match decode(event_type, schema, bytes)? {
+        Payload::Change(change) => change_json(&change),
+        Payload::Lifecycle(lifecycle) => lifecycle_json(&lifecycle),
+        Payload::Reconcile(event) => reconcile_json(&event),
+        Payload::Unknown { .. } => return Ok(serde_json::Value::Null),
+    };
+    json.map_err(|error| DecodeError::Bincode(error.to_string()))
 }
 
 #[cfg(test)]

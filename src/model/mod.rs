@@ -31,6 +31,7 @@
 //! providers. Everything here is pure and testable without a runtime.
 
 mod change;
+mod cloud;
 mod describe;
 mod diff;
 mod manifest;
@@ -41,6 +42,7 @@ mod validate;
 pub(crate) mod arbitrary;
 
 pub use change::*;
+pub use cloud::*;
 pub use describe::*;
 pub use diff::*;
 pub use manifest::*;

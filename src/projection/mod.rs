@@ -81,7 +81,7 @@ impl DesiredState {
         }
         let change = match payload::decode(&event.event_type, event.schema, &event.payload) {
             Ok(Payload::Change(change)) => *change,
-            Ok(Payload::Unknown { .. }) => return,
+            Ok(Payload::Unknown { .. } | Payload::Lifecycle(_) | Payload::Reconcile(_)) => return,
             Err(_) => {
                 self.skipped_events += 1;
                 return;
