@@ -9,12 +9,38 @@
 //! name = "alice"              # becomes the actor of the events this token writes
 //! secret = "a long random string"
 //! role = "write"              # read | write | admin
+//!
+//! [reconcile]
+//! workers = 4                 # clusters reconciled at once
+//! concurrency = 64            # provider calls at once, all clusters
+//! cluster_concurrency = 16    # provider calls at once, one cluster
+//! resync_interval_ms = 30000  # drift check of a converged cluster
+//! backoff_base_ms = 200       # first retry delay; doubles, with jitter
+//! backoff_max_ms = 30000
+//! degraded_after_failures = 3
+//!
+//! [sim]                       # the simulated cloud (provider `sim`)
+//! seed = 1
+//! failure_rate = 0.0
+//! machine_quota = 10000
+//! list_delay_ms = 500         # eventual consistency of listings
+//! [sim.latency_ms]
+//! create = 20
+//!
+//! [providers.exec.ref]        # a plugin provider, `provider: exec:ref`
+//! command = ["python3", "tools/plugins/reference_plugin.py", "--state-dir", "ref-cloud"]
+//! timeout_seconds = 30
 //! ```
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+use crate::provider::exec::ExecPluginConfig;
+use crate::provider::sim::SimConfig;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7470";
 pub const DEFAULT_DATA_DIR: &str = "./cairn-data";
@@ -75,7 +101,83 @@ pub struct TokenConfig {
     pub role: Role,
 }
 
+/// `[reconcile]`: how the reconcilers run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReconcileSettings {
+    /// Clusters reconciled at once.
+    pub workers: usize,
+    /// Provider calls in flight at once, over all clusters.
+    pub concurrency: usize,
+    /// Provider calls in flight at once for one cluster.
+    pub cluster_concurrency: usize,
+    /// How often a converged cluster is compared with its provider (drift).
+    pub resync_interval_ms: u64,
+    /// The first retry delay after a failed pass; it doubles per failure.
+    pub backoff_base_ms: u64,
+    pub backoff_max_ms: u64,
+    /// Consecutive failing passes (failures, no progress) before Degraded.
+    pub degraded_after_failures: u32,
+}
+
+impl Default for ReconcileSettings {
+    fn default() -> Self {
+        ReconcileSettings {
+            workers: 4,
+            concurrency: 64,
+            cluster_concurrency: 16,
+            resync_interval_ms: 30_000,
+            backoff_base_ms: 200,
+            backoff_max_ms: 30_000,
+            degraded_after_failures: 3,
+        }
+    }
+}
+
+impl ReconcileSettings {
+    pub fn reconciler_config(&self) -> crate::reconcile::ReconcilerConfig {
+        crate::reconcile::ReconcilerConfig {
+            workers: self.workers,
+            concurrency: self.concurrency,
+            cluster_concurrency: self.cluster_concurrency,
+            resync: Duration::from_millis(self.resync_interval_ms),
+            backoff: crate::reconcile::Backoff {
+                base: Duration::from_millis(self.backoff_base_ms),
+                max: Duration::from_millis(self.backoff_max_ms),
+            },
+            degraded_after_failures: self.degraded_after_failures,
+        }
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let positive = [
+            ("reconcile.workers", self.workers as u64),
+            ("reconcile.concurrency", self.concurrency as u64),
+            ("reconcile.cluster_concurrency", self.cluster_concurrency as u64),
+            ("reconcile.resync_interval_ms", self.resync_interval_ms),
+            ("reconcile.backoff_base_ms", self.backoff_base_ms),
+            ("reconcile.degraded_after_failures", u64::from(self.degraded_after_failures)),
+        ];
+        for (field, value) in positive {
+            if value == 0 {
+                return Err(format!("{field}: must be positive"));
+            }
+        }
+        if self.backoff_max_ms < self.backoff_base_ms {
+            return Err("reconcile.backoff_max_ms: must be at least backoff_base_ms".into());
+        }
+        Ok(())
+    }
+}
+
+/// `[providers]`: plugin providers, `[providers.exec.<name>]`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProvidersConfig {
+    pub exec: BTreeMap<String, ExecPluginConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub listen: SocketAddr,
@@ -85,6 +187,10 @@ pub struct Config {
     pub max_body_bytes: u64,
     /// How long a shutdown waits for in-flight requests before it exits anyway.
     pub shutdown_timeout_seconds: u64,
+    pub reconcile: ReconcileSettings,
+    /// The simulated cloud, the `sim` provider (state in `<data_dir>/sim`).
+    pub sim: SimConfig,
+    pub providers: ProvidersConfig,
 }
 
 impl Default for Config {
@@ -98,6 +204,9 @@ impl Default for Config {
             tokens: Vec::new(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             shutdown_timeout_seconds: 30,
+            reconcile: ReconcileSettings::default(),
+            sim: SimConfig::default(),
+            providers: ProvidersConfig::default(),
         }
     }
 }
@@ -193,6 +302,20 @@ impl Config {
                  for in-flight appends"
                     .into(),
             ));
+        }
+        self.reconcile.check().map_err(ConfigError::Invalid)?;
+        self.sim
+            .check()
+            .map_err(|message| ConfigError::Invalid(format!("sim.{message}")))?;
+        for (name, plugin) in &self.providers.exec {
+            if !crate::model::is_dns_label(name) {
+                return Err(ConfigError::Invalid(format!(
+                    "providers.exec.{name}: a plugin name must be a DNS label"
+                )));
+            }
+            plugin.check().map_err(|message| {
+                ConfigError::Invalid(format!("providers.exec.{name}.{message}"))
+            })?;
         }
         if self.max_body_bytes == 0 {
             return Err(ConfigError::Invalid(

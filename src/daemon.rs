@@ -2,8 +2,10 @@
 //! them down in order.
 //!
 //! Shutdown order: stop accepting connections and let in-flight requests
-//! finish (their appends are answered), stop the projection follower, then
-//! close the store, whose writer drains its queue and syncs one last time.
+//! finish (their appends are answered), stop the reconcilers (a pass finishes
+//! the provider calls it started and records their outcomes), stop the
+//! projection follower, then close the store, whose writer drains its queue
+//! and syncs one last time.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,6 +20,10 @@ use crate::api::{routes, ApiState};
 use crate::config::Config;
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
+use crate::provider::exec::ExecProvider;
+use crate::provider::sim::SimCloud;
+use crate::provider::{Provider, Providers};
+use crate::reconcile::Reconciler;
 use crate::store::{EventStore, SledStore, SledStoreConfig, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +34,8 @@ pub enum DaemonError {
         "the log in {dir} is damaged; `cairn verify --data-dir {dir}` names the first bad record"
     )]
     Damaged { dir: String, source: StoreError },
+    #[error("cannot open the simulated cloud")]
+    Sim(#[from] crate::provider::sim::SimError),
     #[error("cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
@@ -70,9 +78,26 @@ pub async fn start(
         "log replayed"
     );
 
+    let sim = Arc::new(SimCloud::open(&config.data_dir.join("sim"), config.sim.clone())?);
+    let mut providers = Providers::new();
+    providers.insert("sim", sim.clone() as Arc<dyn Provider>);
+    for (name, plugin) in &config.providers.exec {
+        let provider = ExecProvider::new(name.clone(), plugin.clone());
+        providers.insert(format!("exec:{name}"), Arc::new(provider) as Arc<dyn Provider>);
+    }
+
     let tasks = TaskTracker::new();
     let follower_stop = CancellationToken::new();
     tasks.spawn(ledger.clone().follow(follower_stop.clone()));
+    let reconcile_tasks = TaskTracker::new();
+    let reconcile_stop = CancellationToken::new();
+    let reconciler = Reconciler::new(
+        ledger.clone(),
+        providers,
+        config.reconcile.reconciler_config(),
+        metrics.reconcile.clone(),
+    );
+    reconciler.start(&reconcile_tasks, reconcile_stop.clone());
 
     let listener = TcpListener::bind(config.listen)
         .await
@@ -90,6 +115,7 @@ pub async fn start(
         metrics,
         max_body_bytes: config.max_body_bytes,
         shutdown: shutdown.clone(),
+        sim: Some(sim),
     };
     let server = warp::serve(routes(state))
         .incoming(listener)
@@ -97,6 +123,9 @@ pub async fn start(
     let finished = tokio::spawn(async move {
         server.run().await;
         tracing::info!("no more requests in flight; stopping");
+        reconcile_stop.cancel();
+        reconcile_tasks.close();
+        reconcile_tasks.wait().await;
         follower_stop.cancel();
         tasks.close();
         tasks.wait().await;

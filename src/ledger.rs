@@ -21,9 +21,12 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::event::payload::{self, Payload};
-use crate::event::{Actor, Cause, Event, NewEvent};
-use crate::model::{cluster_stream, diff, Change, FieldError, Manifest};
-use crate::projection::{ClusterState, DesiredState};
+use crate::event::{Actor, ActorKind, Cause, Event, NewEvent};
+use crate::model::{
+    cluster_stream, diff, reconcile_stream, validate, ReconcileEvent, Change, ClusterDeletionRequested, ClusterPaused, ClusterResumed,
+    FieldError, Lifecycle, Manifest,
+};
+use crate::projection::{ClusterState, ObservedCluster, Projections};
 use crate::store::{
     AppendRequest, EventStore, ExpectedVersion, Idempotency, StoreError, Subscription, VerifyReport,
 };
@@ -31,6 +34,9 @@ use crate::store::{
 /// How many times `apply` recomputes its diff after losing a race with
 /// another writer of the same cluster, when the caller gave no `If-Match`.
 const MAX_CONFLICT_RETRIES: usize = 8;
+
+/// The actor name reconciler events carry.
+pub const RECONCILER_NAME: &str = "reconciler";
 
 /// The most events one page of a query returns.
 pub const MAX_PAGE: usize = 1000;
@@ -61,6 +67,11 @@ pub enum LedgerError {
     },
     #[error("no cluster named {0}")]
     ClusterNotFound(String),
+    /// The cluster is being deleted; it can be declared again once it is gone.
+    #[error("cluster {0} is being deleted; declare it again once its deletion has finished")]
+    ClusterDeleting(String),
+    #[error("cluster {cluster} has no pool named {pool}")]
+    PoolNotFound { cluster: String, pool: String },
     /// One change of the manifest would be a stored event over the size limit.
     #[error(
         "the {event_type} event this manifest needs is {size} bytes, over the limit of \
@@ -112,6 +123,15 @@ pub struct ApplyOutcome {
     pub deduplicated: bool,
 }
 
+/// What a lifecycle command did.
+#[derive(Debug, Clone)]
+pub struct LifecycleOutcome {
+    pub cluster: String,
+    /// The appended event; None when the cluster was already in that state.
+    pub event: Option<Arc<Event>>,
+    pub stream_version: u64,
+}
+
 /// Filters of an `events` query.
 #[derive(Debug, Clone, Default)]
 pub struct EventQuery {
@@ -132,19 +152,19 @@ pub struct EventPage {
 
 pub struct Ledger {
     store: Arc<dyn EventStore>,
-    desired: RwLock<DesiredState>,
+    projections: RwLock<Projections>,
     applied: watch::Sender<u64>,
 }
 
 impl Ledger {
     /// Replays the whole log into the projections. The caller then runs `follow`.
     pub async fn open(store: Arc<dyn EventStore>) -> Result<Arc<Ledger>, StoreError> {
-        let mut desired = DesiredState::default();
-        catch_up(store.as_ref(), &mut desired).await?;
-        let (applied, _) = watch::channel(desired.applied_seq);
+        let mut projections = Projections::default();
+        catch_up(store.as_ref(), &mut projections).await?;
+        let (applied, _) = watch::channel(projections.applied_seq());
         Ok(Arc::new(Ledger {
             store,
-            desired: RwLock::new(desired),
+            projections: RwLock::new(projections),
             applied,
         }))
     }
@@ -168,9 +188,9 @@ impl Ledger {
             match next {
                 Ok(Some(event)) => {
                     let applied = {
-                        let mut desired = self.desired.write().expect("projection lock");
-                        desired.apply(&event);
-                        desired.applied_seq
+                        let mut projections = self.projections.write().expect("projection lock");
+                        projections.apply(&event);
+                        projections.applied_seq()
                     };
                     self.applied.send_replace(applied);
                 }
@@ -209,20 +229,21 @@ impl Ledger {
     }
 
     pub fn cluster(&self, name: &str) -> Option<ClusterState> {
-        self.desired
-            .read()
-            .expect("projection lock")
-            .cluster(name)
-            .cloned()
+        self.read(|projections| projections.desired.cluster(name).cloned())
     }
 
     pub fn clusters(&self) -> Vec<ClusterState> {
-        self.desired
-            .read()
-            .expect("projection lock")
-            .clusters()
-            .cloned()
-            .collect()
+        self.read(|projections| projections.desired.clusters().cloned().collect())
+    }
+
+    /// What the reconcilers know of a cluster's cloud resources.
+    pub fn observed(&self, name: &str) -> Option<ObservedCluster> {
+        self.read(|projections| projections.observed.cluster(name).cloned())
+    }
+
+    /// Reads the projections, all folded to the same seq, under one lock.
+    pub fn read<T>(&self, read: impl FnOnce(&Projections) -> T) -> T {
+        read(&self.projections.read().expect("projection lock"))
     }
 
     /// Declares or updates a cluster: diff against the desired state, then
@@ -253,8 +274,15 @@ impl Ledger {
             // See every committed event before diffing, so the expected version
             // is the true current one unless another writer races us.
             self.wait_applied(self.store.head().seq).await?;
-            let current = self.cluster(&name);
-            let current_version = current.as_ref().map_or(0, |cluster| cluster.stream_version);
+            let (current, current_version) = self.read(|projections| {
+                (
+                    projections.desired.cluster(&name).cloned(),
+                    projections.desired.stream_version(&name),
+                )
+            });
+            if current.as_ref().is_some_and(|cluster| cluster.deletion_requested) {
+                return Err(LedgerError::ClusterDeleting(name));
+            }
             if let Some(expected) = options.if_match {
                 if expected != current_version {
                     return Err(LedgerError::VersionMismatch {
@@ -343,6 +371,118 @@ impl Ledger {
                 Err(error) => return Err(error.into()),
             }
         }
+    }
+
+    /// Sets a pool's replica count: a `PoolScaled` change through `apply`.
+    pub async fn scale(
+        &self,
+        name: &str,
+        pool: &str,
+        replicas: i64,
+        if_match: Option<u64>,
+        context: &CommandContext,
+    ) -> Result<ApplyOutcome, LedgerError> {
+        self.wait_applied(self.store.head().seq).await?;
+        let current = self
+            .cluster(name)
+            .ok_or_else(|| LedgerError::ClusterNotFound(name.to_string()))?;
+        let mut manifest = current.manifest;
+        let Some(target) = manifest.spec.pools.iter_mut().find(|p| p.name == pool) else {
+            return Err(LedgerError::PoolNotFound {
+                cluster: name.to_string(),
+                pool: pool.to_string(),
+            });
+        };
+        target.replicas = replicas;
+        let errors = validate(&manifest);
+        if !errors.is_empty() {
+            return Err(LedgerError::Invalid(errors));
+        }
+        let options = ApplyOptions {
+            dry_run: false,
+            if_match,
+        };
+        self.apply(manifest, options, context).await
+    }
+
+    /// Appends a lifecycle command (pause, resume, deletion request) unless the
+    /// cluster is already in the state it asks for.
+    pub async fn lifecycle(
+        &self,
+        name: &str,
+        command: Lifecycle,
+        context: &CommandContext,
+    ) -> Result<LifecycleOutcome, LedgerError> {
+        let stream = cluster_stream(name);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            self.wait_applied(self.store.head().seq).await?;
+            let current = self
+                .cluster(name)
+                .ok_or_else(|| LedgerError::ClusterNotFound(name.to_string()))?;
+            let already = match command {
+                Lifecycle::ClusterPaused(_) => current.paused,
+                Lifecycle::ClusterResumed(_) => !current.paused,
+                Lifecycle::ClusterDeletionRequested(_) => current.deletion_requested,
+            };
+            if already {
+                return Ok(LifecycleOutcome {
+                    cluster: name.to_string(),
+                    event: None,
+                    stream_version: current.stream_version,
+                });
+            }
+            let encoded = payload::encode_lifecycle(&command);
+            let event = NewEvent {
+                id: Uuid::now_v7(),
+                event_type: encoded.event_type.to_string(),
+                schema: encoded.schema,
+                actor: context.actor.clone(),
+                cause: request_cause(context),
+                correlation: context.correlation,
+                payload: encoded.bytes,
+            };
+            let request = AppendRequest {
+                stream: stream.clone(),
+                expected: ExpectedVersion::Exact(current.stream_version),
+                events: vec![event],
+                idempotency: None,
+            };
+            match self.store.append(request).await {
+                Ok(appended) => {
+                    if let Some(last) = appended.events.last() {
+                        if let Err(error) = self.wait_applied(last.seq).await {
+                            tracing::warn!(%error, seq = last.seq, "answering before the projection caught up");
+                        }
+                    }
+                    return Ok(LifecycleOutcome {
+                        cluster: name.to_string(),
+                        event: appended.events.into_iter().next(),
+                        stream_version: appended.stream_version,
+                    });
+                }
+                Err(StoreError::WrongExpectedVersion { .. }) if attempt < MAX_CONFLICT_RETRIES => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+    }
+
+    pub async fn pause(&self, name: &str, context: &CommandContext) -> Result<LifecycleOutcome, LedgerError> {
+        self.lifecycle(name, Lifecycle::ClusterPaused(ClusterPaused {}), context).await
+    }
+
+    pub async fn resume(&self, name: &str, context: &CommandContext) -> Result<LifecycleOutcome, LedgerError> {
+        self.lifecycle(name, Lifecycle::ClusterResumed(ClusterResumed {}), context).await
+    }
+
+    pub async fn request_deletion(
+        &self,
+        name: &str,
+        context: &CommandContext,
+    ) -> Result<LifecycleOutcome, LedgerError> {
+        let command = Lifecycle::ClusterDeletionRequested(ClusterDeletionRequested {});
+        self.lifecycle(name, command, context).await
     }
 
     /// Refuses a change whose stored event would be over the store's limit,
@@ -456,14 +596,57 @@ impl Ledger {
         })
     }
 
+    /// Appends reconciler events to a cluster's `reconcile/<name>` stream, each
+    /// with its cause, and waits until the projections have folded them in.
+    /// They are durable when this returns.
+    pub async fn record(
+        &self,
+        cluster: &str,
+        correlation: Uuid,
+        events: Vec<(ReconcileEvent, Cause)>,
+    ) -> Result<Vec<Arc<Event>>, LedgerError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let events = events
+            .into_iter()
+            .map(|(event, cause)| {
+                let encoded = payload::encode_reconcile(&event);
+                NewEvent {
+                    id: Uuid::now_v7(),
+                    event_type: encoded.event_type.to_string(),
+                    schema: encoded.schema,
+                    actor: Actor {
+                        kind: ActorKind::Reconciler,
+                        name: RECONCILER_NAME.to_string(),
+                    },
+                    cause,
+                    correlation,
+                    payload: encoded.bytes,
+                }
+            })
+            .collect();
+        let request = AppendRequest {
+            stream: reconcile_stream(cluster),
+            expected: ExpectedVersion::Any,
+            events,
+            idempotency: None,
+        };
+        let appended = self.store.append(request).await?;
+        if let Some(last) = appended.events.last() {
+            self.wait_applied(last.seq).await?;
+        }
+        Ok(appended.events)
+    }
+
     pub async fn verify(&self) -> Result<VerifyReport, StoreError> {
         self.store.verify().await
     }
 }
 
-async fn catch_up(store: &dyn EventStore, state: &mut DesiredState) -> Result<(), StoreError> {
+async fn catch_up(store: &dyn EventStore, state: &mut Projections) -> Result<(), StoreError> {
     loop {
-        let events = store.read(state.applied_seq, 4096).await?;
+        let events = store.read(state.applied_seq(), 4096).await?;
         if events.is_empty() {
             return Ok(());
         }
@@ -480,13 +663,17 @@ fn new_event(change: &Change, context: &CommandContext) -> NewEvent {
         event_type: encoded.event_type.to_string(),
         schema: encoded.schema,
         actor: context.actor.clone(),
-        cause: Cause::Request {
-            request_id: context.request_id.clone(),
-            idempotency_key: context.idempotency_key.clone(),
-            reason: context.reason.clone(),
-        },
+        cause: request_cause(context),
         correlation: context.correlation,
         payload: encoded.bytes,
+    }
+}
+
+fn request_cause(context: &CommandContext) -> Cause {
+    Cause::Request {
+        request_id: context.request_id.clone(),
+        idempotency_key: context.idempotency_key.clone(),
+        reason: context.reason.clone(),
     }
 }
 

@@ -12,5 +12,6 @@ pub mod metrics;
 pub mod model;
 pub mod projection;
 pub mod provider;
+pub mod reconcile;
 pub mod schema;
 pub mod store;

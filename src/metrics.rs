@@ -3,6 +3,8 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::store::sled_store::StoreMetrics;
@@ -12,12 +14,44 @@ pub struct ResponseLabels {
     pub code: u16,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabels {
+    /// `create` or `delete`.
+    pub operation: &'static str,
+    /// `succeeded`, `failed` or `resolved` (an action found in flight after a restart).
+    pub outcome: &'static str,
+}
+
+/// What the reconcilers report.
+#[derive(Clone)]
+pub struct ReconcileMetrics {
+    pub actions: Family<ActionLabels, Counter>,
+    pub pass_seconds: Histogram,
+    pub queue_depth: Gauge,
+    /// Head seq minus the last seq the reconcilers have taken in.
+    pub lag_events: Gauge,
+    pub drift_detected: Counter,
+}
+
+impl Default for ReconcileMetrics {
+    fn default() -> Self {
+        ReconcileMetrics {
+            actions: Family::default(),
+            pass_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            queue_depth: Gauge::default(),
+            lag_events: Gauge::default(),
+            drift_detected: Counter::default(),
+        }
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     /// HTTP responses by status code.
     pub http_responses: Family<ResponseLabels, Counter>,
     /// Applies that appended at least one event.
     pub applies_changed: Counter,
+    pub reconcile: ReconcileMetrics,
 }
 
 impl Metrics {
@@ -80,10 +114,37 @@ impl Metrics {
             "Applies that appended at least one event",
             applies_changed.clone(),
         );
+        let reconcile = ReconcileMetrics::default();
+        registry.register(
+            "reconcile_actions",
+            "Provider actions by operation and outcome",
+            reconcile.actions.clone(),
+        );
+        registry.register(
+            "reconcile_pass_seconds",
+            "Seconds per reconcile pass of one cluster",
+            reconcile.pass_seconds.clone(),
+        );
+        registry.register(
+            "reconcile_queue_depth",
+            "Clusters waiting for a reconcile worker",
+            reconcile.queue_depth.clone(),
+        );
+        registry.register(
+            "reconcile_lag_events",
+            "Head seq minus the last seq the reconcilers have taken in",
+            reconcile.lag_events.clone(),
+        );
+        registry.register(
+            "reconcile_drift_detected",
+            "DriftDetected events written",
+            reconcile.drift_detected.clone(),
+        );
         Metrics {
             registry,
             http_responses,
             applies_changed,
+            reconcile,
         }
     }
 

@@ -13,8 +13,8 @@ use uuid::Uuid;
 
 use crate::event::{payload, Actor, Cause, Event};
 use crate::ledger::EventPage;
-use crate::model::{describe_change, Change, FieldError, Manifest};
-use crate::projection::ClusterState;
+use crate::model::{describe_change, Change, CloudResource, FieldError, Manifest};
+use crate::projection::{ClusterState, ObservedCluster};
 use crate::store::VerifyReport;
 
 /// The envelope of an event, as the API shows it (`schemas/event.schema.json`).
@@ -119,11 +119,15 @@ pub struct ClusterView {
     pub updated_seq: u64,
     pub updated_at: DateTime<Utc>,
     pub updated_by: Actor,
+    pub paused: bool,
+    pub deletion_requested: bool,
     pub desired: Manifest,
+    pub observed: ObservedView,
+    pub conditions: Vec<ConditionView>,
 }
 
 impl ClusterView {
-    pub fn from_state(state: &ClusterState) -> ClusterView {
+    pub fn from_state(state: &ClusterState, observed: &ObservedCluster) -> ClusterView {
         ClusterView {
             name: state.manifest.metadata.name.clone(),
             stream_version: state.stream_version,
@@ -131,9 +135,169 @@ impl ClusterView {
             updated_seq: state.updated_seq,
             updated_at: state.updated_time,
             updated_by: state.updated_by.clone(),
+            paused: state.paused,
+            deletion_requested: state.deletion_requested,
             desired: state.manifest.clone(),
+            observed: ObservedView::from_observed(observed),
+            conditions: ConditionView::from_observed(observed),
         }
     }
+}
+
+/// What the reconcilers know exists in the cloud.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObservedView {
+    /// The seq of the cluster's last reconciler event (0: none yet).
+    pub updated_seq: u64,
+    pub resources: Vec<ResourceView>,
+    /// Resources in the cloud that the log did not create.
+    pub orphans: Vec<ResourceView>,
+    pub in_flight: Vec<InFlightView>,
+    pub drift: Vec<DriftView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceView {
+    /// `machine/workers-0`.
+    pub key: String,
+    pub provider_id: String,
+    /// A machine's pool.
+    pub pool: Option<String>,
+    pub address: Option<String>,
+    pub resource: CloudResource,
+}
+
+impl ResourceView {
+    pub fn from_resource(resource: &CloudResource) -> ResourceView {
+        let pool = match &resource.spec {
+            crate::model::ResourceSpec::Machine(machine) => Some(machine.pool.clone()),
+            _ => None,
+        };
+        ResourceView {
+            key: resource.key().to_string(),
+            provider_id: resource.provider_id.clone(),
+            pool,
+            address: resource.address.clone(),
+            resource: resource.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InFlightView {
+    /// `create machine/workers-3`.
+    pub action: String,
+    pub token: String,
+    pub attempt: u32,
+    pub started_seq: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DriftView {
+    pub resource: String,
+    pub detected_seq: u64,
+    /// The provider id the log expected (None: nothing expected).
+    pub expected: Option<String>,
+    /// The provider id found (None: nothing found).
+    pub actual: Option<String>,
+}
+
+impl ObservedView {
+    pub fn from_observed(observed: &ObservedCluster) -> ObservedView {
+        ObservedView {
+            updated_seq: observed.updated_seq,
+            resources: observed
+                .resources
+                .values()
+                .map(ResourceView::from_resource)
+                .collect(),
+            orphans: observed
+                .orphans
+                .values()
+                .map(ResourceView::from_resource)
+                .collect(),
+            in_flight: observed
+                .in_flight
+                .values()
+                .map(|in_flight| InFlightView {
+                    action: in_flight.action.to_string(),
+                    token: in_flight.token.clone(),
+                    attempt: in_flight.attempt,
+                    started_seq: in_flight.started_seq,
+                })
+                .collect(),
+            drift: observed
+                .drift
+                .iter()
+                .map(|(key, record)| DriftView {
+                    resource: key.to_string(),
+                    detected_seq: record.detected_seq,
+                    expected: record.expected.as_ref().map(|r| r.provider_id.clone()),
+                    actual: record.actual.as_ref().map(|r| r.provider_id.clone()),
+                })
+                .collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConditionView {
+    #[serde(rename = "type")]
+    pub condition_type: String,
+    /// `True` or `False`, as Kubernetes writes it.
+    pub status: String,
+    pub reason: String,
+    pub message: String,
+    /// The seq of the event that last set it.
+    pub seq: u64,
+    pub last_transition_time: DateTime<Utc>,
+}
+
+impl ConditionView {
+    pub fn from_observed(observed: &ObservedCluster) -> Vec<ConditionView> {
+        observed
+            .conditions
+            .iter()
+            .map(|(condition, value)| ConditionView {
+                condition_type: format!("{condition:?}"),
+                status: if value.status { "True" } else { "False" }.to_string(),
+                reason: value.reason.clone(),
+                message: value.message.clone(),
+                seq: value.seq,
+                last_transition_time: value.time,
+            })
+            .collect()
+    }
+}
+
+/// What a pause, resume or delete did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LifecycleResponse {
+    pub cluster: String,
+    /// False when the cluster was already in that state (nothing appended).
+    pub changed: bool,
+    pub stream_version: u64,
+    pub event: Option<EventView>,
+}
+
+/// The body of `POST /v1/clusters/{name}/pools/{pool}/scale`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ScaleRequest {
+    pub replicas: i64,
+}
+
+/// The simulated cloud's true state (`GET /v1/sim/resources`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SimResources {
+    pub resources: Vec<CloudResource>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -149,10 +313,16 @@ pub struct ClusterSummary {
     pub stream_version: u64,
     pub updated_at: DateTime<Utc>,
     pub updated_by: Actor,
+    /// Machines the reconcilers know exist.
+    pub machines: usize,
+    /// The Ready condition (None: not reconciled yet).
+    pub ready: Option<bool>,
+    pub paused: bool,
+    pub deletion_requested: bool,
 }
 
 impl ClusterSummary {
-    pub fn from_state(state: &ClusterState) -> ClusterSummary {
+    pub fn from_state(state: &ClusterState, observed: &ObservedCluster) -> ClusterSummary {
         let spec = &state.manifest.spec;
         ClusterSummary {
             name: state.manifest.metadata.name.clone(),
@@ -164,6 +334,17 @@ impl ClusterSummary {
             stream_version: state.stream_version,
             updated_at: state.updated_time,
             updated_by: state.updated_by.clone(),
+            machines: observed
+                .resources
+                .keys()
+                .filter(|key| key.kind == crate::model::ResourceKind::Machine)
+                .count(),
+            ready: observed
+                .conditions
+                .get(&crate::model::ConditionType::Ready)
+                .map(|ready| ready.status),
+            paused: state.paused,
+            deletion_requested: state.deletion_requested,
         }
     }
 }

@@ -11,6 +11,7 @@
 //! it never touches sled: everything goes through the `Ledger`.
 
 pub mod auth;
+mod commands;
 pub mod dto;
 pub mod problem;
 
@@ -47,6 +48,8 @@ pub struct ApiState {
     pub max_body_bytes: u64,
     /// Cancelled when the daemon starts shutting down; `/readyz` then says no.
     pub shutdown: CancellationToken,
+    /// The simulated cloud, for its admin endpoints (`/v1/sim/...`).
+    pub sim: Option<Arc<crate::provider::sim::SimCloud>>,
 }
 
 /// Manifests up to this size are parsed on the request's own task.
@@ -105,12 +108,17 @@ pub fn routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Error = I
         .and(authenticated(&state, Role::Read))
         .and(with_state(&state))
         .map(|_actor: Actor, state: ApiState| {
-            let clusters = state
-                .ledger
-                .clusters()
-                .iter()
-                .map(ClusterSummary::from_state)
-                .collect();
+            let clusters = state.ledger.read(|projections| {
+                projections
+                    .desired
+                    .clusters()
+                    .map(|cluster| {
+                        let name = &cluster.manifest.metadata.name;
+                        let observed = projections.observed.cluster(name).cloned().unwrap_or_default();
+                        ClusterSummary::from_state(cluster, &observed)
+                    })
+                    .collect()
+            });
             warp::reply::json(&ClusterList { clusters }).into_response()
         });
     let cluster = warp::path!("v1" / "clusters" / String)
@@ -147,6 +155,8 @@ pub fn routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Error = I
             )
         });
 
+    let commands = commands::routes(&state);
+
     health
         .or(ready)
         .unify()
@@ -163,6 +173,8 @@ pub fn routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Error = I
         .or(events)
         .unify()
         .or(verify)
+        .unify()
+        .or(commands)
         .unify()
         .recover(recover)
         .unify()
@@ -350,35 +362,9 @@ async fn apply_request(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let dry_run = query_bool(&query, "dryRun")?;
-    let if_match = match header(&headers, "if-match")? {
-        None => None,
-        Some(text) => Some(text.trim_matches('"').parse::<u64>().map_err(|_| {
-            ApiError::bad_request(
-                "bad_header",
-                format!("If-Match {text:?} is not a cluster version (a non-negative integer)"),
-            )
-        })?),
-    };
-    let idempotency_key = header(&headers, "idempotency-key")?.map(str::to_string);
-    if idempotency_key
-        .as_ref()
-        .is_some_and(|key| key.is_empty() || key.len() > 255)
-    {
-        return Err(ApiError::bad_request(
-            "bad_header",
-            "Idempotency-Key must be 1 to 255 characters",
-        ));
-    }
-    let reason = header(&headers, "x-cairn-reason")?.map(str::to_string);
-    if reason
-        .as_ref()
-        .is_some_and(|reason| reason.len() > MAX_REASON_BYTES)
-    {
-        return Err(ApiError::bad_request(
-            "bad_header",
-            format!("X-Cairn-Reason is over {MAX_REASON_BYTES} bytes"),
-        ));
-    }
+    let if_match = if_match_header(&headers)?;
+    let context = command_context(actor, &headers)?;
+    let request_id = context.correlation;
     let format = manifest_format(header(&headers, "content-type")?)?;
     // Parsing a large, badly typed manifest can take tens of milliseconds of
     // CPU; keep those off the runtime's worker threads. A small one parses in
@@ -395,14 +381,6 @@ async fn apply_request(
             })??
     } else {
         parse_manifest(&body, format)?
-    };
-    let request_id = Uuid::now_v7();
-    let context = CommandContext {
-        actor,
-        request_id: request_id.to_string(),
-        correlation: request_id,
-        idempotency_key,
-        reason,
     };
     let outcome = state
         .ledger
@@ -431,6 +409,52 @@ async fn apply_request(
     let reply = warp::reply::with_status(warp::reply::json(&response), status);
     let reply = warp::reply::with_header(reply, "etag", format!("\"{}\"", response.stream_version));
     Ok(warp::reply::with_header(reply, "x-request-id", request_id.to_string()).into_response())
+}
+
+/// `If-Match`: the cluster stream version the caller saw.
+fn if_match_header(headers: &warp::http::HeaderMap) -> Result<Option<u64>, ApiError> {
+    let Some(text) = header(headers, "if-match")? else {
+        return Ok(None);
+    };
+    text.trim_matches('"').parse::<u64>().map(Some).map_err(|_| {
+        ApiError::bad_request(
+            "bad_header",
+            format!("If-Match {text:?} is not a cluster version (a non-negative integer)"),
+        )
+    })
+}
+
+/// Who asks and why: the actor, a new request id (also the correlation id of
+/// everything the request causes), `Idempotency-Key` and `X-Cairn-Reason`.
+fn command_context(actor: Actor, headers: &warp::http::HeaderMap) -> Result<CommandContext, ApiError> {
+    let idempotency_key = header(headers, "idempotency-key")?.map(str::to_string);
+    if idempotency_key
+        .as_ref()
+        .is_some_and(|key| key.is_empty() || key.len() > 255)
+    {
+        return Err(ApiError::bad_request(
+            "bad_header",
+            "Idempotency-Key must be 1 to 255 characters",
+        ));
+    }
+    let reason = header(headers, "x-cairn-reason")?.map(str::to_string);
+    if reason
+        .as_ref()
+        .is_some_and(|reason| reason.len() > MAX_REASON_BYTES)
+    {
+        return Err(ApiError::bad_request(
+            "bad_header",
+            format!("X-Cairn-Reason is over {MAX_REASON_BYTES} bytes"),
+        ));
+    }
+    let request_id = Uuid::now_v7();
+    Ok(CommandContext {
+        actor,
+        request_id: request_id.to_string(),
+        correlation: request_id,
+        idempotency_key,
+        reason,
+    })
 }
 
 /// The manifest's format from its Content-Type. The content types a web page
@@ -462,10 +486,14 @@ fn manifest_format(content_type: Option<&str>) -> Result<ManifestFormat, ApiErro
 
 fn cluster_handler(name: &str, state: &ApiState) -> Result<Response, ApiError> {
     check_cluster_name(name)?;
-    let Some(cluster) = state.ledger.cluster(name) else {
+    let view = state.ledger.read(|projections| {
+        let cluster = projections.desired.cluster(name)?;
+        let observed = projections.observed.cluster(name).cloned().unwrap_or_default();
+        Some(ClusterView::from_state(cluster, &observed))
+    });
+    let Some(view) = view else {
         return Err(LedgerError::ClusterNotFound(name.to_string()).into());
     };
-    let view = ClusterView::from_state(&cluster);
     let etag = format!("\"{}\"", view.stream_version);
     Ok(warp::reply::with_header(warp::reply::json(&view), "etag", etag).into_response())
 }

@@ -154,6 +154,12 @@ impl From<LedgerError> for ApiError {
                 "cluster_not_found",
                 error.to_string(),
             ),
+            LedgerError::PoolNotFound { .. } => {
+                ApiError::new(StatusCode::NOT_FOUND, "pool_not_found", error.to_string())
+            }
+            LedgerError::ClusterDeleting(_) => {
+                ApiError::new(StatusCode::CONFLICT, "cluster_deleting", error.to_string())
+            }
             LedgerError::ChangeTooLarge { .. } => ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "event_too_large",

@@ -99,6 +99,18 @@ impl Client {
         self.send(request).await
     }
 
+    pub async fn delete<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        headers: &[(&str, String)],
+    ) -> Result<T, ClientError> {
+        let mut request = self.http.delete(format!("{}{path}", self.server));
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        self.send(request).await
+    }
+
     fn send_error(&self, error: &reqwest::Error) -> ClientError {
         if error.is_timeout() {
             ClientError::TimedOut {

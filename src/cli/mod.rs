@@ -23,7 +23,10 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::api::dto::{ApplyResponse, ClusterList, ClusterView, EventPageView, VerifyView};
+use crate::api::dto::{
+    ApplyResponse, ClusterList, ClusterView, EventPageView, LifecycleResponse, ScaleRequest,
+    SimResources, VerifyView,
+};
 use crate::config::LogFormat;
 use client::{Client, ClientError};
 
@@ -75,6 +78,61 @@ pub enum Command {
     Events(EventsArgs),
     /// Recompute the hash chain (on the daemon, or offline on a data dir).
     Verify(VerifyArgs),
+    /// Set a pool's replica count.
+    Scale(ScaleArgs),
+    /// Stop provider calls for a cluster.
+    Pause(LifecycleArgs),
+    /// Let the reconcilers act on a paused cluster again.
+    Resume(LifecycleArgs),
+    /// Delete a cluster: its resources are torn down, its history stays.
+    #[command(subcommand)]
+    Delete(DeleteCommand),
+    /// The simulated cloud: look at it, or change it behind Cairn's back.
+    #[command(subcommand)]
+    Sim(SimCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct ScaleArgs {
+    pub name: String,
+    pub pool: String,
+    pub replicas: i64,
+    /// Scale only if the cluster is still at this version.
+    #[arg(long)]
+    pub if_match: Option<u64>,
+    /// Why; recorded in the event's cause.
+    #[arg(long)]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct LifecycleArgs {
+    pub name: String,
+    /// Why; recorded in the event's cause.
+    #[arg(long)]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeleteCommand {
+    /// Request the deletion of a cluster.
+    Cluster(LifecycleArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SimCommand {
+    /// List what the simulated cloud holds (its true state, not a lagging listing).
+    List {
+        /// Only this cluster's resources.
+        #[arg(long)]
+        cluster: Option<String>,
+    },
+    /// Delete a machine behind Cairn's back, to see drift detection at work.
+    DeleteMachine {
+        cluster: String,
+        /// The machine's name (`workers-0`) or provider id (`sim-m-000042`).
+        machine: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -115,7 +173,7 @@ pub struct ApplyArgs {
 pub enum GetCommand {
     /// List clusters.
     Clusters,
-    /// Show one cluster's desired state.
+    /// Show one cluster: desired state, observed resources, conditions.
     Cluster { name: String },
 }
 
@@ -257,6 +315,62 @@ pub async fn run_client(global: &GlobalArgs, command: Command) -> Result<(), Fai
             let page: EventPageView = client.get("/v1/events", &query).await?;
             output::print_events(&page, format, false);
         }
+        Command::Scale(args) => {
+            let mut headers = vec![("content-type", "application/json".to_string())];
+            if let Some(version) = args.if_match {
+                headers.push(("if-match", version.to_string()));
+            }
+            if let Some(reason) = args.reason {
+                headers.push(("x-cairn-reason", reason));
+            }
+            let body = serde_json::to_vec(&ScaleRequest {
+                replicas: args.replicas,
+            })
+            .expect("a scale request serializes");
+            let path = format!("/v1/clusters/{}/pools/{}/scale", args.name, args.pool);
+            let response: ApplyResponse = client.post(&path, &[], &headers, body).await?;
+            output::print_apply(&response, format);
+        }
+        Command::Pause(args) => lifecycle(&client, format, "pause", args).await?,
+        Command::Resume(args) => lifecycle(&client, format, "resume", args).await?,
+        Command::Delete(DeleteCommand::Cluster(args)) => {
+            let headers = reason_header(args.reason);
+            let response: LifecycleResponse = client
+                .delete(&format!("/v1/clusters/{}", args.name), &headers)
+                .await?;
+            output::print_lifecycle(&response, "deletion requested", format);
+        }
+        Command::Sim(SimCommand::List { cluster }) => {
+            let mut list: SimResources = client.get("/v1/sim/resources", &[]).await?;
+            if let Some(cluster) = cluster {
+                list.resources.retain(|resource| resource.cluster == cluster);
+            }
+            output::print_sim_resources(&list, format);
+        }
+        Command::Sim(SimCommand::DeleteMachine { cluster, machine }) => {
+            let list: SimResources = client.get("/v1/sim/resources", &[]).await?;
+            let found = list.resources.iter().find(|resource| {
+                resource.cluster == cluster
+                    && resource.key().kind == crate::model::ResourceKind::Machine
+                    && (resource.provider_id == machine || resource.spec.name() == machine)
+            });
+            let Some(found) = found else {
+                return Err(Failure::Refused(format!(
+                    "the simulated cloud has no machine {machine} in cluster {cluster}"
+                )));
+            };
+            let deleted: crate::model::CloudResource = client
+                .delete(&format!("/v1/sim/resources/{}", found.provider_id), &[])
+                .await?;
+            if !output::print_structured_value(&deleted, format) {
+                println!(
+                    "deleted {} ({}) of cluster {} behind Cairn's back",
+                    deleted.key(),
+                    deleted.provider_id,
+                    deleted.cluster
+                );
+            }
+        }
         Command::Verify(VerifyArgs { data_dir: None }) => {
             let view: VerifyView = client.get("/v1/verify", &[]).await?;
             report_verify(&view, format)?;
@@ -268,6 +382,26 @@ pub async fn run_client(global: &GlobalArgs, command: Command) -> Result<(), Fai
             report_verify(&view, format)?;
         }
     }
+    Ok(())
+}
+
+fn reason_header(reason: Option<String>) -> Vec<(&'static str, String)> {
+    reason
+        .map(|reason| vec![("x-cairn-reason", reason)])
+        .unwrap_or_default()
+}
+
+async fn lifecycle(
+    client: &Client,
+    format: OutputFormat,
+    verb: &str,
+    args: LifecycleArgs,
+) -> Result<(), Failure> {
+    let headers = reason_header(args.reason);
+    let path = format!("/v1/clusters/{}/{verb}", args.name);
+    let response: LifecycleResponse = client.post(&path, &[], &headers, Vec::new()).await?;
+    let done = if verb == "pause" { "paused" } else { "resumed" };
+    output::print_lifecycle(&response, done, format);
     Ok(())
 }
 

@@ -6,9 +6,10 @@ use serde::Serialize;
 use tabwriter::TabWriter;
 
 use crate::api::dto::{
-    ApplyResponse, ClusterList, ClusterView, EventPageView, EventView, VerifyView,
+    ApplyResponse, ClusterList, ClusterView, EventPageView, EventView, LifecycleResponse,
+    SimResources, VerifyView,
 };
-use crate::model::{describe_change, Change};
+use crate::model::{describe_change, Change, ReconcileEvent};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum OutputFormat {
@@ -18,6 +19,11 @@ pub enum OutputFormat {
 }
 
 /// Prints a value as JSON or YAML; returns false for the table format.
+/// Prints JSON or YAML and says true; says false for a table.
+pub fn print_structured_value<T: Serialize>(value: &T, format: OutputFormat) -> bool {
+    print_structured(value, format)
+}
+
 fn print_structured<T: Serialize>(value: &T, format: OutputFormat) -> bool {
     match format {
         OutputFormat::Table => false,
@@ -123,6 +129,56 @@ pub fn print_cluster(view: &ClusterView, format: OutputFormat) {
         view.updated_at.format("%Y-%m-%dT%H:%M:%SZ"),
         view.updated_by.name
     );
+    if view.paused {
+        println!("paused:    yes (no provider calls)");
+    }
+    if view.deletion_requested {
+        println!("deleting:  yes");
+    }
+    println!("conditions:");
+    if view.conditions.is_empty() {
+        println!("  (none yet: not reconciled)");
+    }
+    for condition in &view.conditions {
+        println!(
+            "  {:<12} {:<5} {:<15} seq {:<6} {}",
+            condition.condition_type, condition.status, condition.reason, condition.seq, condition.message
+        );
+    }
+    let observed = &view.observed;
+    println!("observed (as of seq {}):", observed.updated_seq);
+    print_table(
+        "  RESOURCE\tPROVIDER ID\tPOOL\tADDRESS",
+        observed.resources.iter().chain(&observed.orphans).map(|resource| {
+            let orphan = if observed.orphans.iter().any(|o| o.provider_id == resource.provider_id) {
+                " (orphan)"
+            } else {
+                ""
+            };
+            format!(
+                "  {}{orphan}\t{}\t{}\t{}",
+                resource.key,
+                resource.provider_id,
+                resource.pool.as_deref().unwrap_or("-"),
+                resource.address.as_deref().unwrap_or("-")
+            )
+        }),
+    );
+    for in_flight in &observed.in_flight {
+        println!(
+            "  in flight: {} (token {}, attempt {}, started at seq {})",
+            in_flight.action, in_flight.token, in_flight.attempt, in_flight.started_seq
+        );
+    }
+    for drift in &observed.drift {
+        println!(
+            "  drift: {} at seq {} (expected {}, found {})",
+            drift.resource,
+            drift.detected_seq,
+            drift.expected.as_deref().unwrap_or("nothing"),
+            drift.actual.as_deref().unwrap_or("nothing")
+        );
+    }
     println!("desired:");
     let yaml = serde_norway::to_string(&view.desired).expect("manifests serialize");
     for line in yaml.lines() {
@@ -130,14 +186,69 @@ pub fn print_cluster(view: &ClusterView, format: OutputFormat) {
     }
 }
 
+pub fn print_lifecycle(response: &LifecycleResponse, done: &str, format: OutputFormat) {
+    if print_structured(response, format) {
+        return;
+    }
+    match &response.event {
+        Some(event) => println!(
+            "cluster {} {done} (event seq {}, version {})",
+            response.cluster, event.seq, response.stream_version
+        ),
+        None => println!("cluster {} was already {done}; nothing appended", response.cluster),
+    }
+}
+
+pub fn print_sim_resources(list: &SimResources, format: OutputFormat) {
+    if print_structured(list, format) {
+        return;
+    }
+    print_table(
+        "PROVIDER ID\tCLUSTER\tRESOURCE\tADDRESS\tTOKEN",
+        list.resources.iter().map(|resource| {
+            format!(
+                "{}\t{}\t{}\t{}\t{}",
+                resource.provider_id,
+                resource.cluster,
+                resource.key(),
+                resource.address.as_deref().unwrap_or("-"),
+                resource.token
+            )
+        }),
+    );
+}
+
 /// The one-line summary of an event's change, when it is one.
 fn event_summary(event: &EventView) -> String {
     let tagged = serde_json::json!({ event.event_type.clone(): event.data.clone() });
-    match serde_json::from_value::<Change>(tagged) {
-        Ok(change) => {
-            let description = describe_change(&change);
-            format!("{} {}", description.op.symbol(), description.summary)
+    if let Ok(change) = serde_json::from_value::<Change>(tagged.clone()) {
+        let description = describe_change(&change);
+        return format!("{} {}", description.op.symbol(), description.summary);
+    }
+    match serde_json::from_value::<ReconcileEvent>(tagged) {
+        Ok(ReconcileEvent::ActionStarted(started)) => {
+            format!("{} (attempt {})", started.action, started.attempt)
         }
+        Ok(ReconcileEvent::ActionSucceeded(done)) => format!("{} -> {}", done.action, done.provider_id),
+        Ok(ReconcileEvent::ActionFailed(failed)) => format!(
+            "{}: {}{}",
+            failed.action,
+            failed.error,
+            if failed.retryable { " (retryable)" } else { "" }
+        ),
+        Ok(ReconcileEvent::DriftDetected(drift)) => format!(
+            "{}: expected {}, found {}",
+            drift.resource,
+            drift.expected.map_or("nothing".into(), |r| r.provider_id),
+            drift.actual.map_or("nothing".into(), |r| r.provider_id)
+        ),
+        Ok(ReconcileEvent::ConditionChanged(changed)) => format!(
+            "{:?}={} ({})",
+            changed.condition,
+            if changed.status { "True" } else { "False" },
+            changed.reason
+        ),
+        Ok(ReconcileEvent::ClusterDeleted(_)) => "every resource is gone".into(),
         Err(_) => String::new(),
     }
 }

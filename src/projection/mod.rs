@@ -1,14 +1,25 @@
 //! Projections: pure folds of the log into current state.
 //!
+//! # Layout
+//!
+//! - `desired.rs`: `DesiredState`, what each cluster should look like (manifest
+//!   changes, pause, deletion request).
+//! - `observed.rs`: `ObservedState`, what the reconcilers know the cloud holds
+//!   (resources with provider ids, actions in flight, attempts, drift,
+//!   conditions).
+//! - `Projections` here folds every event into both, so they always describe
+//!   the same prefix of the log.
+//!
 //! # The contract
 //!
-//! `DesiredState::apply(&mut self, &Event)` must be deterministic: no clock, no
-//! randomness, no IO. It is total: an event it cannot use leaves the state as it
-//! was, because the fold is replayed from the log and must never stop at an old
+//! `apply(&mut self, &Event)` must be deterministic: no clock, no randomness,
+//! no IO. It is total: an event it cannot use leaves the state as it was,
+//! because the fold is replayed from the log and must never stop at an old
 //! event. A payload that does not decode, or a change that does not fit the
 //! current state, is counted in `skipped_events`; a type this build does not
-//! know (written by a newer build) is passed over silently. Applying an event whose seq is not past `applied_seq` does
-//! nothing, so a follower that sees an event twice stays correct.
+//! know (written by a newer build) is passed over silently. Applying an event
+//! whose seq is not past `applied_seq` does nothing, so a follower that sees
+//! an event twice stays correct.
 //!
 //! Replay rules: the state after replaying seqs 1..=n is the same whether built
 //! incrementally as the events were committed, or from scratch later.
@@ -16,217 +27,28 @@
 //! **Architecture Invariant:** projections do no IO beyond reading events given
 //! to them; anything here can be rebuilt from the log, bit for bit.
 
-use std::collections::BTreeMap;
+mod desired;
+mod observed;
 
-use chrono::{DateTime, Utc};
+pub use desired::*;
+pub use observed::*;
 
-use crate::event::payload::{self, Payload};
-use crate::event::{Actor, Event};
-use crate::model::{apply_change, Manifest};
+use crate::event::Event;
 
-/// The prefix of every cluster stream.
-pub const CLUSTER_STREAM_PREFIX: &str = "cluster/";
-
-/// What the log says one cluster should look like.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClusterState {
-    pub manifest: Manifest,
-    /// The cluster stream's version: what `If-Match` compares against.
-    pub stream_version: u64,
-    pub declared_seq: u64,
-    pub updated_seq: u64,
-    pub updated_time: DateTime<Utc>,
-    pub updated_by: Actor,
-}
-
-/// Desired state of every cluster, folded from the log.
+/// Every projection, folded to the same seq.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct DesiredState {
-    clusters: BTreeMap<String, ClusterState>,
-    /// The last seq folded in.
-    pub applied_seq: u64,
-    /// Events whose payload did not decode or whose change did not fit.
-    pub skipped_events: u64,
+pub struct Projections {
+    pub desired: DesiredState,
+    pub observed: ObservedState,
 }
 
-impl DesiredState {
-    /// Folds every event, in order, into a fresh state.
-    pub fn replay<'a>(events: impl IntoIterator<Item = &'a Event>) -> DesiredState {
-        let mut state = DesiredState::default();
-        for event in events {
-            state.apply(event);
-        }
-        state
-    }
-
-    pub fn cluster(&self, name: &str) -> Option<&ClusterState> {
-        self.clusters.get(name)
-    }
-
-    pub fn clusters(&self) -> impl Iterator<Item = &ClusterState> {
-        self.clusters.values()
-    }
-
-    /// Folds one event. See the module docs for the rules.
+impl Projections {
     pub fn apply(&mut self, event: &Event) {
-        if event.seq <= self.applied_seq {
-            return;
-        }
-        self.applied_seq = event.seq;
-        let Some(name) = event.stream.strip_prefix(CLUSTER_STREAM_PREFIX) else {
-            return;
-        };
-        if let Some(cluster) = self.clusters.get_mut(name) {
-            cluster.stream_version = event.version;
-        }
-        let change = match payload::decode(&event.event_type, event.schema, &event.payload) {
-            Ok(Payload::Change(change)) => *change,
-            Ok(Payload::Unknown { .. } | Payload::Lifecycle(_) | Payload::Reconcile(_)) => return,
-            Err(_) => {
-                self.skipped_events += 1;
-                return;
-            }
-        };
-        let existing = self.clusters.get(name);
-        let before = existing.map(|cluster| cluster.manifest.clone());
-        let Some(manifest) = apply_change(before.clone(), &change) else {
-            self.skipped_events += 1;
-            return;
-        };
-        if before.as_ref() == Some(&manifest) {
-            self.skipped_events += 1;
-            return;
-        }
-        let declared_seq = existing.map_or(event.seq, |cluster| cluster.declared_seq);
-        self.clusters.insert(
-            name.to_string(),
-            ClusterState {
-                manifest,
-                stream_version: event.version,
-                declared_seq,
-                updated_seq: event.seq,
-                updated_time: event.time,
-                updated_by: event.actor.clone(),
-            },
-        );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use chrono::TimeZone;
-    use proptest::prelude::*;
-    use uuid::Uuid;
-
-    use super::*;
-    use crate::event::{ActorKind, Cause, Hash, NewEvent, GENESIS_HASH};
-    use crate::model::arbitrary::manifest_strategy;
-    use crate::model::diff;
-
-    /// A log built in memory, the way the store would build it.
-    struct MemoryLog {
-        events: Vec<Event>,
-        head: Hash,
-        versions: BTreeMap<String, u64>,
+        self.desired.apply(event);
+        self.observed.apply(event);
     }
 
-    impl MemoryLog {
-        fn new() -> MemoryLog {
-            MemoryLog {
-                events: Vec::new(),
-                head: GENESIS_HASH,
-                versions: BTreeMap::new(),
-            }
-        }
-
-        fn append_diff(&mut self, state: &DesiredState, next: &Manifest) -> Vec<Event> {
-            let name = &next.metadata.name;
-            let current = state.cluster(name).map(|cluster| &cluster.manifest);
-            let changes = diff(current, next).expect("generated manifests are diffable");
-            let mut appended = Vec::new();
-            for change in changes {
-                let encoded = payload::encode_change(&change);
-                let stream = next.stream();
-                let version = self.versions.entry(stream.clone()).or_default();
-                *version += 1;
-                let seq = self.events.len() as u64 + 1;
-                let new = NewEvent {
-                    id: Uuid::from_u128(seq as u128),
-                    event_type: encoded.event_type.to_string(),
-                    schema: encoded.schema,
-                    actor: Actor {
-                        kind: ActorKind::User,
-                        name: "prop".into(),
-                    },
-                    cause: Cause::None,
-                    correlation: Uuid::nil(),
-                    payload: encoded.bytes,
-                };
-                let time = Utc.timestamp_opt(1_700_000_000 + seq as i64, 0).unwrap();
-                let event = Event::seal(new, &stream, seq, *version, time, self.head);
-                self.head = event.hash;
-                self.events.push(event.clone());
-                appended.push(event);
-            }
-            appended
-        }
-    }
-
-    fn manifests() -> impl Strategy<Value = Vec<Manifest>> {
-        let one = prop_oneof![
-            manifest_strategy("alpha"),
-            manifest_strategy("beta"),
-            manifest_strategy("gamma"),
-        ];
-        proptest::collection::vec(one, 1..12)
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(64))]
-
-        #[test]
-        fn folding_successive_diffs_gives_back_the_last_manifest(sequence in manifests()) {
-            let mut log = MemoryLog::new();
-            let mut incremental = DesiredState::default();
-            let mut last = BTreeMap::new();
-            for manifest in &sequence {
-                for event in log.append_diff(&incremental, manifest) {
-                    incremental.apply(&event);
-                }
-                last.insert(manifest.metadata.name.clone(), manifest.clone());
-            }
-            for (name, manifest) in &last {
-                prop_assert_eq!(&incremental.cluster(name).unwrap().manifest, manifest);
-            }
-            prop_assert_eq!(incremental.skipped_events, 0);
-
-            // Replay from seq 1 equals the incremental state.
-            let replayed = DesiredState::replay(&log.events);
-            prop_assert_eq!(&replayed, &incremental);
-            // The same log replayed twice gives identical state.
-            prop_assert_eq!(&DesiredState::replay(&log.events), &replayed);
-            // Delivering an event twice changes nothing.
-            let mut twice = replayed.clone();
-            for event in &log.events {
-                twice.apply(event);
-            }
-            prop_assert_eq!(&twice, &replayed);
-        }
-    }
-
-    #[test]
-    fn applying_the_same_manifest_twice_appends_nothing() {
-        let manifest: Manifest = crate::model::parse_manifest(
-            include_bytes!("../../docs/examples/prod-eu.yaml"),
-            crate::model::ManifestFormat::Yaml,
-        )
-        .unwrap();
-        let mut log = MemoryLog::new();
-        let mut state = DesiredState::default();
-        for event in log.append_diff(&state, &manifest) {
-            state.apply(&event);
-        }
-        assert_eq!(log.events.len(), 1);
-        assert!(log.append_diff(&state, &manifest).is_empty());
+    pub fn applied_seq(&self) -> u64 {
+        self.desired.applied_seq
     }
 }

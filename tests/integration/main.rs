@@ -10,3 +10,4 @@ mod api;
 mod cli;
 mod durability;
 mod harness;
+mod reconcile;

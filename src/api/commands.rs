@@ -1,0 +1,178 @@
+//! Cluster commands beyond apply (pause, resume, delete, scale) and the
+//! simulated cloud's admin endpoints.
+
+use bytes::Bytes;
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::{Filter, Reply};
+
+use super::dto::{ApplyResponse, EventView, LifecycleResponse, PlannedChange, ScaleRequest, SimResources};
+use super::problem::{self, ApiError};
+use super::{authenticated, check_cluster_name, command_context, if_match_header, limited_body, with_state, ApiState};
+use crate::config::Role;
+use crate::event::Actor;
+use crate::ledger::LifecycleOutcome;
+
+/// Which lifecycle command a route carries out.
+#[derive(Debug, Clone, Copy)]
+enum LifecycleCommand {
+    Pause,
+    Resume,
+    Delete,
+}
+
+pub(super) fn routes(
+    state: &ApiState,
+) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
+    let lifecycle = |path: &'static str, command: LifecycleCommand| {
+        warp::path!("v1" / "clusters" / String / String)
+            .and_then(move |name: String, verb: String| async move {
+                if verb == path {
+                    Ok(name)
+                } else {
+                    Err(warp::reject::not_found())
+                }
+            })
+            .and(warp::post())
+            .and(authenticated(state, Role::Write))
+            .and(with_state(state))
+            .and(warp::header::headers_cloned())
+            .then(move |name, actor, state, headers| lifecycle_handler(name, command, actor, state, headers))
+    };
+    let pause = lifecycle("pause", LifecycleCommand::Pause);
+    let resume = lifecycle("resume", LifecycleCommand::Resume);
+    let delete = warp::path!("v1" / "clusters" / String)
+        .and(warp::delete())
+        .and(authenticated(state, Role::Write))
+        .and(with_state(state))
+        .and(warp::header::headers_cloned())
+        .then(|name, actor, state, headers| {
+            lifecycle_handler(name, LifecycleCommand::Delete, actor, state, headers)
+        });
+    let scale = warp::path!("v1" / "clusters" / String / "pools" / String / "scale")
+        .and(warp::post())
+        .and(authenticated(state, Role::Write))
+        .and(with_state(state))
+        .and(warp::header::headers_cloned())
+        .and(limited_body(state.max_body_bytes))
+        .then(scale_handler);
+    let sim_resources = warp::path!("v1" / "sim" / "resources")
+        .and(warp::get())
+        .and(authenticated(state, Role::Read))
+        .and(with_state(state))
+        .map(|_actor: Actor, state: ApiState| problem::respond(sim_resources(&state)));
+    let sim_delete = warp::path!("v1" / "sim" / "resources" / String)
+        .and(warp::delete())
+        .and(authenticated(state, Role::Admin))
+        .and(with_state(state))
+        .then(sim_delete_handler);
+    pause
+        .or(resume)
+        .unify()
+        .or(delete)
+        .unify()
+        .or(scale)
+        .unify()
+        .or(sim_resources)
+        .unify()
+        .or(sim_delete)
+        .unify()
+}
+
+async fn lifecycle_handler(
+    name: String,
+    command: LifecycleCommand,
+    actor: Actor,
+    state: ApiState,
+    headers: warp::http::HeaderMap,
+) -> Response {
+    let result = async {
+        check_cluster_name(&name)?;
+        let context = command_context(actor, &headers)?;
+        let outcome: LifecycleOutcome = match command {
+            LifecycleCommand::Pause => state.ledger.pause(&name, &context).await?,
+            LifecycleCommand::Resume => state.ledger.resume(&name, &context).await?,
+            LifecycleCommand::Delete => state.ledger.request_deletion(&name, &context).await?,
+        };
+        let response = LifecycleResponse {
+            cluster: outcome.cluster,
+            changed: outcome.event.is_some(),
+            stream_version: outcome.stream_version,
+            event: outcome.event.as_deref().map(EventView::from_event),
+        };
+        // A deletion is carried out later by the reconcilers: 202.
+        let status = match command {
+            LifecycleCommand::Delete => StatusCode::ACCEPTED,
+            _ => StatusCode::OK,
+        };
+        Ok::<_, ApiError>(warp::reply::with_status(warp::reply::json(&response), status))
+    }
+    .await;
+    problem::respond(result)
+}
+
+async fn scale_handler(
+    name: String,
+    pool: String,
+    actor: Actor,
+    state: ApiState,
+    headers: warp::http::HeaderMap,
+    body: Bytes,
+) -> Response {
+    let result = async {
+        check_cluster_name(&name)?;
+        let request: ScaleRequest = serde_json::from_slice(&body).map_err(|error| {
+            ApiError::bad_request(
+                "malformed",
+                format!("the body must be {{\"replicas\": N}}: {error}"),
+            )
+        })?;
+        let if_match = if_match_header(&headers)?;
+        let context = command_context(actor, &headers)?;
+        let outcome = state
+            .ledger
+            .scale(&name, &pool, request.replicas, if_match, &context)
+            .await?;
+        let response = ApplyResponse {
+            cluster: outcome.cluster,
+            dry_run: false,
+            deduplicated: outcome.deduplicated,
+            stream_version: outcome.stream_version,
+            changes: outcome.changes.iter().map(PlannedChange::from_change).collect(),
+            events: EventView::from_events(&outcome.events),
+        };
+        let etag = format!("\"{}\"", response.stream_version);
+        Ok::<_, ApiError>(warp::reply::with_header(warp::reply::json(&response), "etag", etag))
+    }
+    .await;
+    problem::respond(result)
+}
+
+fn sim_cloud(state: &ApiState) -> Result<&crate::provider::sim::SimCloud, ApiError> {
+    state.sim.as_deref().ok_or_else(|| {
+        ApiError::not_found("this daemon runs no simulated cloud")
+    })
+}
+
+fn sim_resources(state: &ApiState) -> Result<Response, ApiError> {
+    let resources = sim_cloud(state)?.resources();
+    Ok(warp::reply::json(&SimResources { resources }).into_response())
+}
+
+async fn sim_delete_handler(provider_id: String, actor: Actor, state: ApiState) -> Response {
+    let result = async {
+        let sim = sim_cloud(&state)?;
+        let deleted = sim.delete_behind_back(&provider_id).await.map_err(|error| {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", error.to_string())
+        })?;
+        let Some(deleted) = deleted else {
+            return Err(ApiError::not_found(format!(
+                "the simulated cloud has no resource {provider_id}"
+            )));
+        };
+        tracing::warn!(actor = %actor.name, provider_id, "deleted a simulated resource behind the reconciler's back");
+        Ok(warp::reply::json(&deleted).into_response())
+    }
+    .await;
+    problem::respond(result)
+}

@@ -1,0 +1,256 @@
+//! The observed-state projection: what the reconcilers know the cloud holds,
+//! folded from the `reconcile/<name>` streams.
+//!
+//! Per cluster it keeps the resources known to exist (with provider ids),
+//! resources found in the cloud that the log did not create (orphans), the
+//! actions started without an outcome (in flight), the attempts made with the
+//! current token of each resource, drift not yet repaired, the incarnation of
+//! each resource (bumped when a resource is gone, so its next create carries a
+//! new token), and the conditions.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::desired::RECONCILE_STREAM_PREFIX;
+use crate::event::payload::{self, Payload};
+use crate::event::Event;
+use crate::model::{
+    Action, ActionFailed, ActionStarted, ActionSucceeded, CloudResource, ConditionChanged,
+    ConditionType, DriftDetected, ReconcileEvent, ResourceKey,
+};
+
+/// An action whose `ActionStarted` is in the log without an outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InFlightAction {
+    pub action: Action,
+    pub token: String,
+    pub attempt: u32,
+    pub started_seq: u64,
+    pub started_id: Uuid,
+}
+
+/// The tries made with one token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempts {
+    pub token: String,
+    pub count: u32,
+    /// The error of the last failed try, if the last try failed.
+    pub last_error: Option<String>,
+    pub last_retryable: bool,
+}
+
+/// Drift found by a resync and not repaired yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriftRecord {
+    pub detected_seq: u64,
+    pub expected: Option<CloudResource>,
+    pub actual: Option<CloudResource>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Condition {
+    pub status: bool,
+    pub reason: String,
+    pub message: String,
+    /// The seq of the `ConditionChanged` that set it.
+    pub seq: u64,
+    pub time: DateTime<Utc>,
+}
+
+/// What the log says about one cluster's cloud resources.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ObservedCluster {
+    pub resources: BTreeMap<ResourceKey, CloudResource>,
+    /// Resources in the cloud, tagged with this cluster, that the log did not
+    /// create or that duplicate a key, by provider id.
+    pub orphans: BTreeMap<String, CloudResource>,
+    /// By token.
+    pub in_flight: BTreeMap<String, InFlightAction>,
+    pub attempts: BTreeMap<ResourceKey, Attempts>,
+    pub incarnations: BTreeMap<ResourceKey, u32>,
+    pub drift: BTreeMap<ResourceKey, DriftRecord>,
+    pub conditions: BTreeMap<ConditionType, Condition>,
+    /// The seq of the last event of the cluster's reconcile stream.
+    pub updated_seq: u64,
+    /// `ClusterDeleted` is the last word so far (cleared by a later action).
+    pub deleted: bool,
+}
+
+impl ObservedCluster {
+    /// The incarnation of a resource: how many times one under this key has
+    /// gone away. The create token includes it.
+    pub fn incarnation(&self, key: &ResourceKey) -> u32 {
+        self.incarnations.get(key).copied().unwrap_or(0)
+    }
+
+    fn gone(&mut self, key: &ResourceKey) {
+        self.resources.remove(key);
+        *self.incarnations.entry(key.clone()).or_default() += 1;
+    }
+}
+
+/// Observed state of every cluster, folded from the log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ObservedState {
+    clusters: BTreeMap<String, ObservedCluster>,
+    pub applied_seq: u64,
+    /// Reconcile events whose payload did not decode.
+    pub skipped_events: u64,
+}
+
+impl ObservedState {
+    pub fn cluster(&self, name: &str) -> Option<&ObservedCluster> {
+        self.clusters.get(name)
+    }
+
+    pub fn clusters(&self) -> impl Iterator<Item = (&String, &ObservedCluster)> {
+        self.clusters.iter()
+    }
+
+    /// Folds one event. See the module docs of `projection` for the rules.
+    pub fn apply(&mut self, event: &Event) {
+        if event.seq <= self.applied_seq {
+            return;
+        }
+        self.applied_seq = event.seq;
+        let Some(name) = event.stream.strip_prefix(RECONCILE_STREAM_PREFIX) else {
+            return;
+        };
+        let reconcile = match payload::decode(&event.event_type, event.schema, &event.payload) {
+            Ok(Payload::Reconcile(reconcile)) => *reconcile,
+            Ok(_) => return,
+            Err(_) => {
+                self.skipped_events += 1;
+                return;
+            }
+        };
+        let cluster = self.clusters.entry(name.to_string()).or_default();
+        cluster.updated_seq = event.seq;
+        match reconcile {
+            ReconcileEvent::ActionStarted(started) => started_action(cluster, started, event),
+            ReconcileEvent::ActionSucceeded(succeeded) => succeeded_action(cluster, succeeded),
+            ReconcileEvent::ActionFailed(failed) => failed_action(cluster, failed),
+            ReconcileEvent::DriftDetected(drift) => drift_detected(cluster, drift, event.seq),
+            ReconcileEvent::ConditionChanged(changed) => condition_changed(cluster, changed, event),
+            ReconcileEvent::ClusterDeleted(_) => {
+                cluster.deleted = true;
+                cluster.drift.clear();
+                cluster.attempts.clear();
+            }
+        }
+    }
+}
+
+fn started_action(cluster: &mut ObservedCluster, started: ActionStarted, event: &Event) {
+    cluster.deleted = false;
+    let key = started.action.key();
+    let attempts = cluster.attempts.entry(key).or_insert_with(|| Attempts {
+        token: started.token.clone(),
+        count: 0,
+        last_error: None,
+        last_retryable: true,
+    });
+    if attempts.token != started.token {
+        attempts.token = started.token.clone();
+        attempts.count = 0;
+    }
+    attempts.count = attempts.count.max(started.attempt);
+    cluster.in_flight.insert(
+        started.token.clone(),
+        InFlightAction {
+            action: started.action,
+            token: started.token,
+            attempt: started.attempt,
+            started_seq: event.seq,
+            started_id: event.id,
+        },
+    );
+}
+
+fn succeeded_action(cluster: &mut ObservedCluster, succeeded: ActionSucceeded) {
+    cluster.in_flight.remove(&succeeded.token);
+    let key = succeeded.action.key();
+    cluster.attempts.remove(&key);
+    cluster.drift.remove(&key);
+    match succeeded.action {
+        Action::Create { .. } => {
+            if let Some(resource) = succeeded.observed {
+                cluster.orphans.remove(&resource.provider_id);
+                cluster.resources.insert(key, resource);
+            }
+        }
+        Action::Delete { provider_id, .. } => {
+            if cluster.orphans.remove(&provider_id).is_none()
+                && cluster
+                    .resources
+                    .get(&key)
+                    .is_some_and(|resource| resource.provider_id == provider_id)
+            {
+                cluster.gone(&key);
+            }
+        }
+    }
+}
+
+fn failed_action(cluster: &mut ObservedCluster, failed: ActionFailed) {
+    cluster.in_flight.remove(&failed.token);
+    let key = failed.action.key();
+    if let Some(attempts) = cluster.attempts.get_mut(&key) {
+        if attempts.token == failed.token {
+            attempts.last_error = Some(failed.error);
+            attempts.last_retryable = failed.retryable;
+        }
+    }
+}
+
+fn drift_detected(cluster: &mut ObservedCluster, drift: DriftDetected, seq: u64) {
+    let key = drift.resource.clone();
+    match (&drift.expected, &drift.actual) {
+        // Gone behind our back: forget it, so its next create has a new token.
+        (Some(expected), None) => {
+            if cluster.orphans.remove(&expected.provider_id).is_none() {
+                cluster.gone(&key);
+            }
+        }
+        // Present though the log did not know it: adopt it under a free key,
+        // or keep it as an orphan.
+        (None, Some(actual)) => match cluster.resources.get(&key) {
+            Some(known) if known.provider_id != actual.provider_id => {
+                cluster
+                    .orphans
+                    .insert(actual.provider_id.clone(), actual.clone());
+            }
+            _ => {
+                cluster.resources.insert(key.clone(), actual.clone());
+            }
+        },
+        // Changed behind our back: what the cloud has is what is observed.
+        (Some(_), Some(actual)) => {
+            cluster.resources.insert(key.clone(), actual.clone());
+        }
+        (None, None) => return,
+    }
+    cluster.drift.insert(
+        key,
+        DriftRecord {
+            detected_seq: seq,
+            expected: drift.expected,
+            actual: drift.actual,
+        },
+    );
+}
+
+fn condition_changed(cluster: &mut ObservedCluster, changed: ConditionChanged, event: &Event) {
+    cluster.conditions.insert(
+        changed.condition,
+        Condition {
+            status: changed.status,
+            reason: changed.reason,
+            message: changed.message,
+            seq: event.seq,
+            time: event.time,
+        },
+    );
+}

@@ -1,0 +1,718 @@
+//! The executor: workers that take clusters off the work queue and reconcile
+//! them, one pass at a time.
+//!
+//! One pass over one cluster (`Reconciler::reconcile`):
+//!
+//! 1. Paused: set the Paused condition and stop. No provider calls at all.
+//! 2. Resolve actions in flight (an `ActionStarted` without an outcome, left
+//!    by a crash or a failed append): ask the provider about the token
+//!    (`lookup` for a create, `describe` for a delete) and record what it says.
+//!    Never create again to find out.
+//! 3. Resync when due: list the cluster's resources and record
+//!    `DriftDetected` for each difference. A listing may lag, so a resource
+//!    missing from it (or one it shows that the log does not know) is
+//!    confirmed with a consistent `describe` first.
+//! 4. `plan()` and execute phase by phase (deletions in reverse dependency
+//!    order, then creations), actions of a phase concurrently, bounded per
+//!    cluster and overall. Each action: append `ActionStarted` (durable), call
+//!    the provider with the token, append `ActionSucceeded`/`ActionFailed`.
+//!    A phase with a failure ends the pass.
+//! 5. A cluster being deleted whose resources are all gone gets `ClusterDeleted`.
+//! 6. Conditions are recomputed, and each one that changed status or reason is
+//!    recorded as `ConditionChanged`.
+//!
+//! The pass returns when to look again (kube-rs style): at once when work
+//! remains, after a backoff when actions failed, at the resync interval when
+//! converged. Consecutive passes with failures and no progress make the
+//! cluster Degraded; a pass without failures clears it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+use super::plan::{plan, PlanInput, PlannedAction};
+use super::queue::{Backoff, WorkQueue};
+use crate::event::{ActorKind, Cause};
+use crate::ledger::{Ledger, LedgerError};
+use crate::metrics::{ActionLabels, ReconcileMetrics};
+use crate::model::{
+    Action, ActionFailed, ActionStarted, ActionSucceeded, ClusterDeleted, ConditionChanged,
+    ConditionType, DriftDetected, ReconcileEvent,
+};
+use crate::projection::{ClusterState, ObservedCluster, CLUSTER_STREAM_PREFIX, RECONCILE_STREAM_PREFIX};
+use crate::provider::{Provider, ProviderError, Providers};
+use crate::store::Subscription;
+
+/// How the reconcilers run. See `[reconcile]` in the config docs.
+#[derive(Debug, Clone)]
+pub struct ReconcilerConfig {
+    /// Clusters reconciled at once.
+    pub workers: usize,
+    /// Provider calls in flight at once, over all clusters.
+    pub concurrency: usize,
+    /// Provider calls in flight at once for one cluster.
+    pub cluster_concurrency: usize,
+    /// How often a converged cluster is observed for drift.
+    pub resync: Duration,
+    pub backoff: Backoff,
+    /// Consecutive failing passes (failures and no progress) before Degraded.
+    pub degraded_after_failures: u32,
+}
+
+/// What a pass tells its worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requeue {
+    /// Work remains that can go on at once.
+    Now,
+    /// Look again after this long.
+    After(Duration),
+    /// Nothing to do until an event about the cluster arrives.
+    OnEvent,
+}
+
+/// Per-cluster memory of the executor. Not part of any projection: it only
+/// paces the work, and a restart starting from zero is harmless.
+#[derive(Debug, Default)]
+struct ClusterMemory {
+    failing_passes: u32,
+    last_resync: Option<Instant>,
+    last_error: Option<String>,
+}
+
+pub struct Reconciler {
+    ledger: Arc<Ledger>,
+    providers: Providers,
+    config: ReconcilerConfig,
+    queue: Arc<WorkQueue>,
+    global: Arc<Semaphore>,
+    memory: Mutex<HashMap<String, ClusterMemory>>,
+    metrics: ReconcileMetrics,
+    /// The last seq the feeder has taken in.
+    processed_seq: AtomicU64,
+    jitter: Mutex<StdRng>,
+}
+
+#[derive(Debug, Default)]
+struct PassReport {
+    succeeded: usize,
+    failed: usize,
+    any_permanent: bool,
+    last_error: Option<String>,
+}
+
+impl Reconciler {
+    pub fn new(
+        ledger: Arc<Ledger>,
+        providers: Providers,
+        config: ReconcilerConfig,
+        metrics: ReconcileMetrics,
+    ) -> Arc<Reconciler> {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_nanos() as u64);
+        Arc::new(Reconciler {
+            ledger,
+            providers,
+            global: Arc::new(Semaphore::new(config.concurrency.max(1))),
+            config,
+            queue: WorkQueue::new(),
+            memory: Mutex::new(HashMap::new()),
+            metrics,
+            processed_seq: AtomicU64::new(0),
+            jitter: Mutex::new(StdRng::seed_from_u64(seed)),
+        })
+    }
+
+    /// Starts the feeder and the workers; they stop when `shutdown` is
+    /// cancelled (a pass in progress starts no new action and finishes the
+    /// ones it started).
+    pub fn start(self: &Arc<Self>, tasks: &TaskTracker, shutdown: CancellationToken) {
+        tasks.spawn(self.clone().feed(shutdown.clone()));
+        for _ in 0..self.config.workers.max(1) {
+            tasks.spawn(self.clone().work(shutdown.clone()));
+        }
+    }
+
+    /// The last seq taken in by the feeder.
+    pub fn processed_seq(&self) -> u64 {
+        self.processed_seq.load(Ordering::Relaxed)
+    }
+
+    /// Queues every known cluster, then every cluster an event names.
+    async fn feed(self: Arc<Self>, shutdown: CancellationToken) {
+        let from = self.ledger.applied_seq();
+        let names: Vec<String> = self.ledger.read(|projections| {
+            let mut names: Vec<String> = projections
+                .desired
+                .clusters()
+                .map(|cluster| cluster.manifest.metadata.name.clone())
+                .collect();
+            names.extend(
+                projections
+                    .observed
+                    .clusters()
+                    .filter(|(_, observed)| !observed.in_flight.is_empty())
+                    .map(|(name, _)| name.clone()),
+            );
+            names
+        });
+        for name in names {
+            self.queue.add(&name);
+        }
+        self.processed_seq.store(from, Ordering::Relaxed);
+        let mut subscription = Subscription::new(self.ledger.store().clone(), from + 1);
+        loop {
+            let next = tokio::select! {
+                () = shutdown.cancelled() => break,
+                next = subscription.next() => next,
+            };
+            match next {
+                Ok(Some(event)) => {
+                    self.processed_seq.store(event.seq, Ordering::Relaxed);
+                    let head = self.ledger.store().head().seq;
+                    self.metrics
+                        .lag_events
+                        .set(head.saturating_sub(event.seq) as i64);
+                    // The reconciler's own events need no new pass: the pass
+                    // that wrote them decides when to look again.
+                    if event.actor.kind == ActorKind::Reconciler {
+                        continue;
+                    }
+                    let name = event
+                        .stream
+                        .strip_prefix(CLUSTER_STREAM_PREFIX)
+                        .or_else(|| event.stream.strip_prefix(RECONCILE_STREAM_PREFIX));
+                    if let Some(name) = name {
+                        self.queue.add(name);
+                        self.metrics.queue_depth.set(self.queue.depth() as i64);
+                    }
+                }
+                Ok(None) => break,
+                Err(error) => {
+                    tracing::error!(%error, "the reconciler cannot read the log; retrying");
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    }
+                }
+            }
+        }
+        self.queue.close();
+    }
+
+    async fn work(self: Arc<Self>, shutdown: CancellationToken) {
+        while let Some(name) = self.queue.next().await {
+            self.metrics.queue_depth.set(self.queue.depth() as i64);
+            let started = std::time::Instant::now();
+            let requeue = match self.reconcile(&name, &shutdown).await {
+                Ok(requeue) => requeue,
+                Err(error) => {
+                    tracing::warn!(cluster = %name, %error, "reconcile pass failed");
+                    let failures = self.note_pass(&name, false, Some(error.to_string()));
+                    Requeue::After(self.backoff(failures))
+                }
+            };
+            self.metrics
+                .pass_seconds
+                .observe(started.elapsed().as_secs_f64());
+            self.queue.done(&name);
+            if shutdown.is_cancelled() {
+                continue;
+            }
+            match requeue {
+                Requeue::Now => self.queue.add(&name),
+                Requeue::After(delay) => self.queue.add_after(&name, delay),
+                Requeue::OnEvent => {}
+            }
+        }
+    }
+
+    fn backoff(&self, failures: u32) -> Duration {
+        let jitter = self.jitter.lock().expect("jitter lock").random::<f64>();
+        self.config.backoff.delay(failures.max(1), jitter)
+    }
+
+    /// Records how a pass went; returns the consecutive failing passes.
+    fn note_pass(&self, name: &str, progressed: bool, error: Option<String>) -> u32 {
+        let mut memory = self.memory.lock().expect("memory lock");
+        let cluster = memory.entry(name.to_string()).or_default();
+        match error {
+            None => cluster.failing_passes = 0,
+            Some(_) if progressed => {}
+            Some(_) => cluster.failing_passes += 1,
+        }
+        if let Some(error) = error {
+            cluster.last_error = Some(error);
+        }
+        cluster.failing_passes
+    }
+
+    /// One pass over one cluster. See the module docs.
+    pub async fn reconcile(
+        &self,
+        name: &str,
+        shutdown: &CancellationToken,
+    ) -> Result<Requeue, LedgerError> {
+        let desired = self.ledger.cluster(name);
+        let Some(desired) = desired else {
+            return Ok(Requeue::OnEvent);
+        };
+        let cause = Cause::Event {
+            seq: desired.updated_seq,
+            id: desired.updated_id,
+        };
+        let correlation = desired.correlation;
+        if desired.paused {
+            self.update_conditions(name, &desired, correlation, &cause, None)
+                .await?;
+            return Ok(Requeue::OnEvent);
+        }
+        let provider_name = &desired.manifest.spec.provider;
+        let Some(provider) = self.providers.get(provider_name).cloned() else {
+            let error = format!("no provider named {provider_name} is configured in this daemon");
+            let failures = self.note_pass(name, false, Some(error));
+            self.update_conditions(name, &desired, correlation, &cause, None)
+                .await?;
+            return Ok(Requeue::After(self.backoff(failures).max(self.config.resync)));
+        };
+
+        let observed = self.observed(name);
+        self.resolve_in_flight(name, provider.as_ref(), &observed, correlation)
+            .await?;
+
+        if self.resync_due(name) {
+            let observed = self.observed(name);
+            match self.detect_drift(name, provider.as_ref(), &observed).await {
+                Ok(drift) => {
+                    self.metrics.drift_detected.inc_by(drift.len() as u64);
+                    let events = drift
+                        .into_iter()
+                        .map(|drift| (ReconcileEvent::DriftDetected(drift), cause.clone()))
+                        .collect();
+                    self.ledger.record(name, correlation, events).await?;
+                    self.memory
+                        .lock()
+                        .expect("memory lock")
+                        .entry(name.to_string())
+                        .or_default()
+                        .last_resync = Some(Instant::now());
+                }
+                Err(error) => {
+                    tracing::warn!(cluster = %name, %error, "resync failed");
+                }
+            }
+        }
+
+        let observed = self.observed(name);
+        let actions = plan(self.plan_input(name, &desired, &observed));
+        let report = self
+            .execute(name, provider.clone(), actions, correlation, &cause, shutdown)
+            .await?;
+
+        let observed = self.observed(name);
+        let remaining = plan(self.plan_input(name, &desired, &observed));
+        if desired.deletion_requested
+            && remaining.is_empty()
+            && observed.resources.is_empty()
+            && observed.orphans.is_empty()
+            && observed.in_flight.is_empty()
+        {
+            let events = vec![(ReconcileEvent::ClusterDeleted(ClusterDeleted {}), cause)];
+            self.ledger.record(name, correlation, events).await?;
+            self.note_pass(name, true, None);
+            return Ok(Requeue::OnEvent);
+        }
+
+        let failures = self.note_pass(
+            name,
+            report.succeeded > 0,
+            (report.failed > 0).then(|| report.last_error.clone().unwrap_or_default()),
+        );
+        self.update_conditions(name, &desired, correlation, &cause, Some(remaining.len()))
+            .await?;
+        Ok(if report.failed > 0 {
+            if report.any_permanent {
+                Requeue::After(self.backoff(failures).max(self.config.resync))
+            } else {
+                Requeue::After(self.backoff(failures))
+            }
+        } else if !remaining.is_empty() && !shutdown.is_cancelled() {
+            Requeue::Now
+        } else {
+            Requeue::After(self.config.resync)
+        })
+    }
+
+    fn observed(&self, name: &str) -> ObservedCluster {
+        self.ledger.observed(name).unwrap_or_default()
+    }
+
+    fn plan_input<'a>(
+        &self,
+        name: &'a str,
+        desired: &'a ClusterState,
+        observed: &'a ObservedCluster,
+    ) -> PlanInput<'a> {
+        PlanInput {
+            cluster: name,
+            desired: (!desired.deletion_requested).then_some(&desired.manifest),
+            observed,
+        }
+    }
+
+    fn resync_due(&self, name: &str) -> bool {
+        let memory = self.memory.lock().expect("memory lock");
+        memory
+            .get(name)
+            .and_then(|cluster| cluster.last_resync)
+            .is_none_or(|last| last.elapsed() >= self.config.resync)
+    }
+
+    /// Resolves actions started without an outcome by asking the provider.
+    async fn resolve_in_flight(
+        &self,
+        name: &str,
+        provider: &dyn Provider,
+        observed: &ObservedCluster,
+        correlation: Uuid,
+    ) -> Result<(), LedgerError> {
+        for in_flight in observed.in_flight.values() {
+            let cause = Cause::Event {
+                seq: in_flight.started_seq,
+                id: in_flight.started_id,
+            };
+            let outcome = match &in_flight.action {
+                Action::Create { .. } => match provider.lookup(&in_flight.token).await {
+                    Ok(Some(resource)) => Ok(Some(resource)),
+                    Ok(None) => Err(ProviderError::retryable(
+                        "the provider has no resource with this token: the call never completed \
+                         (found in flight after a restart)",
+                    )),
+                    Err(error) => {
+                        tracing::warn!(cluster = %name, %error, "cannot resolve an action in flight");
+                        continue;
+                    }
+                },
+                Action::Delete { provider_id, .. } => match provider.describe(provider_id).await {
+                    Ok(None) => Ok(None),
+                    Ok(Some(_)) => Err(ProviderError::retryable(
+                        "the resource still exists: the delete never completed \
+                         (found in flight after a restart)",
+                    )),
+                    Err(error) => {
+                        tracing::warn!(cluster = %name, %error, "cannot resolve an action in flight");
+                        continue;
+                    }
+                },
+            };
+            self.metrics
+                .actions
+                .get_or_create(&ActionLabels {
+                    operation: in_flight.action.operation(),
+                    outcome: "resolved",
+                })
+                .inc();
+            let event = outcome_event(&in_flight.action, &in_flight.token, outcome);
+            self.ledger
+                .record(name, correlation, vec![(event, cause)])
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Compares the provider's listing with the observed state.
+    async fn detect_drift(
+        &self,
+        name: &str,
+        provider: &dyn Provider,
+        observed: &ObservedCluster,
+    ) -> Result<Vec<DriftDetected>, ProviderError> {
+        let listed = provider.list(name).await?;
+        let listed_by_id: HashMap<&str, _> = listed
+            .iter()
+            .map(|resource| (resource.provider_id.as_str(), resource))
+            .collect();
+        let mut drift = Vec::new();
+        let known = observed.resources.values().chain(observed.orphans.values());
+        for expected in known {
+            let listed = listed_by_id.get(expected.provider_id.as_str());
+            if listed.is_some_and(|listed| listed.spec == expected.spec) {
+                continue;
+            }
+            // The listing may lag: confirm with a consistent read.
+            let actual = provider.describe(&expected.provider_id).await?;
+            if actual.as_ref().map(|actual| &actual.spec) != Some(&expected.spec) {
+                drift.push(DriftDetected {
+                    resource: expected.key(),
+                    expected: Some(expected.clone()),
+                    actual,
+                });
+            }
+        }
+        let known_ids: std::collections::HashSet<&str> = observed
+            .resources
+            .values()
+            .chain(observed.orphans.values())
+            .map(|resource| resource.provider_id.as_str())
+            .collect();
+        for resource in &listed {
+            if known_ids.contains(resource.provider_id.as_str())
+                || observed.in_flight.contains_key(&resource.token)
+            {
+                continue;
+            }
+            // A recently deleted resource may still be listed.
+            if let Some(actual) = provider.describe(&resource.provider_id).await? {
+                drift.push(DriftDetected {
+                    resource: actual.key(),
+                    expected: None,
+                    actual: Some(actual),
+                });
+            }
+        }
+        Ok(drift)
+    }
+
+    /// Runs the plan phase by phase; a phase with a failure ends it.
+    async fn execute(
+        &self,
+        name: &str,
+        provider: Arc<dyn Provider>,
+        actions: Vec<PlannedAction>,
+        correlation: Uuid,
+        cause: &Cause,
+        shutdown: &CancellationToken,
+    ) -> Result<PassReport, LedgerError> {
+        let mut report = PassReport::default();
+        let cluster_limit = Arc::new(Semaphore::new(self.config.cluster_concurrency.max(1)));
+        let mut rest = actions.as_slice();
+        while let Some(first) = rest.first() {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            let phase = first.phase();
+            let end = rest
+                .iter()
+                .position(|action| action.phase() != phase)
+                .unwrap_or(rest.len());
+            let (current, next) = rest.split_at(end);
+            rest = next;
+            let mut running = tokio::task::JoinSet::new();
+            for planned in current.iter().cloned() {
+                let global = self.global.clone();
+                let cluster_limit = cluster_limit.clone();
+                let provider = provider.clone();
+                let ledger = self.ledger.clone();
+                let metrics = self.metrics.clone();
+                let name = name.to_string();
+                let cause = cause.clone();
+                let shutdown = shutdown.clone();
+                running.spawn(async move {
+                    let _cluster = cluster_limit.acquire_owned().await.ok()?;
+                    let _global = global.acquire_owned().await.ok()?;
+                    if shutdown.is_cancelled() {
+                        return None;
+                    }
+                    Some(
+                        run_action(&ledger, provider.as_ref(), &metrics, &name, planned, correlation, cause)
+                            .await,
+                    )
+                });
+            }
+            let mut store_error = None;
+            while let Some(joined) = running.join_next().await {
+                match joined {
+                    Ok(Some(Ok(Ok(())))) => report.succeeded += 1,
+                    Ok(Some(Ok(Err(error)))) => {
+                        report.failed += 1;
+                        report.any_permanent |= !error.retryable;
+                        report.last_error = Some(error.message);
+                    }
+                    Ok(Some(Err(error))) => store_error = Some(error),
+                    Ok(None) => {}
+                    Err(join_error) => {
+                        tracing::error!(%join_error, "an action task panicked");
+                        report.failed += 1;
+                    }
+                }
+            }
+            if let Some(error) = store_error {
+                return Err(error);
+            }
+            if report.failed > 0 {
+                break;
+            }
+        }
+        Ok(report)
+    }
+
+    /// Records each condition whose status or reason differs from the log.
+    async fn update_conditions(
+        &self,
+        name: &str,
+        desired: &ClusterState,
+        correlation: Uuid,
+        cause: &Cause,
+        remaining: Option<usize>,
+    ) -> Result<(), LedgerError> {
+        let observed = self.observed(name);
+        let (failing_passes, last_error) = {
+            let memory = self.memory.lock().expect("memory lock");
+            memory.get(name).map_or((0, None), |cluster| {
+                (cluster.failing_passes, cluster.last_error.clone())
+            })
+        };
+        let reported_drift = if desired.manifest.spec.policy.drift == "report" {
+            observed.drift.len()
+        } else {
+            0
+        };
+        let degraded_by_failures = failing_passes >= self.config.degraded_after_failures;
+        let mut wanted: Vec<(ConditionType, bool, &str, String)> = Vec::new();
+        if desired.paused {
+            wanted.push((ConditionType::Paused, true, "PausedByUser", "no provider calls until resumed".into()));
+        } else {
+            wanted.push((ConditionType::Paused, false, "Active", String::new()));
+        }
+        if let Some(remaining) = remaining {
+            let converged = remaining == 0;
+            let (ready_reason, ready_message) = if desired.deletion_requested {
+                ("Deleting", format!("{remaining} actions left to tear the cluster down"))
+            } else if !converged {
+                ("Reconciling", format!("{remaining} actions left"))
+            } else if reported_drift > 0 {
+                ("DriftReported", format!("{reported_drift} resources differ from the log (drift policy report)"))
+            } else {
+                ("Converged", "observed state matches desired state".to_string())
+            };
+            wanted.push((
+                ConditionType::Ready,
+                converged && reported_drift == 0 && !desired.deletion_requested,
+                ready_reason,
+                ready_message,
+            ));
+            wanted.push(if converged {
+                (ConditionType::Progressing, false, "Converged", String::new())
+            } else {
+                (ConditionType::Progressing, true, "Reconciling", format!("{remaining} actions left"))
+            });
+        }
+        if degraded_by_failures || remaining.is_some() || failing_passes > 0 {
+            wanted.push(if degraded_by_failures {
+                let message = format!(
+                    "{failing_passes} passes in a row failed without progress: {}",
+                    last_error.unwrap_or_default()
+                );
+                (ConditionType::Degraded, true, "ActionsFailing", message)
+            } else if reported_drift > 0 {
+                (ConditionType::Degraded, true, "DriftReported", format!("{reported_drift} resources drifted"))
+            } else {
+                (ConditionType::Degraded, false, "AsExpected", String::new())
+            });
+        }
+        let events: Vec<(ReconcileEvent, Cause)> = wanted
+            .into_iter()
+            .filter(|(condition, status, reason, _)| {
+                observed
+                    .conditions
+                    .get(condition)
+                    .is_none_or(|current| current.status != *status || current.reason != *reason)
+            })
+            .map(|(condition, status, reason, message)| {
+                let event = ReconcileEvent::ConditionChanged(ConditionChanged {
+                    condition,
+                    status,
+                    reason: reason.to_string(),
+                    message,
+                });
+                (event, cause.clone())
+            })
+            .collect();
+        self.ledger.record(name, correlation, events).await?;
+        Ok(())
+    }
+}
+
+/// One action: intent, provider call, outcome. Returns the provider's error
+/// (the pass goes on) or a store error (the pass stops).
+async fn run_action(
+    ledger: &Ledger,
+    provider: &dyn Provider,
+    metrics: &ReconcileMetrics,
+    name: &str,
+    planned: PlannedAction,
+    correlation: Uuid,
+    cause: Cause,
+) -> Result<Result<(), ProviderError>, LedgerError> {
+    let started = ReconcileEvent::ActionStarted(ActionStarted {
+        action: planned.action.clone(),
+        token: planned.token.clone(),
+        attempt: planned.attempt,
+    });
+    let appended = ledger.record(name, correlation, vec![(started, cause)]).await?;
+    let started_event = &appended[0];
+    let outcome = match &planned.action {
+        Action::Create { spec } => provider
+            .create(name, &planned.token, spec)
+            .await
+            .map(Some),
+        Action::Delete { provider_id, .. } => provider
+            .delete(name, &planned.token, provider_id)
+            .await
+            .map(|()| None),
+    };
+    let result = outcome.as_ref().map(|_| ()).map_err(Clone::clone);
+    metrics
+        .actions
+        .get_or_create(&ActionLabels {
+            operation: planned.action.operation(),
+            outcome: if result.is_ok() { "succeeded" } else { "failed" },
+        })
+        .inc();
+    let event = outcome_event(&planned.action, &planned.token, outcome);
+    let cause = Cause::Event {
+        seq: started_event.seq,
+        id: started_event.id,
+    };
+    ledger
+        .record(name, correlation, vec![(event, cause)])
+        .await?;
+    Ok(result)
+}
+
+fn outcome_event(
+    action: &Action,
+    token: &str,
+    outcome: Result<Option<crate::model::CloudResource>, ProviderError>,
+) -> ReconcileEvent {
+    match outcome {
+        Ok(observed) => {
+            let provider_id = match (&observed, action) {
+                (Some(resource), _) => resource.provider_id.clone(),
+                (None, Action::Delete { provider_id, .. }) => provider_id.clone(),
+                (None, Action::Create { .. }) => String::new(),
+            };
+            ReconcileEvent::ActionSucceeded(ActionSucceeded {
+                action: action.clone(),
+                token: token.to_string(),
+                provider_id,
+                observed,
+            })
+        }
+        Err(error) => ReconcileEvent::ActionFailed(ActionFailed {
+            action: action.clone(),
+            token: token.to_string(),
+            error: error.message,
+            retryable: error.retryable,
+        }),
+    }
+}
