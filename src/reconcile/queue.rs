@@ -212,6 +212,40 @@ mod tests {
         assert_eq!(waiter.await.unwrap(), None);
     }
 
+    /// A worker whose every pass fails requeues with the backoff; on a paused
+    /// clock the passes come exactly at the growing delays, then recover.
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_cluster_is_retried_at_growing_intervals() {
+        let queue = WorkQueue::new();
+        let backoff = Backoff {
+            base: Duration::from_millis(100),
+            max: Duration::from_millis(800),
+        };
+        let start = Instant::now();
+        queue.add("prod");
+        let mut pass_times = Vec::new();
+        for failures in 1..=6u32 {
+            let name = queue.next().await.unwrap();
+            pass_times.push(start.elapsed());
+            queue.done(&name);
+            queue.add_after(&name, backoff.delay(failures, 0.0));
+        }
+        let gaps: Vec<u128> = pass_times
+            .windows(2)
+            .map(|pair| (pair[1] - pair[0]).as_millis())
+            .collect();
+        // Half of 100, 200, 400, 800, then capped at 800.
+        assert_eq!(gaps, [50, 100, 200, 400, 400]);
+        // An event meanwhile does not wait for the timer.
+        let name = queue.next().await.unwrap();
+        queue.done(&name);
+        queue.add_after(&name, backoff.delay(7, 0.0));
+        let before = start.elapsed();
+        queue.add(&name);
+        queue.next().await.unwrap();
+        assert_eq!(start.elapsed(), before);
+    }
+
     #[test]
     fn backoff_doubles_with_jitter_and_caps() {
         let backoff = Backoff {
