@@ -1,11 +1,12 @@
-//! JSON Schemas of the manifest and of the event envelope, generated from the
-//! Rust types. The checked-in copies under `schemas/` are what editors and
+//! JSON Schemas of the manifest, of the event envelope and of the exec plugin
+//! protocol, generated from the Rust types. The checked-in copies under `schemas/` are what editors and
 //! other tools use; a test fails when they are stale.
 //!
 //! To regenerate: `CAIRN_UPDATE_SCHEMAS=1 cargo test --lib schema`.
 
 use crate::api::dto::EventView;
 use crate::model::Manifest;
+use crate::provider::exec::PluginMessage;
 
 /// The files under `schemas/` and the schema each must hold.
 pub fn schemas() -> Vec<(&'static str, serde_json::Value)> {
@@ -17,9 +18,15 @@ pub fn schemas() -> Vec<(&'static str, serde_json::Value)> {
         serde_json::to_value(schemars::schema_for!(EventView)).expect("a schema serializes");
     event["$id"] = "https://cairn.dev/schemas/event.schema.json".into();
     event["title"] = "Cairn event envelope, as the API returns it".into();
+    let mut plugin =
+        serde_json::to_value(schemars::schema_for!(PluginMessage)).expect("a schema serializes");
+    plugin["$id"] = "https://cairn.dev/schemas/exec-plugin.schema.json".into();
+    plugin["title"] =
+        "Cairn exec plugin protocol, version 1: one JSON line in either direction".into();
     vec![
         ("manifest.schema.json", manifest),
         ("event.schema.json", event),
+        ("exec-plugin.schema.json", plugin),
     ]
 }
 
