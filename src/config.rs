@@ -11,6 +11,7 @@
 //! role = "write"              # read | write | admin
 //!
 //! [reconcile]
+//! enabled = true              # false: a ledger only, no provider calls
 //! workers = 4                 # clusters reconciled at once
 //! concurrency = 64            # provider calls at once, all clusters
 //! cluster_concurrency = 16    # provider calls at once, one cluster
@@ -105,6 +106,9 @@ pub struct TokenConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReconcileSettings {
+    /// False keeps a ledger that drives no cloud: desired state, history and
+    /// audit only (an audit replica, or a migration in progress).
+    pub enabled: bool,
     /// Clusters reconciled at once.
     pub workers: usize,
     /// Provider calls in flight at once, over all clusters.
@@ -123,6 +127,7 @@ pub struct ReconcileSettings {
 impl Default for ReconcileSettings {
     fn default() -> Self {
         ReconcileSettings {
+            enabled: true,
             workers: 4,
             concurrency: 64,
             cluster_concurrency: 16,
@@ -153,10 +158,16 @@ impl ReconcileSettings {
         let positive = [
             ("reconcile.workers", self.workers as u64),
             ("reconcile.concurrency", self.concurrency as u64),
-            ("reconcile.cluster_concurrency", self.cluster_concurrency as u64),
+            (
+                "reconcile.cluster_concurrency",
+                self.cluster_concurrency as u64,
+            ),
             ("reconcile.resync_interval_ms", self.resync_interval_ms),
             ("reconcile.backoff_base_ms", self.backoff_base_ms),
-            ("reconcile.degraded_after_failures", u64::from(self.degraded_after_failures)),
+            (
+                "reconcile.degraded_after_failures",
+                u64::from(self.degraded_after_failures),
+            ),
         ];
         for (field, value) in positive {
             if value == 0 {

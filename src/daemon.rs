@@ -78,12 +78,18 @@ pub async fn start(
         "log replayed"
     );
 
-    let sim = Arc::new(SimCloud::open(&config.data_dir.join("sim"), config.sim.clone())?);
+    let sim = Arc::new(SimCloud::open(
+        &config.data_dir.join("sim"),
+        config.sim.clone(),
+    )?);
     let mut providers = Providers::new();
     providers.insert("sim", sim.clone() as Arc<dyn Provider>);
     for (name, plugin) in &config.providers.exec {
         let provider = ExecProvider::new(name.clone(), plugin.clone());
-        providers.insert(format!("exec:{name}"), Arc::new(provider) as Arc<dyn Provider>);
+        providers.insert(
+            format!("exec:{name}"),
+            Arc::new(provider) as Arc<dyn Provider>,
+        );
     }
 
     let tasks = TaskTracker::new();
@@ -97,7 +103,11 @@ pub async fn start(
         config.reconcile.reconciler_config(),
         metrics.reconcile.clone(),
     );
-    reconciler.start(&reconcile_tasks, reconcile_stop.clone());
+    if config.reconcile.enabled {
+        reconciler.start(&reconcile_tasks, reconcile_stop.clone());
+    } else {
+        tracing::info!("reconcilers are disabled ([reconcile] enabled = false)");
+    }
 
     let listener = TcpListener::bind(config.listen)
         .await

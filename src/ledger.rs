@@ -23,8 +23,8 @@ use uuid::Uuid;
 use crate::event::payload::{self, Payload};
 use crate::event::{Actor, ActorKind, Cause, Event, NewEvent};
 use crate::model::{
-    cluster_stream, diff, reconcile_stream, validate, ReconcileEvent, Change, ClusterDeletionRequested, ClusterPaused, ClusterResumed,
-    FieldError, Lifecycle, Manifest,
+    cluster_stream, diff, reconcile_stream, validate, Change, ClusterDeletionRequested,
+    ClusterPaused, ClusterResumed, FieldError, Lifecycle, Manifest, ReconcileEvent,
 };
 use crate::projection::{ClusterState, ObservedCluster, Projections};
 use crate::store::{
@@ -280,7 +280,10 @@ impl Ledger {
                     projections.desired.stream_version(&name),
                 )
             });
-            if current.as_ref().is_some_and(|cluster| cluster.deletion_requested) {
+            if current
+                .as_ref()
+                .is_some_and(|cluster| cluster.deletion_requested)
+            {
                 return Err(LedgerError::ClusterDeleting(name));
             }
             if let Some(expected) = options.if_match {
@@ -468,12 +471,22 @@ impl Ledger {
         }
     }
 
-    pub async fn pause(&self, name: &str, context: &CommandContext) -> Result<LifecycleOutcome, LedgerError> {
-        self.lifecycle(name, Lifecycle::ClusterPaused(ClusterPaused {}), context).await
+    pub async fn pause(
+        &self,
+        name: &str,
+        context: &CommandContext,
+    ) -> Result<LifecycleOutcome, LedgerError> {
+        self.lifecycle(name, Lifecycle::ClusterPaused(ClusterPaused {}), context)
+            .await
     }
 
-    pub async fn resume(&self, name: &str, context: &CommandContext) -> Result<LifecycleOutcome, LedgerError> {
-        self.lifecycle(name, Lifecycle::ClusterResumed(ClusterResumed {}), context).await
+    pub async fn resume(
+        &self,
+        name: &str,
+        context: &CommandContext,
+    ) -> Result<LifecycleOutcome, LedgerError> {
+        self.lifecycle(name, Lifecycle::ClusterResumed(ClusterResumed {}), context)
+            .await
     }
 
     pub async fn request_deletion(

@@ -71,7 +71,8 @@ struct Running {
 
 async fn start(failure_rate: f64, latency_ms: u64) -> Running {
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let store = Arc::new(SledStore::open(SledStoreConfig::new(dir.path())).expect("the store opens"));
+    let store =
+        Arc::new(SledStore::open(SledStoreConfig::new(dir.path())).expect("the store opens"));
     let ledger = Ledger::open(store.clone() as Arc<dyn EventStore>)
         .await
         .expect("the ledger opens");
@@ -105,7 +106,12 @@ async fn start(failure_rate: f64, latency_ms: u64) -> Running {
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
     tasks.spawn(ledger.clone().follow(shutdown.clone()));
-    let reconciler = Reconciler::new(ledger.clone(), providers, config, ReconcileMetrics::default());
+    let reconciler = Reconciler::new(
+        ledger.clone(),
+        providers,
+        config,
+        ReconcileMetrics::default(),
+    );
     reconciler.start(&tasks, shutdown.clone());
     Running {
         ledger,
@@ -157,8 +163,15 @@ async fn converge(machines: i64, failure_rate: f64) {
         .count();
     let events = running.store.head().seq;
     let failed = {
-        let events = running.store.read(0, events as usize).await.expect("the log reads");
-        events.iter().filter(|e| e.event_type == "ActionFailed").count()
+        let events = running
+            .store
+            .read(0, events as usize)
+            .await
+            .expect("the log reads");
+        events
+            .iter()
+            .filter(|e| e.event_type == "ActionFailed")
+            .count()
     };
     println!(
         "| {machines} | {:.0}% | {:.2} s | {machine_count} | {failed} | {events} | {:.0} |",

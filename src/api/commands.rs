@@ -6,9 +6,14 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, Reply};
 
-use super::dto::{ApplyResponse, EventView, LifecycleResponse, PlannedChange, ScaleRequest, SimResources};
+use super::dto::{
+    ApplyResponse, EventView, LifecycleResponse, PlannedChange, ScaleRequest, SimResources,
+};
 use super::problem::{self, ApiError};
-use super::{authenticated, check_cluster_name, command_context, if_match_header, limited_body, with_state, ApiState};
+use super::{
+    authenticated, check_cluster_name, command_context, if_match_header, limited_body, with_state,
+    ApiState,
+};
 use crate::config::Role;
 use crate::event::Actor;
 use crate::ledger::LifecycleOutcome;
@@ -37,7 +42,9 @@ pub(super) fn routes(
             .and(authenticated(state, Role::Write))
             .and(with_state(state))
             .and(warp::header::headers_cloned())
-            .then(move |name, actor, state, headers| lifecycle_handler(name, command, actor, state, headers))
+            .then(move |name, actor, state, headers| {
+                lifecycle_handler(name, command, actor, state, headers)
+            })
     };
     let pause = lifecycle("pause", LifecycleCommand::Pause);
     let resume = lifecycle("resume", LifecycleCommand::Resume);
@@ -105,7 +112,10 @@ async fn lifecycle_handler(
             LifecycleCommand::Delete => StatusCode::ACCEPTED,
             _ => StatusCode::OK,
         };
-        Ok::<_, ApiError>(warp::reply::with_status(warp::reply::json(&response), status))
+        Ok::<_, ApiError>(warp::reply::with_status(
+            warp::reply::json(&response),
+            status,
+        ))
     }
     .await;
     problem::respond(result)
@@ -138,20 +148,29 @@ async fn scale_handler(
             dry_run: false,
             deduplicated: outcome.deduplicated,
             stream_version: outcome.stream_version,
-            changes: outcome.changes.iter().map(PlannedChange::from_change).collect(),
+            changes: outcome
+                .changes
+                .iter()
+                .map(PlannedChange::from_change)
+                .collect(),
             events: EventView::from_events(&outcome.events),
         };
         let etag = format!("\"{}\"", response.stream_version);
-        Ok::<_, ApiError>(warp::reply::with_header(warp::reply::json(&response), "etag", etag))
+        Ok::<_, ApiError>(warp::reply::with_header(
+            warp::reply::json(&response),
+            "etag",
+            etag,
+        ))
     }
     .await;
     problem::respond(result)
 }
 
 fn sim_cloud(state: &ApiState) -> Result<&crate::provider::sim::SimCloud, ApiError> {
-    state.sim.as_deref().ok_or_else(|| {
-        ApiError::not_found("this daemon runs no simulated cloud")
-    })
+    state
+        .sim
+        .as_deref()
+        .ok_or_else(|| ApiError::not_found("this daemon runs no simulated cloud"))
 }
 
 fn sim_resources(state: &ApiState) -> Result<Response, ApiError> {

@@ -114,7 +114,11 @@ pub fn routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Error = I
                     .clusters()
                     .map(|cluster| {
                         let name = &cluster.manifest.metadata.name;
-                        let observed = projections.observed.cluster(name).cloned().unwrap_or_default();
+                        let observed = projections
+                            .observed
+                            .cluster(name)
+                            .cloned()
+                            .unwrap_or_default();
                         ClusterSummary::from_state(cluster, &observed)
                     })
                     .collect()
@@ -416,17 +420,23 @@ fn if_match_header(headers: &warp::http::HeaderMap) -> Result<Option<u64>, ApiEr
     let Some(text) = header(headers, "if-match")? else {
         return Ok(None);
     };
-    text.trim_matches('"').parse::<u64>().map(Some).map_err(|_| {
-        ApiError::bad_request(
-            "bad_header",
-            format!("If-Match {text:?} is not a cluster version (a non-negative integer)"),
-        )
-    })
+    text.trim_matches('"')
+        .parse::<u64>()
+        .map(Some)
+        .map_err(|_| {
+            ApiError::bad_request(
+                "bad_header",
+                format!("If-Match {text:?} is not a cluster version (a non-negative integer)"),
+            )
+        })
 }
 
 /// Who asks and why: the actor, a new request id (also the correlation id of
 /// everything the request causes), `Idempotency-Key` and `X-Cairn-Reason`.
-fn command_context(actor: Actor, headers: &warp::http::HeaderMap) -> Result<CommandContext, ApiError> {
+fn command_context(
+    actor: Actor,
+    headers: &warp::http::HeaderMap,
+) -> Result<CommandContext, ApiError> {
     let idempotency_key = header(headers, "idempotency-key")?.map(str::to_string);
     if idempotency_key
         .as_ref()
@@ -488,7 +498,11 @@ fn cluster_handler(name: &str, state: &ApiState) -> Result<Response, ApiError> {
     check_cluster_name(name)?;
     let view = state.ledger.read(|projections| {
         let cluster = projections.desired.cluster(name)?;
-        let observed = projections.observed.cluster(name).cloned().unwrap_or_default();
+        let observed = projections
+            .observed
+            .cluster(name)
+            .cloned()
+            .unwrap_or_default();
         Some(ClusterView::from_state(cluster, &observed))
     });
     let Some(view) = view else {

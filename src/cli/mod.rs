@@ -343,7 +343,8 @@ pub async fn run_client(global: &GlobalArgs, command: Command) -> Result<(), Fai
         Command::Sim(SimCommand::List { cluster }) => {
             let mut list: SimResources = client.get("/v1/sim/resources", &[]).await?;
             if let Some(cluster) = cluster {
-                list.resources.retain(|resource| resource.cluster == cluster);
+                list.resources
+                    .retain(|resource| resource.cluster == cluster);
             }
             output::print_sim_resources(&list, format);
         }

@@ -142,27 +142,39 @@ pub fn print_cluster(view: &ClusterView, format: OutputFormat) {
     for condition in &view.conditions {
         println!(
             "  {:<12} {:<5} {:<15} seq {:<6} {}",
-            condition.condition_type, condition.status, condition.reason, condition.seq, condition.message
+            condition.condition_type,
+            condition.status,
+            condition.reason,
+            condition.seq,
+            condition.message
         );
     }
     let observed = &view.observed;
     println!("observed (as of seq {}):", observed.updated_seq);
     print_table(
         "  RESOURCE\tPROVIDER ID\tPOOL\tADDRESS",
-        observed.resources.iter().chain(&observed.orphans).map(|resource| {
-            let orphan = if observed.orphans.iter().any(|o| o.provider_id == resource.provider_id) {
-                " (orphan)"
-            } else {
-                ""
-            };
-            format!(
-                "  {}{orphan}\t{}\t{}\t{}",
-                resource.key,
-                resource.provider_id,
-                resource.pool.as_deref().unwrap_or("-"),
-                resource.address.as_deref().unwrap_or("-")
-            )
-        }),
+        observed
+            .resources
+            .iter()
+            .chain(&observed.orphans)
+            .map(|resource| {
+                let orphan = if observed
+                    .orphans
+                    .iter()
+                    .any(|o| o.provider_id == resource.provider_id)
+                {
+                    " (orphan)"
+                } else {
+                    ""
+                };
+                format!(
+                    "  {}{orphan}\t{}\t{}\t{}",
+                    resource.key,
+                    resource.provider_id,
+                    resource.pool.as_deref().unwrap_or("-"),
+                    resource.address.as_deref().unwrap_or("-")
+                )
+            }),
     );
     for in_flight in &observed.in_flight {
         println!(
@@ -195,7 +207,10 @@ pub fn print_lifecycle(response: &LifecycleResponse, done: &str, format: OutputF
             "cluster {} {done} (event seq {}, version {})",
             response.cluster, event.seq, response.stream_version
         ),
-        None => println!("cluster {} was already {done}; nothing appended", response.cluster),
+        None => println!(
+            "cluster {} was already {done}; nothing appended",
+            response.cluster
+        ),
     }
 }
 
@@ -229,7 +244,9 @@ fn event_summary(event: &EventView) -> String {
         Ok(ReconcileEvent::ActionStarted(started)) => {
             format!("{} (attempt {})", started.action, started.attempt)
         }
-        Ok(ReconcileEvent::ActionSucceeded(done)) => format!("{} -> {}", done.action, done.provider_id),
+        Ok(ReconcileEvent::ActionSucceeded(done)) => {
+            format!("{} -> {}", done.action, done.provider_id)
+        }
         Ok(ReconcileEvent::ActionFailed(failed)) => format!(
             "{}: {}{}",
             failed.action,

@@ -131,7 +131,11 @@ pub fn decode(event_type: &str, schema: u16, bytes: &[u8]) -> Result<Payload, De
 }
 
 /// The payload as JSON, for the API and the CLI.
-pub fn to_json(event_type: &str, schema: u16, bytes: &[u8]) -> Result<serde_json::Value, DecodeError> {
+pub fn to_json(
+    event_type: &str,
+    schema: u16,
+    bytes: &[u8],
+) -> Result<serde_json::Value, DecodeError> {
     let json = match decode(event_type, schema, bytes)? {
         Payload::Change(change) => change_json(&change),
         Payload::Lifecycle(lifecycle) => lifecycle_json(&lifecycle),

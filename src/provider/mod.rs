@@ -68,8 +68,12 @@ pub trait Provider: Send + Sync {
     ) -> Result<CloudResource, ProviderError>;
 
     /// Deletes a resource by its provider id. Gone already is success.
-    async fn delete(&self, cluster: &str, token: &str, provider_id: &str)
-        -> Result<(), ProviderError>;
+    async fn delete(
+        &self,
+        cluster: &str,
+        token: &str,
+        provider_id: &str,
+    ) -> Result<(), ProviderError>;
 
     /// The resource with this provider id, if it exists. Consistent.
     async fn describe(&self, provider_id: &str) -> Result<Option<CloudResource>, ProviderError>;

@@ -27,8 +27,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::model::{
-    Action, MachineSpec, Manifest, NetworkSpec, ResourceKey, ResourceKind, ResourceSpec,
-    SubnetSpec,
+    Action, MachineSpec, Manifest, NetworkSpec, ResourceKey, ResourceKind, ResourceSpec, SubnetSpec,
 };
 use crate::projection::ObservedCluster;
 
@@ -74,9 +73,7 @@ impl std::fmt::Display for PlannedAction {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.action {
             Action::Create { spec } => write!(formatter, "create {}", spec.key())?,
-            Action::Delete { key, provider_id } => {
-                write!(formatter, "delete {key} {provider_id}")?
-            }
+            Action::Delete { key, provider_id } => write!(formatter, "delete {key} {provider_id}")?,
         }
         write!(formatter, " token={} attempt={}", self.token, self.attempt)
     }
@@ -177,7 +174,9 @@ pub fn plan(input: PlanInput<'_>) -> Vec<PlannedAction> {
                 deletions.insert(key, &resource.provider_id);
             }
             Some(spec) if *spec != resource.spec => match &resource.spec {
-                ResourceSpec::Machine(machine) => mismatched_machines.push((key, resource, machine)),
+                ResourceSpec::Machine(machine) => {
+                    mismatched_machines.push((key, resource, machine))
+                }
                 _ => {
                     deletions.insert(key, &resource.provider_id);
                 }
@@ -200,7 +199,11 @@ pub fn plan(input: PlanInput<'_>) -> Vec<PlannedAction> {
         }
     }
     for (key, provider_id) in deletions {
-        let token = format!("{}/{key}/{}/delete", input.cluster, observed.incarnation(key));
+        let token = format!(
+            "{}/{key}/{}/delete",
+            input.cluster,
+            observed.incarnation(key)
+        );
         let action = Action::Delete {
             key: key.clone(),
             provider_id: provider_id.to_string(),
@@ -222,9 +225,7 @@ pub fn plan(input: PlanInput<'_>) -> Vec<PlannedAction> {
         actions.push(planned(observed, key, action, token));
     }
 
-    actions.sort_by(|a, b| {
-        (a.phase(), a.action.key()).cmp(&(b.phase(), b.action.key()))
-    });
+    actions.sort_by_key(|action| (action.phase(), action.action.key()));
     actions
 }
 

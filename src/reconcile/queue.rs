@@ -153,10 +153,7 @@ impl Backoff {
     /// `jitter` drawn uniformly from [0, 1).
     pub fn delay(&self, failures: u32, jitter: f64) -> Duration {
         let exponent = failures.saturating_sub(1).min(31);
-        let full = self
-            .base
-            .saturating_mul(1u32 << exponent)
-            .min(self.max);
+        let full = self.base.saturating_mul(1u32 << exponent).min(self.max);
         full / 2 + full.mul_f64(jitter.clamp(0.0, 1.0) / 2.0)
     }
 }

@@ -48,7 +48,9 @@ use crate::model::{
     Action, ActionFailed, ActionStarted, ActionSucceeded, ClusterDeleted, ConditionChanged,
     ConditionType, DriftDetected, ReconcileEvent,
 };
-use crate::projection::{ClusterState, ObservedCluster, CLUSTER_STREAM_PREFIX, RECONCILE_STREAM_PREFIX};
+use crate::projection::{
+    ClusterState, ObservedCluster, CLUSTER_STREAM_PREFIX, RECONCILE_STREAM_PREFIX,
+};
 use crate::provider::{Provider, ProviderError, Providers};
 use crate::store::Subscription;
 
@@ -177,6 +179,7 @@ impl Reconciler {
             };
             match next {
                 Ok(Some(event)) => {
+                    tracing::debug!(seq = event.seq, stream = %event.stream, "reconciler feeder");
                     self.processed_seq.store(event.seq, Ordering::Relaxed);
                     let head = self.ledger.store().head().seq;
                     self.metrics
@@ -262,7 +265,10 @@ impl Reconciler {
         name: &str,
         shutdown: &CancellationToken,
     ) -> Result<Requeue, LedgerError> {
+        // The feeder may hear of an event before the projections fold it in.
+        self.ledger.wait_applied(self.processed_seq()).await?;
         let desired = self.ledger.cluster(name);
+        tracing::debug!(cluster = %name, found = desired.is_some(), "reconcile pass");
         let Some(desired) = desired else {
             return Ok(Requeue::OnEvent);
         };
@@ -282,7 +288,9 @@ impl Reconciler {
             let failures = self.note_pass(name, false, Some(error));
             self.update_conditions(name, &desired, correlation, &cause, None)
                 .await?;
-            return Ok(Requeue::After(self.backoff(failures).max(self.config.resync)));
+            return Ok(Requeue::After(
+                self.backoff(failures).max(self.config.resync),
+            ));
         };
 
         let observed = self.observed(name);
@@ -314,8 +322,16 @@ impl Reconciler {
 
         let observed = self.observed(name);
         let actions = plan(self.plan_input(name, &desired, &observed));
+        tracing::debug!(cluster = %name, actions = actions.len(), "planned");
         let report = self
-            .execute(name, provider.clone(), actions, correlation, &cause, shutdown)
+            .execute(
+                name,
+                provider.clone(),
+                actions,
+                correlation,
+                &cause,
+                shutdown,
+            )
             .await?;
 
         let observed = self.observed(name);
@@ -523,8 +539,16 @@ impl Reconciler {
                         return None;
                     }
                     Some(
-                        run_action(&ledger, provider.as_ref(), &metrics, &name, planned, correlation, cause)
-                            .await,
+                        run_action(
+                            &ledger,
+                            provider.as_ref(),
+                            &metrics,
+                            &name,
+                            planned,
+                            correlation,
+                            cause,
+                        )
+                        .await,
                     )
                 });
             }
@@ -579,20 +603,34 @@ impl Reconciler {
         let degraded_by_failures = failing_passes >= self.config.degraded_after_failures;
         let mut wanted: Vec<(ConditionType, bool, &str, String)> = Vec::new();
         if desired.paused {
-            wanted.push((ConditionType::Paused, true, "PausedByUser", "no provider calls until resumed".into()));
+            wanted.push((
+                ConditionType::Paused,
+                true,
+                "PausedByUser",
+                "no provider calls until resumed".into(),
+            ));
         } else {
             wanted.push((ConditionType::Paused, false, "Active", String::new()));
         }
         if let Some(remaining) = remaining {
             let converged = remaining == 0;
             let (ready_reason, ready_message) = if desired.deletion_requested {
-                ("Deleting", format!("{remaining} actions left to tear the cluster down"))
+                (
+                    "Deleting",
+                    format!("{remaining} actions left to tear the cluster down"),
+                )
             } else if !converged {
                 ("Reconciling", format!("{remaining} actions left"))
             } else if reported_drift > 0 {
-                ("DriftReported", format!("{reported_drift} resources differ from the log (drift policy report)"))
+                (
+                    "DriftReported",
+                    format!("{reported_drift} resources differ from the log (drift policy report)"),
+                )
             } else {
-                ("Converged", "observed state matches desired state".to_string())
+                (
+                    "Converged",
+                    "observed state matches desired state".to_string(),
+                )
             };
             wanted.push((
                 ConditionType::Ready,
@@ -601,9 +639,19 @@ impl Reconciler {
                 ready_message,
             ));
             wanted.push(if converged {
-                (ConditionType::Progressing, false, "Converged", String::new())
+                (
+                    ConditionType::Progressing,
+                    false,
+                    "Converged",
+                    String::new(),
+                )
             } else {
-                (ConditionType::Progressing, true, "Reconciling", format!("{remaining} actions left"))
+                (
+                    ConditionType::Progressing,
+                    true,
+                    "Reconciling",
+                    format!("{remaining} actions left"),
+                )
             });
         }
         if degraded_by_failures || remaining.is_some() || failing_passes > 0 {
@@ -614,7 +662,12 @@ impl Reconciler {
                 );
                 (ConditionType::Degraded, true, "ActionsFailing", message)
             } else if reported_drift > 0 {
-                (ConditionType::Degraded, true, "DriftReported", format!("{reported_drift} resources drifted"))
+                (
+                    ConditionType::Degraded,
+                    true,
+                    "DriftReported",
+                    format!("{reported_drift} resources drifted"),
+                )
             } else {
                 (ConditionType::Degraded, false, "AsExpected", String::new())
             });
@@ -658,13 +711,12 @@ async fn run_action(
         token: planned.token.clone(),
         attempt: planned.attempt,
     });
-    let appended = ledger.record(name, correlation, vec![(started, cause)]).await?;
+    let appended = ledger
+        .record(name, correlation, vec![(started, cause)])
+        .await?;
     let started_event = &appended[0];
     let outcome = match &planned.action {
-        Action::Create { spec } => provider
-            .create(name, &planned.token, spec)
-            .await
-            .map(Some),
+        Action::Create { spec } => provider.create(name, &planned.token, spec).await.map(Some),
         Action::Delete { provider_id, .. } => provider
             .delete(name, &planned.token, provider_id)
             .await
@@ -675,7 +727,11 @@ async fn run_action(
         .actions
         .get_or_create(&ActionLabels {
             operation: planned.action.operation(),
-            outcome: if result.is_ok() { "succeeded" } else { "failed" },
+            outcome: if result.is_ok() {
+                "succeeded"
+            } else {
+                "failed"
+            },
         })
         .inc();
     let event = outcome_event(&planned.action, &planned.token, outcome);

