@@ -94,3 +94,52 @@ fn fixture_log_still_decodes_and_verifies() {
     assert!(state.cluster("staging").is_some());
     assert_eq!(state.skipped_events, 0);
 }
+
+/// The second fixture: lifecycle and reconciler events (see
+/// tools/write_fixture_reconcile.rs), the story of a cluster built on the
+/// simulated cloud with failures, a pause, drift, and its deletion.
+#[test]
+fn reconcile_fixture_log_still_decodes_verifies_and_replays() {
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/log-v1-reconcile.hex");
+    let text = std::fs::read_to_string(path).expect("tests/fixtures/log-v1-reconcile.hex exists");
+    let mut cursor = ChainCursor::default();
+    let mut events = Vec::new();
+    for line in text.lines().filter(|line| !line.starts_with('#')) {
+        let (seq, record) = line.split_once(' ').expect("`seq hex` per line");
+        let seq: u64 = seq.parse().expect("seq");
+        let record = hex::decode(record.trim()).expect("hex");
+        let event = cursor
+            .check(seq, &record)
+            .unwrap_or_else(|error| panic!("fixture seq {seq}: {error}"));
+        match payload::decode(&event.event_type, event.schema, &event.payload) {
+            Ok(Payload::Change(_) | Payload::Lifecycle(_) | Payload::Reconcile(_)) => {}
+            other => panic!("fixture seq {seq} ({}): {other:?}", event.event_type),
+        }
+        events.push(event);
+    }
+    let types: std::collections::BTreeSet<&str> = events
+        .iter()
+        .map(|event| event.event_type.as_str())
+        .collect();
+    for event_type in payload::LIFECYCLE_TYPES
+        .iter()
+        .chain(payload::RECONCILE_TYPES)
+    {
+        assert!(
+            types.contains(event_type),
+            "the fixture lacks a {event_type} event"
+        );
+    }
+    let mut projections = crate::projection::Projections::default();
+    for event in &events {
+        projections.apply(event);
+    }
+    assert!(projections.desired.cluster("fixture").is_none(), "deleted");
+    assert_eq!(projections.desired.stream_version("fixture"), 4);
+    let observed = projections.observed.cluster("fixture").expect("observed");
+    assert!(observed.deleted);
+    assert!(observed.resources.is_empty() && observed.in_flight.is_empty());
+    assert_eq!(projections.desired.skipped_events, 0);
+    assert_eq!(projections.observed.skipped_events, 0);
+}

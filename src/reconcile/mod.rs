@@ -24,3 +24,6 @@ pub mod reconciler;
 pub use plan::{plan, PlanInput, PlannedAction};
 pub use queue::{Backoff, WorkQueue};
 pub use reconciler::{Reconciler, ReconcilerConfig, Requeue};
+
+#[cfg(test)]
+mod tests;
