@@ -261,7 +261,7 @@ async fn repeated_failing_passes_make_a_cluster_degraded_until_one_succeeds() {
     }
     let (_, reason) = setup.condition(ConditionType::Degraded).unwrap();
     assert_eq!(reason, "ActionsFailing");
-    assert_eq!(setup.condition(ConditionType::Ready).unwrap().0, false);
+    assert!(!setup.condition(ConditionType::Ready).unwrap().0);
 
     setup.provider.down.store(false, Ordering::SeqCst);
     // The network is created; later phases follow in later passes if needed.
