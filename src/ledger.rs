@@ -385,27 +385,37 @@ impl Ledger {
         if_match: Option<u64>,
         context: &CommandContext,
     ) -> Result<ApplyOutcome, LedgerError> {
-        self.wait_applied(self.store.head().seq).await?;
-        let current = self
-            .cluster(name)
-            .ok_or_else(|| LedgerError::ClusterNotFound(name.to_string()))?;
-        let mut manifest = current.manifest;
-        let Some(target) = manifest.spec.pools.iter_mut().find(|p| p.name == pool) else {
-            return Err(LedgerError::PoolNotFound {
-                cluster: name.to_string(),
-                pool: pool.to_string(),
-            });
-        };
-        target.replicas = replicas;
-        let errors = validate(&manifest);
-        if !errors.is_empty() {
-            return Err(LedgerError::Invalid(errors));
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            self.wait_applied(self.store.head().seq).await?;
+            let current = self
+                .cluster(name)
+                .ok_or_else(|| LedgerError::ClusterNotFound(name.to_string()))?;
+            let mut manifest = current.manifest;
+            let Some(target) = manifest.spec.pools.iter_mut().find(|p| p.name == pool) else {
+                return Err(LedgerError::PoolNotFound {
+                    cluster: name.to_string(),
+                    pool: pool.to_string(),
+                });
+            };
+            target.replicas = replicas;
+            let errors = validate(&manifest);
+            if !errors.is_empty() {
+                return Err(LedgerError::Invalid(errors));
+            }
+            // The manifest was read at this version: applying it at another
+            // would undo whatever changed in between, so it is pinned.
+            let options = ApplyOptions {
+                dry_run: false,
+                if_match: Some(if_match.unwrap_or(current.stream_version)),
+            };
+            match self.apply(manifest, options, context).await {
+                Err(LedgerError::VersionMismatch { .. })
+                    if if_match.is_none() && attempt < MAX_CONFLICT_RETRIES => {}
+                result => return result,
+            }
         }
-        let options = ApplyOptions {
-            dry_run: false,
-            if_match,
-        };
-        self.apply(manifest, options, context).await
     }
 
     /// Appends a lifecycle command (pause, resume, deletion request) unless the

@@ -249,8 +249,12 @@ pub struct ActionFailed {
     pub token: String,
     pub error: String,
     /// Whether trying again may succeed. A non-retryable failure is retried
-    /// only after the desired state changes or on the next resync.
+    /// only after a backoff of at least the resync interval.
     pub retryable: bool,
+    /// The token made a resource that no longer exists (its answer was lost,
+    /// then it was deleted): the next create of this resource needs a new
+    /// token, so its incarnation moves on.
+    pub token_spent: bool,
 }
 
 /// The provider disagrees with what the log says exists.

@@ -34,6 +34,8 @@ pub struct InFlightAction {
 /// The tries made with one token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attempts {
+    /// What the tries do.
+    pub action: Action,
     pub token: String,
     pub count: u32,
     /// The error of the last failed try, if the last try failed.
@@ -143,20 +145,29 @@ impl ObservedState {
     }
 }
 
+fn is_orphan(cluster: &ObservedCluster, action: &Action) -> bool {
+    matches!(action, Action::Delete { provider_id, .. } if cluster.orphans.contains_key(provider_id))
+}
+
 fn started_action(cluster: &mut ObservedCluster, started: ActionStarted, event: &Event) {
     cluster.deleted = false;
-    let key = started.action.key();
-    let attempts = cluster.attempts.entry(key).or_insert_with(|| Attempts {
-        token: started.token.clone(),
-        count: 0,
-        last_error: None,
-        last_retryable: true,
-    });
-    if attempts.token != started.token {
-        attempts.token = started.token.clone();
-        attempts.count = 0;
+    // An orphan's clean-up does not count as a try of the resource under its key.
+    if !is_orphan(cluster, &started.action) {
+        let key = started.action.key();
+        let attempts = cluster.attempts.entry(key).or_insert_with(|| Attempts {
+            action: started.action.clone(),
+            token: started.token.clone(),
+            count: 0,
+            last_error: None,
+            last_retryable: true,
+        });
+        if attempts.token != started.token {
+            attempts.action = started.action.clone();
+            attempts.token = started.token.clone();
+            attempts.count = 0;
+        }
+        attempts.count = attempts.count.max(started.attempt);
     }
-    attempts.count = attempts.count.max(started.attempt);
     cluster.in_flight.insert(
         started.token.clone(),
         InFlightAction {
@@ -171,6 +182,10 @@ fn started_action(cluster: &mut ObservedCluster, started: ActionStarted, event: 
 
 fn succeeded_action(cluster: &mut ObservedCluster, succeeded: ActionSucceeded) {
     cluster.in_flight.remove(&succeeded.token);
+    if is_orphan(cluster, &succeeded.action) {
+        cluster.orphans.remove(&succeeded.provider_id);
+        return;
+    }
     let key = succeeded.action.key();
     cluster.attempts.remove(&key);
     cluster.drift.remove(&key);
@@ -182,11 +197,10 @@ fn succeeded_action(cluster: &mut ObservedCluster, succeeded: ActionSucceeded) {
             }
         }
         Action::Delete { provider_id, .. } => {
-            if cluster.orphans.remove(&provider_id).is_none()
-                && cluster
-                    .resources
-                    .get(&key)
-                    .is_some_and(|resource| resource.provider_id == provider_id)
+            if cluster
+                .resources
+                .get(&key)
+                .is_some_and(|resource| resource.provider_id == provider_id)
             {
                 cluster.gone(&key);
             }
@@ -196,7 +210,16 @@ fn succeeded_action(cluster: &mut ObservedCluster, succeeded: ActionSucceeded) {
 
 fn failed_action(cluster: &mut ObservedCluster, failed: ActionFailed) {
     cluster.in_flight.remove(&failed.token);
+    if is_orphan(cluster, &failed.action) {
+        return;
+    }
     let key = failed.action.key();
+    if failed.token_spent {
+        // The token's resource came and went unseen: start a new incarnation.
+        cluster.attempts.remove(&key);
+        cluster.gone(&key);
+        return;
+    }
     if let Some(attempts) = cluster.attempts.get_mut(&key) {
         if attempts.token == failed.token {
             attempts.last_error = Some(failed.error);
@@ -207,25 +230,47 @@ fn failed_action(cluster: &mut ObservedCluster, failed: ActionFailed) {
 
 fn drift_detected(cluster: &mut ObservedCluster, drift: DriftDetected, seq: u64) {
     let key = drift.resource.clone();
+    let ours = cluster.attempts.get(&key);
     match (&drift.expected, &drift.actual) {
-        // Gone behind our back: forget it, so its next create has a new token.
-        (Some(expected), None) => {
-            if cluster.orphans.remove(&expected.provider_id).is_none() {
-                cluster.gone(&key);
-            }
+        // An orphan went away: nothing left to clean up.
+        (Some(expected), None) if cluster.orphans.contains_key(&expected.provider_id) => {
+            cluster.orphans.remove(&expected.provider_id);
+            return;
         }
-        // Present though the log did not know it: adopt it under a free key,
-        // or keep it as an orphan.
-        (None, Some(actual)) => match cluster.resources.get(&key) {
-            Some(known) if known.provider_id != actual.provider_id => {
-                cluster
-                    .orphans
-                    .insert(actual.provider_id.clone(), actual.clone());
-            }
-            _ => {
-                cluster.resources.insert(key.clone(), actual.clone());
-            }
-        },
+        // Our own delete did it, though its answer was lost: not drift.
+        (Some(expected), None)
+            if ours.is_some_and(|ours| {
+                matches!(&ours.action, Action::Delete { provider_id, .. }
+                    if *provider_id == expected.provider_id)
+            }) =>
+        {
+            cluster.attempts.remove(&key);
+            cluster.gone(&key);
+            return;
+        }
+        // Gone behind our back: forget it, so its next create has a new token.
+        (Some(_), None) => cluster.gone(&key),
+        // Our own create made it, though its answer was lost: not drift.
+        (None, Some(actual))
+            if !cluster.resources.contains_key(&key)
+                && ours.is_some_and(|ours| ours.token == actual.token) =>
+        {
+            cluster.attempts.remove(&key);
+            cluster.resources.insert(key, actual.clone());
+            return;
+        }
+        // Present though the log did not know it, and its key is taken: an
+        // orphan, tracked by provider id (not as drift of the key's resource).
+        (None, Some(actual)) if cluster.resources.contains_key(&key) => {
+            cluster
+                .orphans
+                .insert(actual.provider_id.clone(), actual.clone());
+            return;
+        }
+        // Present though the log did not know it: adopt it under its free key.
+        (None, Some(actual)) => {
+            cluster.resources.insert(key.clone(), actual.clone());
+        }
         // Changed behind our back: what the cloud has is what is observed.
         (Some(_), Some(actual)) => {
             cluster.resources.insert(key.clone(), actual.clone());

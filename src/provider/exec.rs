@@ -221,6 +221,10 @@ pub struct PluginError {
     pub message: String,
     /// Whether trying again (with the same token) may succeed.
     pub retryable: bool,
+    /// For a create: the token already made a resource that no longer
+    /// exists, so Cairn must use a new token. Optional, false when absent.
+    #[serde(default, rename = "tokenSpent")]
+    pub token_spent: bool,
 }
 
 /// One line of the exec plugin protocol, in either direction: the root of
@@ -299,6 +303,7 @@ impl ExecProvider {
             Ok(Outcome::Error(error)) => Err(ProviderError {
                 message: format!("exec plugin {:?}: {}", self.name, error.message),
                 retryable: error.retryable,
+                token_spent: error.token_spent,
             }),
             Err(failure) => {
                 if let Some(session) = state.session.take() {
@@ -486,6 +491,7 @@ impl Failure {
                     error.message
                 ),
                 retryable: error.retryable,
+                token_spent: false,
             },
         }
     }
@@ -1432,6 +1438,7 @@ mod tests {
             Outcome::Error(PluginError {
                 message: "quota exceeded".into(),
                 retryable: false,
+                token_spent: false,
             })
         );
         let nothing: Response = serde_json::from_str(r#"{"v":1,"id":6,"ok":null}"#).unwrap();

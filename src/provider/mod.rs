@@ -38,6 +38,10 @@ pub struct ProviderError {
     pub message: String,
     /// Whether trying again (with the same token) may succeed.
     pub retryable: bool,
+    /// The token already made a resource that no longer exists (an answer
+    /// was lost, then the resource was deleted): only a new token can create
+    /// one again.
+    pub token_spent: bool,
 }
 
 impl ProviderError {
@@ -45,6 +49,7 @@ impl ProviderError {
         ProviderError {
             message: message.into(),
             retryable: true,
+            token_spent: false,
         }
     }
 
@@ -52,6 +57,15 @@ impl ProviderError {
         ProviderError {
             message: message.into(),
             retryable: false,
+            token_spent: false,
+        }
+    }
+
+    pub fn token_spent(message: impl Into<String>) -> ProviderError {
+        ProviderError {
+            message: message.into(),
+            retryable: false,
+            token_spent: true,
         }
     }
 }

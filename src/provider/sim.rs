@@ -616,7 +616,7 @@ impl SimState {
                 .live
                 .get(provider_id)
                 .map(|live| Ok(live.resource.clone())),
-            TokenRecord::Deleted(resource) => Some(Err(ProviderError::permanent(format!(
+            TokenRecord::Deleted(resource) => Some(Err(ProviderError::token_spent(format!(
                 "token {token} already created {} ({}) in cluster {}, which has since been deleted",
                 resource.key(),
                 resource.provider_id,
@@ -732,9 +732,20 @@ impl SimState {
         }))
     }
 
-    /// Refuses the deletion of a resource others still depend on.
+    /// Refuses the deletion of a resource others still depend on. Machines
+    /// name their subnet and subnets their cluster's network, so when a
+    /// duplicate (same name) is alive, the dependents may be the duplicate's
+    /// and the deletion goes ahead.
     fn check_deletable(&self, resource: &CloudResource) -> Result<(), String> {
         let cluster = resource.cluster.as_str();
+        let duplicated = self
+            .live_in_cluster(cluster, resource.spec.kind())
+            .any(|other| {
+                other.provider_id != resource.provider_id && other.key() == resource.key()
+            });
+        if duplicated {
+            return Ok(());
+        }
         match &resource.spec {
             ResourceSpec::Network(_) => {
                 let subnets = self.live_in_cluster(cluster, ResourceKind::Subnet).count();

@@ -46,26 +46,26 @@ pub struct PlannedAction {
     pub action: Action,
     pub token: String,
     pub attempt: u32,
+    /// The clean-up of a resource the log did not create. Orphans go last,
+    /// so that a failing clean-up never holds up the cluster's own work.
+    pub orphan: bool,
 }
 
 impl PlannedAction {
-    /// Actions of the same phase may run concurrently; phases run in order.
+    /// Actions of the same phase may run concurrently; phases run in order:
+    /// deletions (machines first), creations (network first), then orphans.
     pub fn phase(&self) -> u8 {
-        phase(&self.action)
-    }
-}
-
-fn phase(action: &Action) -> u8 {
-    let kind = action.key().kind;
-    let rank = match kind {
-        ResourceKind::Network => 0,
-        ResourceKind::Subnet => 1,
-        ResourceKind::FirewallRule => 2,
-        ResourceKind::Machine => 3,
-    };
-    match action {
-        Action::Delete { .. } => 3 - rank,
-        Action::Create { .. } => 4 + rank,
+        let rank = match self.action.key().kind {
+            ResourceKind::Network => 0,
+            ResourceKind::Subnet => 1,
+            ResourceKind::FirewallRule => 2,
+            ResourceKind::Machine => 3,
+        };
+        match (&self.action, self.orphan) {
+            (Action::Delete { .. }, false) => 3 - rank,
+            (Action::Create { .. }, _) => 4 + rank,
+            (Action::Delete { .. }, true) => 11 - rank,
+        }
     }
 }
 
@@ -75,7 +75,11 @@ impl std::fmt::Display for PlannedAction {
             Action::Create { spec } => write!(formatter, "create {}", spec.key())?,
             Action::Delete { key, provider_id } => write!(formatter, "delete {key} {provider_id}")?,
         }
-        write!(formatter, " token={} attempt={}", self.token, self.attempt)
+        write!(formatter, " token={} attempt={}", self.token, self.attempt)?;
+        if self.orphan {
+            write!(formatter, " (orphan)")?;
+        }
+        Ok(())
     }
 }
 
@@ -132,19 +136,53 @@ pub fn plan(input: PlanInput<'_>) -> Vec<PlannedAction> {
         .desired
         .is_some_and(|manifest| manifest.spec.policy.drift == "report");
     let left_alone = |key: &ResourceKey| report && observed.drift.contains_key(key);
+    // An action in flight is resolved by its token before anything else is
+    // tried on that key (the reconciler does so at the start of a pass).
+    let in_flight: BTreeSet<ResourceKey> = observed
+        .in_flight
+        .values()
+        .map(|in_flight| in_flight.action.key())
+        .collect();
+    let busy = |key: &ResourceKey| left_alone(key) || in_flight.contains(key);
+    // A resource waits while one it depends on is absent and left alone.
+    let network_key = ResourceKey::new(ResourceKind::Network, crate::model::NETWORK_NAME);
+    let held_back = |key: &ResourceKey| -> bool {
+        let absent_and_alone = |dependency: &ResourceKey| {
+            !observed.resources.contains_key(dependency) && busy(dependency)
+        };
+        match wanted.get(key) {
+            Some(ResourceSpec::Machine(machine)) => {
+                absent_and_alone(&ResourceKey::new(
+                    ResourceKind::Subnet,
+                    machine.subnet.as_str(),
+                )) || absent_and_alone(&network_key)
+            }
+            Some(ResourceSpec::Subnet(_) | ResourceSpec::FirewallRule(_)) => {
+                absent_and_alone(&network_key)
+            }
+            _ => false,
+        }
+    };
     let mut actions = Vec::new();
     // Resources to delete, by key, with their provider ids.
     let mut deletions: BTreeMap<&ResourceKey, &str> = BTreeMap::new();
 
     if !report {
         for (provider_id, orphan) in &observed.orphans {
-            let key = orphan.key();
             let token = format!("{}/orphan/{provider_id}/delete", input.cluster);
+            if observed.in_flight.contains_key(&token) {
+                continue;
+            }
             let action = Action::Delete {
-                key: key.clone(),
+                key: orphan.key(),
                 provider_id: provider_id.clone(),
             };
-            actions.push(planned(observed, &key, action, token));
+            actions.push(PlannedAction {
+                action,
+                token,
+                attempt: 1,
+                orphan: true,
+            });
         }
     }
 
@@ -161,7 +199,7 @@ pub fn plan(input: PlanInput<'_>) -> Vec<PlannedAction> {
         .collect();
     let mut mismatched_machines = Vec::new();
     for (key, resource) in &observed.resources {
-        if left_alone(key) {
+        if busy(key) {
             continue;
         }
         let in_stale_subnet = matches!(&resource.spec, ResourceSpec::Machine(machine)
@@ -212,7 +250,7 @@ pub fn plan(input: PlanInput<'_>) -> Vec<PlannedAction> {
     }
 
     for (key, spec) in &wanted {
-        if observed.resources.contains_key(key) || left_alone(key) {
+        if observed.resources.contains_key(key) || busy(key) || held_back(key) {
             continue;
         }
         if let ResourceSpec::Machine(machine) = spec {
@@ -244,6 +282,7 @@ fn planned(
         action,
         token,
         attempt,
+        orphan: false,
     }
 }
 

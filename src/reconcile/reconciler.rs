@@ -244,10 +244,27 @@ impl Reconciler {
         self.config.backoff.delay(failures.max(1), jitter)
     }
 
-    /// Records how a pass went; returns the consecutive failing passes.
+    /// Records how a pass went; returns the consecutive failing passes. A
+    /// cluster first seen since start-up that the log says is Degraded starts
+    /// out counted as failing, so a restart during an outage does not clear it.
     fn note_pass(&self, name: &str, progressed: bool, error: Option<String>) -> u32 {
+        let logged_degraded = self.ledger.observed(name).is_some_and(|observed| {
+            observed
+                .conditions
+                .get(&ConditionType::Degraded)
+                .is_some_and(|degraded| degraded.status && degraded.reason == "ActionsFailing")
+        });
         let mut memory = self.memory.lock().expect("memory lock");
-        let cluster = memory.entry(name.to_string()).or_default();
+        let cluster = memory
+            .entry(name.to_string())
+            .or_insert_with(|| ClusterMemory {
+                failing_passes: if logged_degraded {
+                    self.config.degraded_after_failures
+                } else {
+                    0
+                },
+                ..ClusterMemory::default()
+            });
         match error {
             None => cluster.failing_passes = 0,
             Some(_) if progressed => {}
@@ -294,12 +311,16 @@ impl Reconciler {
         };
 
         let observed = self.observed(name);
-        self.resolve_in_flight(name, provider.as_ref(), &observed, correlation)
+        self.resolve_in_flight(name, provider.as_ref(), &observed, correlation, shutdown)
             .await?;
+        let unresolved = !self.observed(name).in_flight.is_empty();
 
-        if self.resync_due(name) {
+        if self.resync_due(name) && !shutdown.is_cancelled() {
             let observed = self.observed(name);
-            match self.detect_drift(name, provider.as_ref(), &observed).await {
+            match self
+                .detect_drift(name, provider.as_ref(), &observed, shutdown)
+                .await
+            {
                 Ok(drift) => {
                     self.metrics.drift_detected.inc_by(drift.len() as u64);
                     let events = drift
@@ -337,25 +358,55 @@ impl Reconciler {
         let observed = self.observed(name);
         let remaining = plan(self.plan_input(name, &desired, &observed));
         if desired.deletion_requested
+            && !shutdown.is_cancelled()
             && remaining.is_empty()
             && observed.resources.is_empty()
             && observed.orphans.is_empty()
             && observed.in_flight.is_empty()
         {
-            let events = vec![(ReconcileEvent::ClusterDeleted(ClusterDeleted {}), cause)];
-            self.ledger.record(name, correlation, events).await?;
-            self.note_pass(name, true, None);
-            return Ok(Requeue::OnEvent);
+            // Before the last word, make sure of the doubts: a failed create
+            // may have made its resource anyway, and a listing shows what
+            // else the cloud holds for this cluster.
+            let leftovers = self.leftovers(name, provider.as_ref(), &observed).await;
+            match leftovers {
+                Ok(leftovers) if leftovers.is_empty() => {
+                    let events = vec![(ReconcileEvent::ClusterDeleted(ClusterDeleted {}), cause)];
+                    self.ledger.record(name, correlation, events).await?;
+                    self.note_pass(name, true, None);
+                    return Ok(Requeue::OnEvent);
+                }
+                Ok(leftovers) => {
+                    let events = leftovers
+                        .into_iter()
+                        .map(|drift| (ReconcileEvent::DriftDetected(drift), cause.clone()))
+                        .collect();
+                    self.ledger.record(name, correlation, events).await?;
+                    return Ok(Requeue::Now);
+                }
+                Err(error) => {
+                    let failures = self.note_pass(name, false, Some(error.message));
+                    return Ok(Requeue::After(self.backoff(failures)));
+                }
+            }
         }
 
+        if shutdown.is_cancelled() {
+            // A pass cut short says nothing about the provider's health.
+            return Ok(Requeue::OnEvent);
+        }
         let failures = self.note_pass(
             name,
             report.succeeded > 0,
-            (report.failed > 0).then(|| report.last_error.clone().unwrap_or_default()),
+            (report.failed > 0 || unresolved).then(|| {
+                report
+                    .last_error
+                    .clone()
+                    .unwrap_or_else(|| "an action in flight could not be resolved".into())
+            }),
         );
         self.update_conditions(name, &desired, correlation, &cause, Some(remaining.len()))
             .await?;
-        Ok(if report.failed > 0 {
+        Ok(if report.failed > 0 || unresolved {
             if report.any_permanent {
                 Requeue::After(self.backoff(failures).max(self.config.resync))
             } else {
@@ -400,8 +451,12 @@ impl Reconciler {
         provider: &dyn Provider,
         observed: &ObservedCluster,
         correlation: Uuid,
+        shutdown: &CancellationToken,
     ) -> Result<(), LedgerError> {
         for in_flight in observed.in_flight.values() {
+            if shutdown.is_cancelled() {
+                break;
+            }
             let cause = Cause::Event {
                 seq: in_flight.started_seq,
                 id: in_flight.started_id,
@@ -451,7 +506,9 @@ impl Reconciler {
         name: &str,
         provider: &dyn Provider,
         observed: &ObservedCluster,
+        shutdown: &CancellationToken,
     ) -> Result<Vec<DriftDetected>, ProviderError> {
+        let cancelled = || ProviderError::retryable("shutting down");
         let listed = provider.list(name).await?;
         let listed_by_id: HashMap<&str, _> = listed
             .iter()
@@ -460,6 +517,9 @@ impl Reconciler {
         let mut drift = Vec::new();
         let known = observed.resources.values().chain(observed.orphans.values());
         for expected in known {
+            if shutdown.is_cancelled() {
+                return Err(cancelled());
+            }
             let listed = listed_by_id.get(expected.provider_id.as_str());
             if listed.is_some_and(|listed| listed.spec == expected.spec) {
                 continue;
@@ -481,6 +541,9 @@ impl Reconciler {
             .map(|resource| resource.provider_id.as_str())
             .collect();
         for resource in &listed {
+            if shutdown.is_cancelled() {
+                return Err(cancelled());
+            }
             if known_ids.contains(resource.provider_id.as_str())
                 || observed.in_flight.contains_key(&resource.token)
             {
@@ -498,6 +561,47 @@ impl Reconciler {
         Ok(drift)
     }
 
+    /// What the cloud still holds for a cluster whose resources the log says
+    /// are all gone: resources of failed creates found by their tokens, and
+    /// anything a listing shows (confirmed by `describe`). Each is reported as
+    /// found, so the next pass deletes it.
+    async fn leftovers(
+        &self,
+        name: &str,
+        provider: &dyn Provider,
+        observed: &ObservedCluster,
+    ) -> Result<Vec<DriftDetected>, ProviderError> {
+        let mut found: HashMap<String, crate::model::CloudResource> = HashMap::new();
+        for attempts in observed.attempts.values() {
+            if matches!(attempts.action, Action::Create { .. }) {
+                if let Some(resource) = provider.lookup(&attempts.token).await? {
+                    found.insert(resource.provider_id.clone(), resource);
+                }
+            }
+        }
+        for listed in provider.list(name).await? {
+            if found.contains_key(&listed.provider_id) {
+                continue;
+            }
+            if let Some(resource) = provider.describe(&listed.provider_id).await? {
+                found.insert(resource.provider_id.clone(), resource);
+            }
+        }
+        Ok(found
+            .into_values()
+            .map(|resource| DriftDetected {
+                resource: resource.key(),
+                expected: None,
+                actual: Some(resource),
+            })
+            .collect())
+    }
+
+    /// Whether the cluster has been paused (or has gone) since the pass began.
+    fn paused_now(ledger: &Ledger, name: &str) -> bool {
+        ledger.cluster(name).is_none_or(|cluster| cluster.paused)
+    }
+
     /// Runs the plan phase by phase; a phase with a failure ends it.
     async fn execute(
         &self,
@@ -512,7 +616,7 @@ impl Reconciler {
         let cluster_limit = Arc::new(Semaphore::new(self.config.cluster_concurrency.max(1)));
         let mut rest = actions.as_slice();
         while let Some(first) = rest.first() {
-            if shutdown.is_cancelled() {
+            if shutdown.is_cancelled() || Self::paused_now(&self.ledger, name) {
                 break;
             }
             let phase = first.phase();
@@ -535,7 +639,8 @@ impl Reconciler {
                 running.spawn(async move {
                     let _cluster = cluster_limit.acquire_owned().await.ok()?;
                     let _global = global.acquire_owned().await.ok()?;
-                    if shutdown.is_cancelled() {
+                    // A pause takes effect before the next intent, mid-phase too.
+                    if shutdown.is_cancelled() || Self::paused_now(&ledger, &name) {
                         return None;
                     }
                     Some(
@@ -595,8 +700,16 @@ impl Reconciler {
                 (cluster.failing_passes, cluster.last_error.clone())
             })
         };
+        // Drift counts while it matters: for a resource still wanted or still
+        // there, and orphans left in place.
         let reported_drift = if desired.manifest.spec.policy.drift == "report" {
-            observed.drift.len()
+            let wanted = super::plan::desired_resources(&desired.manifest);
+            let drifted = observed
+                .drift
+                .keys()
+                .filter(|key| wanted.contains_key(*key) || observed.resources.contains_key(*key))
+                .count();
+            drifted + observed.orphans.len()
         } else {
             0
         };
@@ -769,6 +882,7 @@ fn outcome_event(
             token: token.to_string(),
             error: error.message,
             retryable: error.retryable,
+            token_spent: error.token_spent,
         }),
     }
 }

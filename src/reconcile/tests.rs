@@ -1,6 +1,7 @@
 //! Passes of the reconciler against a real log and the simulated cloud,
 //! through a provider wrapper that counts calls and can be switched off.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -21,17 +22,30 @@ use crate::provider::sim::{SimCloud, SimConfig, SimLatency};
 use crate::provider::{Provider, ProviderError, Providers};
 use crate::store::{EventStore, SledStore, SledStoreConfig};
 
-const MANIFEST: &str = "apiVersion: cairn/v1\nkind: Cluster\nmetadata: {name: c}\nspec:\n  provider: sim\n  \
-    region: r\n  kubernetesVersion: 1.31.2\n  network:\n    cidr: 10.0.0.0/16\n    subnets:\n      \
-    - {name: a, cidr: 10.0.1.0/24}\n  pools:\n    - {name: w, role: worker, replicas: 2, machineType: m, \
-    image: i, subnets: [a]}\n";
+fn manifest(drift: &str, replicas: i64, image: &str, firewall: bool) -> String {
+    let firewall = if firewall {
+        "  firewall:\n    - {name: api, direction: ingress, protocol: tcp, ports: \"443\", source: 0.0.0.0/0}\n"
+    } else {
+        ""
+    };
+    format!(
+        "apiVersion: cairn/v1\nkind: Cluster\nmetadata: {{name: c}}\nspec:\n  provider: sim\n  region: r\n  \
+         kubernetesVersion: 1.31.2\n  network:\n    cidr: 10.0.0.0/16\n    subnets:\n      \
+         - {{name: a, cidr: 10.0.1.0/24}}\n{firewall}  pools:\n    - {{name: w, role: worker, \
+         replicas: {replicas}, machineType: m, image: {image}, subnets: [a]}}\n  policy: {{drift: {drift}}}\n"
+    )
+}
 
-/// The sim, with every call written down and a switch that makes every
-/// create fail (a provider outage).
+/// The sim, with every call written down, a switch that makes every create
+/// fail (a provider outage), tokens whose create or delete answer is lost
+/// after the cloud did the work, and a switch that makes lookups fail.
 struct Recording {
     sim: SimCloud,
     calls: Mutex<Vec<String>>,
     down: AtomicBool,
+    lose_create: Mutex<HashSet<String>>,
+    lose_delete: Mutex<HashSet<String>>,
+    lookup_fails: AtomicBool,
 }
 
 impl Recording {
@@ -56,12 +70,20 @@ impl Provider for Recording {
         if self.down.load(Ordering::SeqCst) {
             return Err(ProviderError::retryable("the provider is down"));
         }
-        self.sim.create(cluster, token, spec).await
+        let made = self.sim.create(cluster, token, spec).await;
+        if made.is_ok() && self.lose_create.lock().unwrap().remove(token) {
+            return Err(ProviderError::retryable("the answer was lost"));
+        }
+        made
     }
 
     async fn delete(&self, cluster: &str, token: &str, id: &str) -> Result<(), ProviderError> {
         self.note(format!("delete {token}"));
-        self.sim.delete(cluster, token, id).await
+        let done = self.sim.delete(cluster, token, id).await;
+        if done.is_ok() && self.lose_delete.lock().unwrap().remove(token) {
+            return Err(ProviderError::retryable("the answer was lost"));
+        }
+        done
     }
 
     async fn describe(&self, id: &str) -> Result<Option<CloudResource>, ProviderError> {
@@ -71,6 +93,9 @@ impl Provider for Recording {
 
     async fn lookup(&self, token: &str) -> Result<Option<CloudResource>, ProviderError> {
         self.note(format!("lookup {token}"));
+        if self.lookup_fails.load(Ordering::SeqCst) {
+            return Err(ProviderError::retryable("lookups are unavailable"));
+        }
         self.sim.lookup(token).await
     }
 
@@ -89,6 +114,52 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
+    setup_with(
+        &manifest("correct", 2, "i", false),
+        Duration::from_secs(3600),
+        0,
+    )
+    .await
+}
+
+fn test_context() -> CommandContext {
+    CommandContext {
+        actor: Actor {
+            kind: ActorKind::User,
+            name: "test".into(),
+        },
+        request_id: "r".into(),
+        correlation: Uuid::now_v7(),
+        idempotency_key: None,
+        reason: None,
+    }
+}
+
+async fn apply(ledger: &Ledger, text: &str) {
+    let manifest = parse_manifest(text.as_bytes(), ManifestFormat::Yaml).unwrap();
+    ledger
+        .apply(manifest, ApplyOptions::default(), &test_context())
+        .await
+        .unwrap();
+}
+
+fn reconciler_config(resync: Duration, concurrency: usize) -> ReconcilerConfig {
+    ReconcilerConfig {
+        workers: 1,
+        concurrency,
+        cluster_concurrency: concurrency,
+        resync,
+        backoff: Backoff {
+            base: Duration::from_millis(10),
+            max: Duration::from_millis(100),
+        },
+        degraded_after_failures: 3,
+    }
+}
+
+/// A log with cluster `c` declared from `text`, the sim with `create_ms` of
+/// latency per create, and a reconciler resyncing every `resync`.
+async fn setup_with(text: &str, resync: Duration, create_ms: u64) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(SledStore::open(SledStoreConfig::new(dir.path())).unwrap());
     let ledger = Ledger::open(store as Arc<dyn EventStore>).await.unwrap();
@@ -96,7 +167,7 @@ async fn setup() -> Setup {
     tokio::spawn(ledger.clone().follow(shutdown.clone()));
     let sim_config = SimConfig {
         latency_ms: SimLatency {
-            create: 0,
+            create: create_ms,
             delete: 0,
             describe: 0,
             lookup: 0,
@@ -109,41 +180,20 @@ async fn setup() -> Setup {
         sim: SimCloud::open(&dir.path().join("sim"), sim_config).unwrap(),
         calls: Mutex::new(Vec::new()),
         down: AtomicBool::new(false),
+        lose_create: Mutex::new(HashSet::new()),
+        lose_delete: Mutex::new(HashSet::new()),
+        lookup_fails: AtomicBool::new(false),
     });
     let mut providers = Providers::new();
     providers.insert("sim", provider.clone() as Arc<dyn Provider>);
-    let config = ReconcilerConfig {
-        workers: 1,
-        concurrency: 4,
-        cluster_concurrency: 4,
-        resync: Duration::from_secs(3600),
-        backoff: Backoff {
-            base: Duration::from_millis(10),
-            max: Duration::from_millis(100),
-        },
-        degraded_after_failures: 3,
-    };
+    let concurrency = if create_ms > 0 { 1 } else { 4 };
     let reconciler = Reconciler::new(
         ledger.clone(),
         providers,
-        config,
+        reconciler_config(resync, concurrency),
         ReconcileMetrics::default(),
     );
-    let context = CommandContext {
-        actor: Actor {
-            kind: ActorKind::User,
-            name: "test".into(),
-        },
-        request_id: "r".into(),
-        correlation: Uuid::now_v7(),
-        idempotency_key: None,
-        reason: None,
-    };
-    let manifest = parse_manifest(MANIFEST.as_bytes(), ManifestFormat::Yaml).unwrap();
-    ledger
-        .apply(manifest, ApplyOptions::default(), &context)
-        .await
-        .unwrap();
+    apply(&ledger, text).await;
     Setup {
         ledger,
         provider,
@@ -159,6 +209,52 @@ impl Setup {
             .reconcile("c", &self.shutdown)
             .await
             .unwrap()
+    }
+
+    /// Passes until the cluster is Ready, at most `limit`.
+    async fn until_ready(&self, limit: usize) {
+        for _ in 0..limit {
+            self.pass().await;
+            if self.condition(ConditionType::Ready) == Some((true, "Converged".into())) {
+                return;
+            }
+        }
+        panic!(
+            "not Ready after {limit} passes: {:?}",
+            self.ledger.observed("c")
+        );
+    }
+
+    /// Machine name -> (provider id, token, image), panicking on a duplicate.
+    fn machines(&self) -> std::collections::BTreeMap<String, (String, String, String)> {
+        let mut machines = std::collections::BTreeMap::new();
+        for resource in self.provider.sim.resources() {
+            if let ResourceSpec::Machine(machine) = &resource.spec {
+                let entry = (
+                    resource.provider_id.clone(),
+                    resource.token.clone(),
+                    machine.image.clone(),
+                );
+                assert!(
+                    machines.insert(machine.name.clone(), entry).is_none(),
+                    "duplicate {}",
+                    machine.name
+                );
+            }
+        }
+        machines
+    }
+
+    /// A restarted daemon's reconciler: nothing in memory, so its first pass resyncs.
+    fn restarted(&self) -> Arc<Reconciler> {
+        let mut providers = Providers::new();
+        providers.insert("sim", self.provider.clone() as Arc<dyn Provider>);
+        Reconciler::new(
+            self.ledger.clone(),
+            providers,
+            reconciler_config(Duration::from_secs(3600), 4),
+            ReconcileMetrics::default(),
+        )
     }
 
     fn condition(&self, condition: ConditionType) -> Option<(bool, String)> {
@@ -315,4 +411,249 @@ async fn a_paused_cluster_gets_no_provider_calls() {
         setup.condition(ConditionType::Paused),
         Some((false, "Active".into()))
     );
+}
+
+#[tokio::test]
+async fn a_create_whose_answer_was_lost_is_claimed_not_reported_as_drift() {
+    // Policy report, and a resync on every pass: the worst case for confusion.
+    let setup = setup_with(&manifest("report", 2, "i", false), Duration::ZERO, 0).await;
+    setup
+        .provider
+        .lose_create
+        .lock()
+        .unwrap()
+        .insert("c/machine/w-1/0".into());
+    setup.until_ready(6).await;
+    let machines = setup.machines();
+    assert_eq!(machines.len(), 2, "{machines:?}");
+    assert_eq!(machines["w-1"].1, "c/machine/w-1/0");
+    let observed = setup.ledger.observed("c").unwrap();
+    assert!(observed.drift.is_empty(), "{:?}", observed.drift);
+    assert_eq!(
+        setup.condition(ConditionType::Degraded).map(|d| d.0),
+        Some(false)
+    );
+}
+
+#[tokio::test]
+async fn a_delete_whose_answer_was_lost_does_not_stall_a_rollout_after_a_restart() {
+    let setup = setup_with(
+        &manifest("report", 2, "i", false),
+        Duration::from_secs(3600),
+        0,
+    )
+    .await;
+    setup.until_ready(4).await;
+    apply(&setup.ledger, &manifest("report", 2, "j", false)).await;
+    setup
+        .provider
+        .lose_delete
+        .lock()
+        .unwrap()
+        .insert("c/machine/w-0/0/delete".into());
+    setup.pass().await;
+    // A restart: the first pass resyncs before it retries the delete.
+    let restarted = setup.restarted();
+    for _ in 0..8 {
+        restarted.reconcile("c", &setup.shutdown).await.unwrap();
+    }
+    let machines = setup.machines();
+    assert_eq!(machines.len(), 2, "{machines:?}");
+    assert!(
+        machines.values().all(|(_, _, image)| image == "j"),
+        "{machines:?}"
+    );
+    assert_eq!(
+        setup.condition(ConditionType::Ready),
+        Some((true, "Converged".into()))
+    );
+}
+
+#[tokio::test]
+async fn deletion_finds_what_a_lost_answer_left_before_it_says_cluster_deleted() {
+    let setup = setup_with(
+        &manifest("correct", 1, "i", true),
+        Duration::from_secs(3600),
+        0,
+    )
+    .await;
+    setup
+        .provider
+        .lose_create
+        .lock()
+        .unwrap()
+        .insert("c/firewall_rule/api/0".into());
+    setup.pass().await;
+    setup
+        .ledger
+        .request_deletion("c", &test_context())
+        .await
+        .unwrap();
+    for _ in 0..8 {
+        if setup.pass().await == Requeue::OnEvent {
+            break;
+        }
+    }
+    assert!(
+        setup.ledger.cluster("c").is_none(),
+        "ClusterDeleted was written"
+    );
+    let left: Vec<_> = setup.provider.sim.resources();
+    assert!(left.is_empty(), "the cloud still holds {left:#?}");
+}
+
+#[tokio::test]
+async fn a_spent_token_moves_the_resource_to_a_new_incarnation() {
+    let setup = setup().await;
+    setup
+        .provider
+        .lose_create
+        .lock()
+        .unwrap()
+        .insert("c/machine/w-1/0".into());
+    setup.pass().await;
+    // The resource its lost answer made is deleted before the retry.
+    let made = setup
+        .provider
+        .sim
+        .lookup("c/machine/w-1/0")
+        .await
+        .unwrap()
+        .unwrap();
+    setup
+        .provider
+        .sim
+        .delete_behind_back(&made.provider_id)
+        .await
+        .unwrap();
+    setup.until_ready(6).await;
+    let machines = setup.machines();
+    assert_eq!(machines.len(), 2, "{machines:?}");
+    assert_eq!(machines["w-1"].1, "c/machine/w-1/1");
+}
+
+#[tokio::test]
+async fn an_action_that_cannot_be_resolved_is_not_started_again() {
+    let setup = setup().await;
+    let network = ResourceSpec::Network(NetworkSpec {
+        cidr: "10.0.0.0/16".into(),
+        region: "r".into(),
+    });
+    setup
+        .started_without_outcome(network, "c/network/network/0")
+        .await;
+    setup.provider.lookup_fails.store(true, Ordering::SeqCst);
+    let requeue = setup.pass().await;
+    assert!(matches!(requeue, Requeue::After(_)), "{requeue:?}");
+    let calls = setup.provider.calls();
+    assert!(
+        !calls.contains(&"create c/network/network/0".to_string()),
+        "{calls:?}"
+    );
+    assert_eq!(setup.ledger.observed("c").unwrap().in_flight.len(), 1);
+    // Once lookups work again, it is resolved and the cluster converges.
+    setup.provider.lookup_fails.store(false, Ordering::SeqCst);
+    setup.until_ready(4).await;
+    assert_eq!(setup.provider.sim.resources().len(), 4);
+}
+
+#[tokio::test]
+async fn a_pause_stops_a_pass_before_its_next_intent() {
+    let setup = setup_with(
+        &manifest("correct", 8, "i", false),
+        Duration::from_secs(3600),
+        100,
+    )
+    .await;
+    let reconciler = setup.reconciler.clone();
+    let shutdown = setup.shutdown.clone();
+    let pass = tokio::spawn(async move { reconciler.reconcile("c", &shutdown).await.unwrap() });
+    // One create at a time, 50 to 150 ms each: pause while the first ones run.
+    while !setup
+        .provider
+        .calls()
+        .iter()
+        .any(|call| call.starts_with("create c/machine"))
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    setup.ledger.pause("c", &test_context()).await.unwrap();
+    let creates_at_pause = setup
+        .provider
+        .calls()
+        .iter()
+        .filter(|c| c.starts_with("create"))
+        .count();
+    pass.await.unwrap();
+    let creates = setup
+        .provider
+        .calls()
+        .iter()
+        .filter(|c| c.starts_with("create"))
+        .count();
+    // At most the call already past its intent finishes.
+    assert!(
+        creates <= creates_at_pause + 1,
+        "{creates_at_pause} at the pause, {creates} after"
+    );
+    assert!(setup.machines().len() < 8);
+}
+
+#[tokio::test]
+async fn reported_drift_of_a_resource_no_longer_wanted_stops_counting() {
+    let setup = setup_with(&manifest("report", 2, "i", false), Duration::ZERO, 0).await;
+    setup.until_ready(4).await;
+    let w1 = setup
+        .provider
+        .sim
+        .lookup("c/machine/w-1/0")
+        .await
+        .unwrap()
+        .unwrap();
+    setup
+        .provider
+        .sim
+        .delete_behind_back(&w1.provider_id)
+        .await
+        .unwrap();
+    setup.pass().await;
+    assert_eq!(
+        setup.condition(ConditionType::Degraded),
+        Some((true, "DriftReported".into()))
+    );
+    assert_eq!(setup.machines().len(), 1, "report does not repair");
+    apply(&setup.ledger, &manifest("report", 1, "i", false)).await;
+    setup.until_ready(3).await;
+    assert_eq!(
+        setup.condition(ConditionType::Degraded),
+        Some((false, "AsExpected".into()))
+    );
+}
+
+#[tokio::test]
+async fn an_orphan_with_a_wanted_name_is_cleaned_up_without_blocking_the_cluster() {
+    let setup = setup_with(&manifest("correct", 1, "i", false), Duration::ZERO, 0).await;
+    setup.until_ready(4).await;
+    let subnet = ResourceSpec::Subnet(SubnetSpec {
+        name: "a".into(),
+        cidr: "10.0.1.0/24".into(),
+        zone: None,
+    });
+    setup
+        .provider
+        .sim
+        .create("c", "someone-else", &subnet)
+        .await
+        .unwrap();
+    apply(&setup.ledger, &manifest("correct", 2, "i", false)).await;
+    setup.until_ready(6).await;
+    assert_eq!(setup.machines().len(), 2);
+    let subnets = setup
+        .provider
+        .sim
+        .resources()
+        .into_iter()
+        .filter(|r| r.key().kind == ResourceKind::Subnet)
+        .count();
+    assert_eq!(subnets, 1, "the orphan subnet was deleted");
 }

@@ -19,6 +19,7 @@
 //!   attempts: {machine/workers-2: 2}   # tries made with the current token
 //!   incarnations: {machine/workers-0: 1}
 //!   drift: [machine/workers-1]
+//!   inFlight: [machine/workers-3]      # a create started without an outcome
 //! ```
 //!
 //! A resource the desired state does not have gets a made-up spec (a worker
@@ -31,10 +32,10 @@ use serde::Deserialize;
 
 use super::{desired_resources, plan, PlanInput};
 use crate::model::{
-    parse_manifest, CloudResource, FirewallRule, MachineSpec, Manifest, ManifestFormat,
+    parse_manifest, Action, CloudResource, FirewallRule, MachineSpec, Manifest, ManifestFormat,
     NetworkSpec, ResourceKey, ResourceKind, ResourceSpec, SubnetSpec,
 };
-use crate::projection::{Attempts, DriftRecord, ObservedCluster};
+use crate::projection::{Attempts, DriftRecord, InFlightAction, ObservedCluster};
 
 const CLUSTER: &str = "prod";
 
@@ -66,6 +67,9 @@ struct CompactObserved {
     incarnations: BTreeMap<String, u32>,
     #[serde(default)]
     drift: Vec<String>,
+    /// Creates started without an outcome (a crash in between).
+    #[serde(default, rename = "inFlight")]
+    in_flight: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -217,13 +221,28 @@ fn build_observed(
     for (key, count) in compact.attempts {
         let key = parse_key(&key);
         let token = super::create_token(CLUSTER, &observed, &key);
+        let spec = observed_spec(wanted, &key, &Detailed::default());
         let attempts = Attempts {
+            action: Action::Create { spec },
             token,
             count,
             last_error: Some("simulated transient error".into()),
             last_retryable: true,
         };
         observed.attempts.insert(key, attempts);
+    }
+    for key in compact.in_flight {
+        let key = parse_key(&key);
+        let token = super::create_token(CLUSTER, &observed, &key);
+        let spec = observed_spec(wanted, &key, &Detailed::default());
+        let in_flight = InFlightAction {
+            action: Action::Create { spec },
+            token: token.clone(),
+            attempt: 1,
+            started_seq: 1,
+            started_id: uuid::Uuid::nil(),
+        };
+        observed.in_flight.insert(token, in_flight);
     }
     for key in compact.drift {
         let record = DriftRecord {
