@@ -403,15 +403,22 @@ async fn drift_is_repaired_with_policy_correct_and_only_reported_with_policy_rep
         );
     }
 
-    // Policy correct: a new workers-0, after DriftDetected.
+    // Policy correct: a new workers-0, after DriftDetected. The log (the
+    // observed state) is what is waited for: the cloud has the machine a
+    // moment before its ActionSucceeded is appended.
     let fixme_new = wait_for("workers-0 to be replaced", CONVERGE_DEADLINE, || async {
-        let machines = sim_machines(&sim_resources(&client, &daemon, "fixme").await);
-        machines
-            .get("workers-0")
-            .map(|(_, id)| id.clone())
+        let view = cluster_view(&client, &daemon, "fixme").await?;
+        view["observed"]["resources"]
+            .as_array()?
+            .iter()
+            .find(|resource| resource["key"] == "machine/workers-0")
+            .and_then(|resource| resource["providerId"].as_str())
+            .map(str::to_string)
             .filter(|id| *id != fixme_old)
     })
     .await;
+    let machines = sim_machines(&sim_resources(&client, &daemon, "fixme").await);
+    assert_eq!(machines["workers-0"].1, fixme_new);
     let events = all_events(&client, &daemon).await;
     let drift_seq = events
         .iter()
