@@ -1,6 +1,7 @@
 //! Reconciliation figures on the simulated cloud, in one process.
 //!
-//! Run: `cargo bench --bench reconcile` (add `-- --machines 200` for a quicker run).
+//! Run: `cargo bench --bench reconcile` (add `-- --machines 200` for a quicker run,
+//! `-- --latency-ms 0` to see what the log and the sim cost without latency).
 //!
 //! 1. Convergence: a 1,000-machine cluster (two pools of 500 over four subnets)
 //!    is applied to an empty log; the time until its Ready condition is True is
@@ -141,8 +142,8 @@ impl Running {
     }
 }
 
-async fn converge(machines: i64, failure_rate: f64) {
-    let running = start(failure_rate, 10).await;
+async fn converge(machines: i64, failure_rate: f64, latency_ms: u64) {
+    let running = start(failure_rate, latency_ms).await;
     let half = machines / 2;
     let cluster = manifest("big", &[("blue", half), ("green", machines - half)]);
     let started = Instant::now();
@@ -236,6 +237,7 @@ async fn lag() {
 
 fn main() {
     let mut machines = 1000;
+    let mut latency_ms = 10;
     let mut arguments = std::env::args().skip(1);
     while let Some(argument) = arguments.next() {
         if argument == "--machines" {
@@ -244,17 +246,23 @@ fn main() {
                 .and_then(|value| value.parse().ok())
                 .expect("--machines N");
         }
+        if argument == "--latency-ms" {
+            latency_ms = arguments
+                .next()
+                .and_then(|value| value.parse().ok())
+                .expect("--latency-ms N");
+        }
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("a runtime");
     runtime.block_on(async {
-        println!("convergence on the sim provider, 10 ms per call, 50 calls at once:\n");
+        println!("convergence on the sim provider, {latency_ms} ms per call, 50 calls at once:\n");
         println!("| machines | failure rate | time to Ready | machines | failed actions | events | machines/s |");
         println!("|---|---|---|---|---|---|---|");
-        converge(machines, 0.0).await;
-        converge(machines, 0.1).await;
+        converge(machines, 0.0, latency_ms).await;
+        converge(machines, 0.1, latency_ms).await;
         println!();
         lag().await;
     });
