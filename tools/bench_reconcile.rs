@@ -79,13 +79,7 @@ async fn start(failure_rate: f64, latency_ms: u64) -> Running {
         .expect("the ledger opens");
     let sim_config = SimConfig {
         seed: 42,
-        latency_ms: SimLatency {
-            create: latency_ms,
-            delete: latency_ms,
-            describe: latency_ms,
-            lookup: latency_ms,
-            list: latency_ms,
-        },
+        latency_ms: SimLatency::uniform(latency_ms),
         failure_rate,
         machine_quota: 100_000,
         list_delay_ms: 500,

@@ -64,13 +64,7 @@ async fn main() {
     tokio::spawn(ledger.clone().follow(shutdown.clone()));
     let sim_config = SimConfig {
         seed: 3,
-        latency_ms: SimLatency {
-            create: 0,
-            delete: 0,
-            describe: 0,
-            lookup: 0,
-            list: 0,
-        },
+        latency_ms: SimLatency::uniform(0),
         failure_rate: 0.4,
         list_delay_ms: 0,
         ..SimConfig::default()

@@ -6,9 +6,7 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, Reply};
 
-use super::dto::{
-    ApplyResponse, EventView, LifecycleResponse, PlannedChange, ScaleRequest, SimResources,
-};
+use super::dto::{ApplyResponse, EventView, LifecycleResponse, ScaleRequest, SimResources};
 use super::problem::{self, ApiError};
 use super::{
     authenticated, check_cluster_name, command_context, if_match_header, limited_body, with_state,
@@ -143,18 +141,7 @@ async fn scale_handler(
             .ledger
             .scale(&name, &pool, request.replicas, if_match, &context)
             .await?;
-        let response = ApplyResponse {
-            cluster: outcome.cluster,
-            dry_run: false,
-            deduplicated: outcome.deduplicated,
-            stream_version: outcome.stream_version,
-            changes: outcome
-                .changes
-                .iter()
-                .map(PlannedChange::from_change)
-                .collect(),
-            events: EventView::from_events(&outcome.events),
-        };
+        let response = ApplyResponse::from_outcome(&outcome);
         let etag = format!("\"{}\"", response.stream_version);
         Ok::<_, ApiError>(warp::reply::with_header(
             warp::reply::json(&response),

@@ -110,6 +110,23 @@ pub struct ApplyResponse {
     pub events: Vec<EventView>,
 }
 
+impl ApplyResponse {
+    pub fn from_outcome(outcome: &crate::ledger::ApplyOutcome) -> ApplyResponse {
+        ApplyResponse {
+            cluster: outcome.cluster.clone(),
+            dry_run: outcome.dry_run,
+            deduplicated: outcome.deduplicated,
+            stream_version: outcome.stream_version,
+            changes: outcome
+                .changes
+                .iter()
+                .map(PlannedChange::from_change)
+                .collect(),
+            events: EventView::from_events(&outcome.events),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ClusterView {

@@ -29,8 +29,7 @@ use warp::{Buf, Filter, Rejection, Reply};
 
 use self::auth::Auth;
 use self::dto::{
-    ApplyResponse, ClusterList, ClusterSummary, ClusterView, EventPageView, EventView,
-    PlannedChange, VerifyView,
+    ApplyResponse, ClusterList, ClusterSummary, ClusterView, EventPageView, VerifyView,
 };
 use self::problem::{recover, ApiError};
 use crate::config::Role;
@@ -398,18 +397,7 @@ async fn apply_request(
         Some(first) if first.version == 1 => StatusCode::CREATED,
         _ => StatusCode::OK,
     };
-    let response = ApplyResponse {
-        cluster: outcome.cluster,
-        dry_run: outcome.dry_run,
-        deduplicated: outcome.deduplicated,
-        stream_version: outcome.stream_version,
-        changes: outcome
-            .changes
-            .iter()
-            .map(PlannedChange::from_change)
-            .collect(),
-        events: EventView::from_events(&outcome.events),
-    };
+    let response = ApplyResponse::from_outcome(&outcome);
     let reply = warp::reply::with_status(warp::reply::json(&response), status);
     let reply = warp::reply::with_header(reply, "etag", format!("\"{}\"", response.stream_version));
     Ok(warp::reply::with_header(reply, "x-request-id", request_id.to_string()).into_response())

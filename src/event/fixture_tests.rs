@@ -13,12 +13,16 @@ use crate::event::payload::{self, Payload};
 use crate::event::ChainCursor;
 use crate::projection::DesiredState;
 
-fn fixture_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/log-v1.hex")
+fn fixture_path(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
-fn read_fixture() -> Vec<(u64, Vec<u8>)> {
-    let text = std::fs::read_to_string(fixture_path()).expect("tests/fixtures/log-v1.hex exists");
+fn read_fixture(name: &str) -> Vec<(u64, Vec<u8>)> {
+    let path = fixture_path(name);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|error| panic!("{}: {error}", path.display()));
     text.lines()
         .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
         .map(|line| {
@@ -31,27 +35,33 @@ fn read_fixture() -> Vec<(u64, Vec<u8>)> {
         .collect()
 }
 
-#[test]
-fn fixture_log_still_decodes_and_verifies() {
-    let records = read_fixture();
-    assert!(
-        records.len() >= 12,
-        "the fixture has {} records",
-        records.len()
-    );
+/// Every record of a fixture, chain-checked, without gaps, each payload of
+/// a type this build knows.
+fn verified_events(name: &str) -> Vec<crate::event::Event> {
     let mut cursor = ChainCursor::default();
     let mut events = Vec::new();
-    for (seq, record) in &records {
-        assert_eq!(*seq, cursor.last_seq + 1, "the fixture has no gaps");
+    for (seq, record) in &read_fixture(name) {
+        assert_eq!(*seq, cursor.last_seq + 1, "{name} has no gaps");
         let event = cursor
             .check(*seq, record)
-            .unwrap_or_else(|error| panic!("fixture seq {seq}: {error}"));
+            .unwrap_or_else(|error| panic!("{name} seq {seq}: {error}"));
         match payload::decode(&event.event_type, event.schema, &event.payload) {
-            Ok(Payload::Change(_)) => {}
-            other => panic!("fixture seq {seq} ({}): {other:?}", event.event_type),
+            Ok(Payload::Change(_) | Payload::Lifecycle(_) | Payload::Reconcile(_)) => {}
+            other => panic!("{name} seq {seq} ({}): {other:?}", event.event_type),
         }
         events.push(event);
     }
+    events
+}
+
+#[test]
+fn fixture_log_still_decodes_and_verifies() {
+    let events = verified_events("log-v1.hex");
+    assert!(
+        events.len() >= 12,
+        "the fixture has {} records",
+        events.len()
+    );
     let types: std::collections::BTreeSet<&str> = events
         .iter()
         .map(|event| event.event_type.as_str())
@@ -100,24 +110,7 @@ fn fixture_log_still_decodes_and_verifies() {
 /// simulated cloud with failures, a pause, drift, and its deletion.
 #[test]
 fn reconcile_fixture_log_still_decodes_verifies_and_replays() {
-    let path =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/log-v1-reconcile.hex");
-    let text = std::fs::read_to_string(path).expect("tests/fixtures/log-v1-reconcile.hex exists");
-    let mut cursor = ChainCursor::default();
-    let mut events = Vec::new();
-    for line in text.lines().filter(|line| !line.starts_with('#')) {
-        let (seq, record) = line.split_once(' ').expect("`seq hex` per line");
-        let seq: u64 = seq.parse().expect("seq");
-        let record = hex::decode(record.trim()).expect("hex");
-        let event = cursor
-            .check(seq, &record)
-            .unwrap_or_else(|error| panic!("fixture seq {seq}: {error}"));
-        match payload::decode(&event.event_type, event.schema, &event.payload) {
-            Ok(Payload::Change(_) | Payload::Lifecycle(_) | Payload::Reconcile(_)) => {}
-            other => panic!("fixture seq {seq} ({}): {other:?}", event.event_type),
-        }
-        events.push(event);
-    }
+    let events = verified_events("log-v1-reconcile.hex");
     let types: std::collections::BTreeSet<&str> = events
         .iter()
         .map(|event| event.event_type.as_str())

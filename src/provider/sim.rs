@@ -104,6 +104,19 @@ pub struct SimLatency {
     pub list: u64,
 }
 
+impl SimLatency {
+    /// The same latency for every kind of call (0: none).
+    pub fn uniform(millis: u64) -> SimLatency {
+        SimLatency {
+            create: millis,
+            delete: millis,
+            describe: millis,
+            lookup: millis,
+            list: millis,
+        }
+    }
+}
+
 impl Default for SimLatency {
     fn default() -> Self {
         SimLatency {

@@ -168,10 +168,7 @@ async fn setup_with(text: &str, resync: Duration, create_ms: u64) -> Setup {
     let sim_config = SimConfig {
         latency_ms: SimLatency {
             create: create_ms,
-            delete: 0,
-            describe: 0,
-            lookup: 0,
-            list: 0,
+            ..SimLatency::uniform(0)
         },
         list_delay_ms: 0,
         ..SimConfig::default()
