@@ -9,7 +9,7 @@ use crate::api::dto::{
     ApplyResponse, ClusterList, ClusterView, EventPageView, EventView, LifecycleResponse,
     SimResources, VerifyView,
 };
-use crate::model::{describe_change, Change, ReconcileEvent};
+use crate::model::{describe_change, Change, Lifecycle, ReconcileEvent};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum OutputFormat {
@@ -98,16 +98,25 @@ pub fn print_clusters(list: &ClusterList, format: OutputFormat) {
         return;
     }
     print_table(
-        "NAME\tPROVIDER\tREGION\tKUBERNETES\tPOOLS\tREPLICAS\tVERSION\tUPDATED\tBY",
+        "NAME\tPROVIDER\tREGION\tKUBERNETES\tPOOLS\tREPLICAS\tMACHINES\tREADY\tVERSION\tUPDATED\tBY",
         list.clusters.iter().map(|cluster| {
+            let ready = match (cluster.deletion_requested, cluster.paused, cluster.ready) {
+                (true, _, _) => "Deleting",
+                (_, true, _) => "Paused",
+                (_, _, Some(true)) => "True",
+                (_, _, Some(false)) => "False",
+                (_, _, None) => "-",
+            };
             format!(
-                "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
                 cluster.name,
                 cluster.provider,
                 cluster.region,
                 cluster.kubernetes_version,
                 cluster.pools,
                 cluster.replicas,
+                cluster.machines,
+                ready,
                 cluster.stream_version,
                 cluster.updated_at.format("%Y-%m-%dT%H:%M:%SZ"),
                 cluster.updated_by.name
@@ -239,6 +248,12 @@ fn event_summary(event: &EventView) -> String {
     if let Ok(change) = serde_json::from_value::<Change>(tagged.clone()) {
         let description = describe_change(&change);
         return format!("{} {}", description.op.symbol(), description.summary);
+    }
+    match serde_json::from_value::<Lifecycle>(tagged.clone()) {
+        Ok(Lifecycle::ClusterPaused(_)) => return "~ paused: no provider calls".into(),
+        Ok(Lifecycle::ClusterResumed(_)) => return "~ resumed".into(),
+        Ok(Lifecycle::ClusterDeletionRequested(_)) => return "- tear the cluster down".into(),
+        Err(_) => {}
     }
     match serde_json::from_value::<ReconcileEvent>(tagged) {
         Ok(ReconcileEvent::ActionStarted(started)) => {
