@@ -80,11 +80,12 @@ fn command_line_applies_reads_and_verifies_against_a_running_daemon() {
     let row = lines
         .find(|line| line.starts_with("prod-eu "))
         .unwrap_or_else(|| panic!("no prod-eu row in:\n{}", clusters.standard_output));
-    // The dry run changed nothing: 3 + 5 replicas, version 1.
+    // The dry run changed nothing: 3 + 5 replicas, version 1. This daemon
+    // keeps the ledger only: no machines, readiness unknown.
     let columns: Vec<&str> = row.split_whitespace().collect();
     assert_eq!(
-        &columns[..7],
-        &["prod-eu", "sim", "eu-west-1", "1.31.2", "2", "8", "1"],
+        &columns[..9],
+        &["prod-eu", "sim", "eu-west-1", "1.31.2", "2", "8", "0", "-", "1"],
         "{row}"
     );
 
