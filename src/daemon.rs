@@ -92,6 +92,19 @@ pub async fn start(
         );
     }
 
+    // Bind before anything runs: a daemon that cannot listen must not have
+    // made provider calls.
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| DaemonError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| DaemonError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+
     let tasks = TaskTracker::new();
     let follower_stop = CancellationToken::new();
     tasks.spawn(ledger.clone().follow(follower_stop.clone()));
@@ -109,23 +122,13 @@ pub async fn start(
         tracing::info!("reconcilers are disabled ([reconcile] enabled = false)");
     }
 
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| DaemonError::Bind {
-            addr: config.listen,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| DaemonError::Bind {
-        addr: config.listen,
-        source,
-    })?;
     let state = ApiState {
         ledger,
         auth: Arc::new(Auth::new(config.tokens.clone())),
         metrics,
         max_body_bytes: config.max_body_bytes,
         shutdown: shutdown.clone(),
-        sim: Some(sim),
+        sim,
     };
     let server = warp::serve(routes(state))
         .incoming(listener)

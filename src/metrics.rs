@@ -18,7 +18,8 @@ pub struct ResponseLabels {
 pub struct ActionLabels {
     /// `create` or `delete`.
     pub operation: &'static str,
-    /// `succeeded`, `failed` or `resolved` (an action found in flight after a restart).
+    /// `succeeded` or `failed`; `resolved_succeeded` or `resolved_failed` for
+    /// an action found in flight (after a restart) and settled by its token.
     pub outcome: &'static str,
 }
 
@@ -28,7 +29,8 @@ pub struct ReconcileMetrics {
     pub actions: Family<ActionLabels, Counter>,
     pub pass_seconds: Histogram,
     pub queue_depth: Gauge,
-    /// Head seq minus the last seq the reconcilers have taken in.
+    /// Head seq minus the last seq up to which every event's cluster has been
+    /// through a pass that began after the event.
     pub lag_events: Gauge,
     pub drift_detected: Counter,
 }
@@ -132,7 +134,7 @@ impl Metrics {
         );
         registry.register(
             "reconcile_lag_events",
-            "Head seq minus the last seq the reconcilers have taken in",
+            "Head seq minus the last seq whose cluster has been reconciled since",
             reconcile.lag_events.clone(),
         );
         registry.register(

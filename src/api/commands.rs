@@ -15,6 +15,7 @@ use super::{
 use crate::config::Role;
 use crate::event::Actor;
 use crate::ledger::LifecycleOutcome;
+use crate::provider::sim::SimError;
 
 /// Which lifecycle command a route carries out.
 #[derive(Debug, Clone, Copy)]
@@ -27,10 +28,10 @@ enum LifecycleCommand {
 pub(super) fn routes(
     state: &ApiState,
 ) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
-    let lifecycle = |path: &'static str, command: LifecycleCommand| {
+    let lifecycle = |expected_verb: &'static str, command: LifecycleCommand| {
         warp::path!("v1" / "clusters" / String / String)
             .and_then(move |name: String, verb: String| async move {
-                if verb == path {
+                if verb == expected_verb {
                     Ok(name)
                 } else {
                     Err(warp::reject::not_found())
@@ -153,24 +154,26 @@ async fn scale_handler(
     problem::respond(result)
 }
 
-fn sim_cloud(state: &ApiState) -> Result<&crate::provider::sim::SimCloud, ApiError> {
-    state
-        .sim
-        .as_deref()
-        .ok_or_else(|| ApiError::not_found("this daemon runs no simulated cloud"))
-}
-
 fn sim_resources(state: &ApiState) -> Result<Response, ApiError> {
-    let resources = sim_cloud(state)?.resources();
+    let resources = state.sim.resources();
     Ok(warp::reply::json(&SimResources { resources }).into_response())
 }
 
 async fn sim_delete_handler(provider_id: String, actor: Actor, state: ApiState) -> Response {
     let result = async {
-        let sim = sim_cloud(&state)?;
-        let deleted = sim.delete_behind_back(&provider_id).await.map_err(|error| {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", error.to_string())
-        })?;
+        let deleted = state
+            .sim
+            .delete_behind_back(&provider_id)
+            .await
+            .map_err(|error| match error {
+                // Something else still depends on it, as in a real cloud.
+                SimError::InUse(_) => {
+                    ApiError::new(StatusCode::CONFLICT, "resource_in_use", error.to_string())
+                }
+                other => {
+                    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", other.to_string())
+                }
+            })?;
         let Some(deleted) = deleted else {
             return Err(ApiError::not_found(format!(
                 "the simulated cloud has no resource {provider_id}"

@@ -281,7 +281,7 @@ impl ConditionView {
             .conditions
             .iter()
             .map(|(condition, value)| ConditionView {
-                condition_type: format!("{condition:?}"),
+                condition_type: condition.as_str().to_string(),
                 status: if value.status { "True" } else { "False" }.to_string(),
                 reason: value.reason.clone(),
                 message: value.message.clone(),

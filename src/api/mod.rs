@@ -48,7 +48,7 @@ pub struct ApiState {
     /// Cancelled when the daemon starts shutting down; `/readyz` then says no.
     pub shutdown: CancellationToken,
     /// The simulated cloud, for its admin endpoints (`/v1/sim/...`).
-    pub sim: Option<Arc<crate::provider::sim::SimCloud>>,
+    pub sim: Arc<crate::provider::sim::SimCloud>,
 }
 
 /// Manifests up to this size are parsed on the request's own task.

@@ -316,6 +316,7 @@ pub async fn run_client(global: &GlobalArgs, command: Command) -> Result<(), Fai
             output::print_events(&page, format, false);
         }
         Command::Scale(args) => {
+            check_names(&[&args.name, &args.pool])?;
             let mut headers = vec![("content-type", "application/json".to_string())];
             if let Some(version) = args.if_match {
                 headers.push(("if-match", version.to_string()));
@@ -331,14 +332,32 @@ pub async fn run_client(global: &GlobalArgs, command: Command) -> Result<(), Fai
             let response: ApplyResponse = client.post(&path, &[], &headers, body).await?;
             output::print_apply(&response, format);
         }
-        Command::Pause(args) => lifecycle(&client, format, "pause", args).await?,
-        Command::Resume(args) => lifecycle(&client, format, "resume", args).await?,
+        Command::Pause(args) => {
+            check_names(&[&args.name])?;
+            let path = format!("/v1/clusters/{}/pause", args.name);
+            let headers = reason_header(args.reason);
+            let response: LifecycleResponse = client.post(&path, &[], &headers, Vec::new()).await?;
+            output::print_lifecycle(&response, "paused", "already paused", format);
+        }
+        Command::Resume(args) => {
+            check_names(&[&args.name])?;
+            let path = format!("/v1/clusters/{}/resume", args.name);
+            let headers = reason_header(args.reason);
+            let response: LifecycleResponse = client.post(&path, &[], &headers, Vec::new()).await?;
+            output::print_lifecycle(&response, "resumed", "not paused", format);
+        }
         Command::Delete(DeleteCommand::Cluster(args)) => {
+            check_names(&[&args.name])?;
             let headers = reason_header(args.reason);
             let response: LifecycleResponse = client
                 .delete(&format!("/v1/clusters/{}", args.name), &headers)
                 .await?;
-            output::print_lifecycle(&response, "deletion requested", format);
+            output::print_lifecycle(
+                &response,
+                "deletion requested; the reconcilers tear it down",
+                "its deletion was already requested",
+                format,
+            );
         }
         Command::Sim(SimCommand::List { cluster }) => {
             let mut list: SimResources = client.get("/v1/sim/resources", &[]).await?;
@@ -349,6 +368,7 @@ pub async fn run_client(global: &GlobalArgs, command: Command) -> Result<(), Fai
             output::print_sim_resources(&list, format);
         }
         Command::Sim(SimCommand::DeleteMachine { cluster, machine }) => {
+            check_names(&[&cluster])?;
             let list: SimResources = client.get("/v1/sim/resources", &[]).await?;
             let found = list.resources.iter().find(|resource| {
                 resource.cluster == cluster
@@ -363,7 +383,7 @@ pub async fn run_client(global: &GlobalArgs, command: Command) -> Result<(), Fai
             let deleted: crate::model::CloudResource = client
                 .delete(&format!("/v1/sim/resources/{}", found.provider_id), &[])
                 .await?;
-            if !output::print_structured_value(&deleted, format) {
+            if !output::print_structured(&deleted, format) {
                 println!(
                     "deleted {} ({}) of cluster {} behind Cairn's back",
                     deleted.key(),
@@ -392,18 +412,15 @@ fn reason_header(reason: Option<String>) -> Vec<(&'static str, String)> {
         .unwrap_or_default()
 }
 
-async fn lifecycle(
-    client: &Client,
-    format: OutputFormat,
-    verb: &str,
-    args: LifecycleArgs,
-) -> Result<(), Failure> {
-    let headers = reason_header(args.reason);
-    let path = format!("/v1/clusters/{}/{verb}", args.name);
-    let response: LifecycleResponse = client.post(&path, &[], &headers, Vec::new()).await?;
-    let done = if verb == "pause" { "paused" } else { "resumed" };
-    output::print_lifecycle(&response, done, format);
-    Ok(())
+/// Cluster and pool names go into URL paths: they must be DNS labels, as
+/// the daemon requires anyway.
+fn check_names(names: &[&str]) -> Result<(), Failure> {
+    match names.iter().find(|name| !crate::model::is_dns_label(name)) {
+        None => Ok(()),
+        Some(name) => Err(Failure::Other(format!(
+            "{name:?} is not a cluster or pool name (a DNS label: lowercase letters, digits and -)"
+        ))),
+    }
 }
 
 fn report_verify(view: &VerifyView, format: OutputFormat) -> Result<(), Failure> {

@@ -18,13 +18,8 @@ pub enum OutputFormat {
     Yaml,
 }
 
-/// Prints a value as JSON or YAML; returns false for the table format.
-/// Prints JSON or YAML and says true; says false for a table.
-pub fn print_structured_value<T: Serialize>(value: &T, format: OutputFormat) -> bool {
-    print_structured(value, format)
-}
-
-fn print_structured<T: Serialize>(value: &T, format: OutputFormat) -> bool {
+/// Prints a value as JSON or YAML and says true; says false for a table.
+pub fn print_structured<T: Serialize>(value: &T, format: OutputFormat) -> bool {
     match format {
         OutputFormat::Table => false,
         OutputFormat::Json => {
@@ -207,19 +202,22 @@ pub fn print_cluster(view: &ClusterView, format: OutputFormat) {
     }
 }
 
-pub fn print_lifecycle(response: &LifecycleResponse, done: &str, format: OutputFormat) {
+/// `done` says what happened ("paused"); `already` what was already so.
+pub fn print_lifecycle(
+    response: &LifecycleResponse,
+    done: &str,
+    already: &str,
+    format: OutputFormat,
+) {
     if print_structured(response, format) {
         return;
     }
     match &response.event {
         Some(event) => println!(
-            "cluster {} {done} (event seq {}, version {})",
+            "cluster {}: {done} (event seq {}, version {})",
             response.cluster, event.seq, response.stream_version
         ),
-        None => println!(
-            "cluster {} was already {done}; nothing appended",
-            response.cluster
-        ),
+        None => println!("cluster {}: {already}; nothing appended", response.cluster),
     }
 }
 

@@ -196,6 +196,16 @@ pub enum ConditionType {
 }
 
 impl ConditionType {
+    /// The name the API and the CLI show.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConditionType::Ready => "Ready",
+            ConditionType::Progressing => "Progressing",
+            ConditionType::Degraded => "Degraded",
+            ConditionType::Paused => "Paused",
+        }
+    }
+
     pub const ALL: [ConditionType; 4] = [
         ConditionType::Ready,
         ConditionType::Progressing,

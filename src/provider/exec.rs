@@ -293,13 +293,22 @@ impl ExecProvider {
         state.next_id += 1;
         let op_name = op.name();
         match session.exchange(id, op).await {
-            Ok(Outcome::Ok(value)) => serde_json::from_value(value).map_err(|error| {
-                ProviderError::permanent(format!(
-                    "exec plugin {:?} answered the {op_name} request with a result of the \
-                     wrong shape: {error}",
-                    self.name
-                ))
-            }),
+            Ok(Outcome::Ok(value)) => match serde_json::from_value(value) {
+                Ok(result) => Ok(result),
+                // A result that is not what the protocol says is garbage like
+                // a line that is not JSON: the process is replaced, and the
+                // call may be retried with the same token.
+                Err(error) => {
+                    if let Some(session) = state.session.take() {
+                        session.shut_down().await;
+                    }
+                    Err(ProviderError::retryable(format!(
+                        "exec plugin {:?} answered the {op_name} request with a result of the \
+                         wrong shape: {error}",
+                        self.name
+                    )))
+                }
+            },
             Ok(Outcome::Error(error)) => Err(ProviderError {
                 message: format!("exec plugin {:?}: {}", self.name, error.message),
                 retryable: error.retryable,
@@ -1246,7 +1255,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn results_of_the_wrong_shape_or_for_another_request_are_permanent_errors() {
+    async fn results_for_another_request_are_permanent_and_of_the_wrong_shape_retryable() {
         let resource = |cluster: &str, token: &str| {
             format!(
                 "{{'providerId': 'x-1', 'cluster': '{cluster}', 'token': '{token}', \
@@ -1291,15 +1300,17 @@ mod tests {
                 "describe" => liar.describe("x-2").await.unwrap_err(),
                 _ => liar.list("demo").await.unwrap_err(),
             };
-            assert!(!error.retryable, "{op}: {error:?}");
+            let wrong_shape = expected.contains("wrong shape");
+            assert_eq!(error.retryable, wrong_shape, "{op}: {error:?}");
             assert!(
                 error.message.starts_with("exec plugin \"liar\" ")
                     && error.message.contains(expected),
                 "{op}: {}",
                 error.message
             );
-            // The line was a valid response, so the process stays.
-            assert!(liar.pid().await.is_some(), "{op}: the process was dropped");
+            // A contradicting answer was a valid response, so the process
+            // stays; a result of the wrong shape is garbage, so it goes.
+            assert_eq!(liar.pid().await.is_some(), !wrong_shape, "{op}");
         }
     }
 

@@ -21,6 +21,10 @@ struct QueueState {
     dirty: HashSet<String>,
     /// The pending `add_after` deadline of each name.
     timers: HashMap<String, Instant>,
+    /// The first seq of an event about a name that no pass has begun to
+    /// handle yet (`add_event`), and of the events a running pass handles.
+    unhandled_since: HashMap<String, u64>,
+    handling_since: HashMap<String, u64>,
     closed: bool,
 }
 
@@ -52,6 +56,29 @@ impl WorkQueue {
             drop(state);
             self.notify.notify_one();
         }
+    }
+
+    /// Queues a name because of the event at `seq`; `oldest_unreconciled`
+    /// reports the seq until a pass that began after it has finished.
+    pub fn add_event(&self, name: &str, seq: u64) {
+        {
+            let mut state = self.lock();
+            let since = state.unhandled_since.entry(name.to_string()).or_insert(seq);
+            *since = (*since).min(seq);
+        }
+        self.add(name);
+    }
+
+    /// The first seq of an event whose cluster has not been reconciled since,
+    /// if any.
+    pub fn oldest_unreconciled(&self) -> Option<u64> {
+        let state = self.lock();
+        state
+            .unhandled_since
+            .values()
+            .chain(state.handling_since.values())
+            .min()
+            .copied()
     }
 
     /// Queues a name after `delay`, unless it is already due earlier.
@@ -104,6 +131,10 @@ impl WorkQueue {
                 if let Some(name) = state.ready.pop_front() {
                     state.queued.remove(&name);
                     state.active.insert(name.clone());
+                    // The pass that begins now handles every event so far.
+                    if let Some(since) = state.unhandled_since.remove(&name) {
+                        state.handling_since.insert(name.clone(), since);
+                    }
                     if !state.ready.is_empty() {
                         // Wake another worker for the rest.
                         self.notify.notify_one();
@@ -121,6 +152,7 @@ impl WorkQueue {
         let again = {
             let mut state = self.lock();
             state.active.remove(name);
+            state.handling_since.remove(name);
             state.dirty.remove(name)
         };
         if again {
@@ -180,6 +212,23 @@ mod tests {
         queue.done("prod");
         queue.done("staging");
         assert_eq!(queue.depth(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_event_counts_as_unreconciled_until_a_pass_begun_after_it_ends() {
+        let queue = WorkQueue::new();
+        queue.add_event("prod", 7);
+        queue.add_event("prod", 9);
+        assert_eq!(queue.oldest_unreconciled(), Some(7));
+        let name = queue.next().await.unwrap();
+        assert_eq!(queue.oldest_unreconciled(), Some(7), "the pass is running");
+        // An event during the pass may be missed by it: it stays unreconciled.
+        queue.add_event("prod", 12);
+        queue.done(&name);
+        assert_eq!(queue.oldest_unreconciled(), Some(12));
+        let name = queue.next().await.unwrap();
+        queue.done(&name);
+        assert_eq!(queue.oldest_unreconciled(), None);
     }
 
     #[tokio::test(start_paused = true)]

@@ -149,6 +149,22 @@ impl Reconciler {
         self.processed_seq.load(Ordering::Relaxed)
     }
 
+    /// Reconciler lag: the head seq minus the last seq up to which every
+    /// event's cluster has been through a pass that began after the event.
+    pub fn lag(&self) -> u64 {
+        let head = self.ledger.store().head().seq;
+        let reconciled = match self.queue.oldest_unreconciled() {
+            Some(oldest) => oldest - 1,
+            None => self.processed_seq(),
+        };
+        head.saturating_sub(reconciled)
+    }
+
+    fn update_gauges(&self) {
+        self.metrics.lag_events.set(self.lag() as i64);
+        self.metrics.queue_depth.set(self.queue.depth() as i64);
+    }
+
     /// Queues every known cluster, then every cluster an event names.
     async fn feed(self: Arc<Self>, shutdown: CancellationToken) {
         let from = self.ledger.applied_seq();
@@ -180,24 +196,19 @@ impl Reconciler {
             match next {
                 Ok(Some(event)) => {
                     tracing::debug!(seq = event.seq, stream = %event.stream, "reconciler feeder");
-                    self.processed_seq.store(event.seq, Ordering::Relaxed);
-                    let head = self.ledger.store().head().seq;
-                    self.metrics
-                        .lag_events
-                        .set(head.saturating_sub(event.seq) as i64);
                     // The reconciler's own events need no new pass: the pass
                     // that wrote them decides when to look again.
-                    if event.actor.kind == ActorKind::Reconciler {
-                        continue;
+                    if event.actor.kind != ActorKind::Reconciler {
+                        let name = event
+                            .stream
+                            .strip_prefix(CLUSTER_STREAM_PREFIX)
+                            .or_else(|| event.stream.strip_prefix(RECONCILE_STREAM_PREFIX));
+                        if let Some(name) = name {
+                            self.queue.add_event(name, event.seq);
+                        }
                     }
-                    let name = event
-                        .stream
-                        .strip_prefix(CLUSTER_STREAM_PREFIX)
-                        .or_else(|| event.stream.strip_prefix(RECONCILE_STREAM_PREFIX));
-                    if let Some(name) = name {
-                        self.queue.add(name);
-                        self.metrics.queue_depth.set(self.queue.depth() as i64);
-                    }
+                    self.processed_seq.store(event.seq, Ordering::Relaxed);
+                    self.update_gauges();
                 }
                 Ok(None) => break,
                 Err(error) => {
@@ -228,14 +239,14 @@ impl Reconciler {
                 .pass_seconds
                 .observe(started.elapsed().as_secs_f64());
             self.queue.done(&name);
-            if shutdown.is_cancelled() {
-                continue;
+            if !shutdown.is_cancelled() {
+                match requeue {
+                    Requeue::Now => self.queue.add(&name),
+                    Requeue::After(delay) => self.queue.add_after(&name, delay),
+                    Requeue::OnEvent => {}
+                }
             }
-            match requeue {
-                Requeue::Now => self.queue.add(&name),
-                Requeue::After(delay) => self.queue.add_after(&name, delay),
-                Requeue::OnEvent => {}
-            }
+            self.update_gauges();
         }
     }
 
@@ -489,7 +500,11 @@ impl Reconciler {
                 .actions
                 .get_or_create(&ActionLabels {
                     operation: in_flight.action.operation(),
-                    outcome: "resolved",
+                    outcome: if outcome.is_ok() {
+                        "resolved_succeeded"
+                    } else {
+                        "resolved_failed"
+                    },
                 })
                 .inc();
             let event = outcome_event(&in_flight.action, &in_flight.token, outcome);

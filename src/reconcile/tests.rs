@@ -654,3 +654,111 @@ async fn an_orphan_with_a_wanted_name_is_cleaned_up_without_blocking_the_cluster
         .count();
     assert_eq!(subnets, 1, "the orphan subnet was deleted");
 }
+
+/// Counts creates in progress at once.
+struct Gauged {
+    sim: SimCloud,
+    now: std::sync::atomic::AtomicUsize,
+    most: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait]
+impl Provider for Gauged {
+    async fn create(
+        &self,
+        cluster: &str,
+        token: &str,
+        spec: &ResourceSpec,
+    ) -> Result<CloudResource, ProviderError> {
+        let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most.fetch_max(now, Ordering::SeqCst);
+        let made = self.sim.create(cluster, token, spec).await;
+        self.now.fetch_sub(1, Ordering::SeqCst);
+        made
+    }
+
+    async fn delete(&self, cluster: &str, token: &str, id: &str) -> Result<(), ProviderError> {
+        self.sim.delete(cluster, token, id).await
+    }
+
+    async fn describe(&self, id: &str) -> Result<Option<CloudResource>, ProviderError> {
+        self.sim.describe(id).await
+    }
+
+    async fn lookup(&self, token: &str) -> Result<Option<CloudResource>, ProviderError> {
+        self.sim.lookup(token).await
+    }
+
+    async fn list(&self, cluster: &str) -> Result<Vec<CloudResource>, ProviderError> {
+        self.sim.list(cluster).await
+    }
+}
+
+/// The most creates at once when two clusters of 8 machines are reconciled
+/// together, with these limits (overall, per cluster).
+async fn most_creates_at_once(concurrency: usize, cluster_concurrency: usize) -> usize {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SledStore::open(SledStoreConfig::new(dir.path())).unwrap());
+    let ledger = Ledger::open(store as Arc<dyn EventStore>).await.unwrap();
+    let shutdown = CancellationToken::new();
+    tokio::spawn(ledger.clone().follow(shutdown.clone()));
+    let sim_config = SimConfig {
+        latency_ms: SimLatency {
+            create: 20,
+            ..SimLatency::uniform(0)
+        },
+        list_delay_ms: 0,
+        ..SimConfig::default()
+    };
+    let provider = Arc::new(Gauged {
+        sim: SimCloud::open(&dir.path().join("sim"), sim_config).unwrap(),
+        now: Default::default(),
+        most: Default::default(),
+    });
+    let mut providers = Providers::new();
+    providers.insert("sim", provider.clone() as Arc<dyn Provider>);
+    let config = ReconcilerConfig {
+        workers: 2,
+        concurrency,
+        cluster_concurrency,
+        ..reconciler_config(Duration::from_secs(3600), 1)
+    };
+    let reconciler = Reconciler::new(
+        ledger.clone(),
+        providers,
+        config,
+        ReconcileMetrics::default(),
+    );
+    for name in ["c", "d"] {
+        let text =
+            manifest("correct", 8, "i", false).replace("{name: c}", &format!("{{name: {name}}}"));
+        apply(&ledger, &text).await;
+    }
+    let passes = ["c", "d"].map(|name| {
+        let reconciler = reconciler.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move { reconciler.reconcile(name, &shutdown).await.unwrap() })
+    });
+    for pass in passes {
+        pass.await.unwrap();
+    }
+    let machines = provider
+        .sim
+        .resources()
+        .into_iter()
+        .filter(|r| r.key().kind == ResourceKind::Machine)
+        .count();
+    assert_eq!(machines, 16, "both clusters finished their machines");
+    provider.most.load(Ordering::SeqCst)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_calls_are_bounded_per_cluster_and_overall() {
+    // Per cluster 3, overall plenty: never more than 6 at once, and more than
+    // one cluster's worth (the clusters do run side by side).
+    let most = most_creates_at_once(64, 3).await;
+    assert!((4..=6).contains(&most), "{most} creates at once");
+    // Overall 4 binds before per cluster 3 can be reached twice.
+    let most = most_creates_at_once(4, 3).await;
+    assert!((3..=4).contains(&most), "{most} creates at once");
+}

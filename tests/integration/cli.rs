@@ -85,7 +85,17 @@ fn command_line_applies_reads_and_verifies_against_a_running_daemon() {
     let columns: Vec<&str> = row.split_whitespace().collect();
     assert_eq!(
         &columns[..9],
-        &["prod-eu", "sim", "eu-west-1", "1.31.2", "2", "8", "0", "-", "1"],
+        &[
+            "prod-eu",
+            "sim",
+            "eu-west-1",
+            "1.31.2",
+            "2",
+            "8",
+            "0",
+            "-",
+            "1"
+        ],
         "{row}"
     );
 

@@ -286,25 +286,34 @@ async fn kill_9_during_reconciliation_never_duplicates_a_machine() {
         .await
         .assert_status(201);
 
-    let mut kills = 0;
+    // Kill when the log shows intents without outcomes (the window a crash
+    // must survive), once past each threshold of machines in the cloud.
+    let mut kills_in_flight = 0;
     for threshold in [20, 70, 120, 170] {
-        let reached = wait_for("machines to be created", CONVERGE_DEADLINE, || async {
-            let count = sim_machines(&sim_resources(&client, &daemon, "crash").await).len();
-            Some(count >= threshold)
-                .filter(|reached| *reached || count == 200)
-                .map(|_| count)
-        })
+        let in_flight = wait_for(
+            "intents in flight past a threshold",
+            CONVERGE_DEADLINE,
+            || async {
+                let count = sim_machines(&sim_resources(&client, &daemon, "crash").await).len();
+                if count == 200 {
+                    return Some(0);
+                }
+                let view = cluster_view(&client, &daemon, "crash").await?;
+                let in_flight = view["observed"]["inFlight"].as_array()?.len();
+                (count >= threshold && in_flight > 0).then_some(in_flight)
+            },
+        )
         .await;
-        if reached >= 200 {
+        if in_flight == 0 {
             break;
         }
         daemon.kill_9();
-        kills += 1;
+        kills_in_flight += 1;
         daemon = Daemon::start_with_config(data.path(), &config);
     }
     assert!(
-        kills >= 2,
-        "the daemon was killed only {kills} times before it converged"
+        kills_in_flight >= 3,
+        "the daemon was killed with intents in flight only {kills_in_flight} times"
     );
 
     let view = wait_ready(&client, &daemon, "crash").await;
@@ -599,4 +608,153 @@ async fn the_reference_exec_plugin_drives_a_cluster() {
         );
     }
     assert!(sim_resources(&client, &daemon, "plugged").await.is_empty());
+}
+
+#[tokio::test]
+async fn commands_need_their_roles_and_a_cluster_being_deleted_refuses_applies() {
+    let data = tempfile::tempdir().unwrap();
+    let config = format!(
+        "{}\n[[tokens]]\nname = \"admin\"\nsecret = \"admin-secret-0123456789\"\nrole = \"admin\"\n\n\
+         [[tokens]]\nname = \"alice\"\nsecret = \"alice-secret-0123456789\"\nrole = \"write\"\n\n\
+         [[tokens]]\nname = \"reader\"\nsecret = \"reader-secret-0123456789\"\nrole = \"read\"\n",
+        sim_config(0.0, 1, 60_000)
+    );
+    let daemon = Daemon::start_with_config(data.path(), &config);
+    let client = http_client();
+    let send = |method: reqwest::Method, path: &str, token: &str, body: &str| {
+        let request = client
+            .request(method, daemon.url(path))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        async move { HttpAnswer::read(request.send().await.unwrap()).await }
+    };
+    let (admin, alice, reader) = (
+        "admin-secret-0123456789",
+        "alice-secret-0123456789",
+        "reader-secret-0123456789",
+    );
+    let manifest = cluster_manifest("gamma", "sim", "correct", &[("workers", 1)]);
+    let applied = client
+        .post(daemon.url("/v1/apply"))
+        .bearer_auth(alice)
+        .header("content-type", "application/yaml")
+        .body(manifest.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(applied.status(), 201);
+    wait_for("gamma to be Ready", CONVERGE_DEADLINE, || async {
+        let view = HttpAnswer::read(
+            client
+                .get(daemon.url("/v1/clusters/gamma"))
+                .bearer_auth(reader)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        (condition(&view.body, "Ready")?.0 == "True").then_some(())
+    })
+    .await;
+
+    // Readers may look, not act.
+    let post = reqwest::Method::POST;
+    send(post.clone(), "/v1/clusters/gamma/pause", reader, "")
+        .await
+        .assert_problem(403, "forbidden");
+    send(
+        post.clone(),
+        "/v1/clusters/gamma/pools/workers/scale",
+        reader,
+        r#"{"replicas": 2}"#,
+    )
+    .await
+    .assert_problem(403, "forbidden");
+    send(reqwest::Method::DELETE, "/v1/clusters/gamma", reader, "")
+        .await
+        .assert_problem(403, "forbidden");
+    let listed = send(reqwest::Method::GET, "/v1/sim/resources", reader, "").await;
+    listed.assert_status(200);
+    let resources = listed.body["resources"].as_array().unwrap();
+    let subnet = resources
+        .iter()
+        .find(|r| r["spec"]["subnet"]["name"] == "a" && r["cluster"] == "gamma")
+        .unwrap()["providerId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Changing the cloud behind Cairn's back is for admins only; the sim,
+    // like a cloud, refuses to delete a subnet with a machine in it.
+    let path = format!("/v1/sim/resources/{subnet}");
+    send(reqwest::Method::DELETE, &path, alice, "")
+        .await
+        .assert_problem(403, "forbidden");
+    send(reqwest::Method::DELETE, &path, admin, "")
+        .await
+        .assert_problem(409, "resource_in_use");
+    send(
+        reqwest::Method::DELETE,
+        "/v1/sim/resources/sim-m-999999",
+        admin,
+        "",
+    )
+    .await
+    .assert_problem(404, "not_found");
+
+    // A bad scale changes nothing.
+    let version_before = send(reqwest::Method::GET, "/v1/clusters/gamma", reader, "")
+        .await
+        .body["streamVersion"]
+        .clone();
+    send(
+        post.clone(),
+        "/v1/clusters/gamma/pools/workers/scale",
+        alice,
+        r#"{"replicas": 5000}"#,
+    )
+    .await
+    .assert_problem(422, "invalid_manifest");
+    send(
+        post.clone(),
+        "/v1/clusters/gamma/pools/workers/scale",
+        alice,
+        r#"{"replica": 2}"#,
+    )
+    .await
+    .assert_problem(400, "malformed");
+    let version_after = send(reqwest::Method::GET, "/v1/clusters/gamma", reader, "")
+        .await
+        .body["streamVersion"]
+        .clone();
+    assert_eq!(version_before, version_after);
+
+    // Writers may delete. Paused first, the deletion waits, and meanwhile
+    // the cluster refuses applies; resumed, it goes.
+    send(post.clone(), "/v1/clusters/gamma/pause", alice, "")
+        .await
+        .assert_status(200);
+    send(reqwest::Method::DELETE, "/v1/clusters/gamma", alice, "")
+        .await
+        .assert_status(202);
+    let refused = HttpAnswer::read(
+        client
+            .post(daemon.url("/v1/apply"))
+            .bearer_auth(alice)
+            .header("content-type", "application/yaml")
+            .body(manifest.replace("replicas: 1", "replicas: 2"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    refused.assert_problem(409, "cluster_deleting");
+    send(post.clone(), "/v1/clusters/gamma/resume", alice, "")
+        .await
+        .assert_status(200);
+    wait_for("gamma to be deleted", CONVERGE_DEADLINE, || async {
+        let view = send(reqwest::Method::GET, "/v1/clusters/gamma", reader, "").await;
+        (view.status == 404).then_some(())
+    })
+    .await;
 }
