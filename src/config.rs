@@ -1,9 +1,12 @@
 //! Daemon configuration: a TOML file, overridden by command-line flags.
+//! Every key, with its default (tokens and plugins have none):
 //!
 //! ```toml
 //! listen = "127.0.0.1:7470"
 //! data_dir = "./cairn-data"
 //! log_format = "human"        # or "json"
+//! max_body_bytes = 1048576    # the largest request body read
+//! shutdown_timeout_seconds = 30
 //!
 //! [[tokens]]
 //! name = "alice"              # becomes the actor of the events this token writes
@@ -21,12 +24,16 @@
 //! degraded_after_failures = 3
 //!
 //! [sim]                       # the simulated cloud (provider `sim`)
-//! seed = 1
-//! failure_rate = 0.0
+//! seed = 0                    # of the latency jitter and the failures
+//! failure_rate = 0.0          # of creates and deletes (retryable)
 //! machine_quota = 10000
 //! list_delay_ms = 500         # eventual consistency of listings
-//! [sim.latency_ms]
+//! [sim.latency_ms]            # per call, jittered from half to one and a half
 //! create = 20
+//! delete = 10
+//! describe = 1
+//! lookup = 1
+//! list = 2
 //!
 //! [providers.exec.ref]        # a plugin provider, `provider: exec:ref`
 //! command = ["python3", "tools/plugins/reference_plugin.py", "--state-dir", "ref-cloud"]

@@ -299,3 +299,178 @@ fn condition_changed(cluster: &mut ObservedCluster, changed: ConditionChanged, e
         },
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::event::payload::encode_reconcile;
+    use crate::event::{Actor, ActorKind, Cause, NewEvent, GENESIS_HASH};
+    use crate::model::{ClusterDeleted, MachineSpec, ResourceKey, ResourceKind, ResourceSpec};
+
+    fn machine(index: u8) -> ResourceSpec {
+        ResourceSpec::Machine(MachineSpec {
+            name: format!("w-{index}"),
+            pool: "w".into(),
+            role: "worker".into(),
+            machine_type: "m".into(),
+            image: "i".into(),
+            subnet: "a".into(),
+            kubernetes_version: "1.31.2".into(),
+        })
+    }
+
+    fn resource(index: u8, id: u8, token: u8) -> CloudResource {
+        CloudResource {
+            provider_id: format!("sim-m-{id}"),
+            cluster: "c".into(),
+            token: format!("t{token}"),
+            spec: machine(index),
+            address: None,
+        }
+    }
+
+    /// Reconciler events over three machines, three tokens and four ids:
+    /// small enough that events about the same resource collide often.
+    fn event() -> impl Strategy<Value = ReconcileEvent> {
+        let create = |index: u8| Action::Create {
+            spec: machine(index),
+        };
+        let delete = |index: u8, id: u8| Action::Delete {
+            key: ResourceKey::new(ResourceKind::Machine, format!("w-{index}")),
+            provider_id: format!("sim-m-{id}"),
+        };
+        prop_oneof![
+            (0..3u8, 0..3u8, 1..4u32).prop_map(move |(i, t, attempt)| {
+                ReconcileEvent::ActionStarted(ActionStarted {
+                    action: create(i),
+                    token: format!("t{t}"),
+                    attempt,
+                })
+            }),
+            (0..3u8, 0..4u8, 0..3u8).prop_map(move |(i, id, t)| ReconcileEvent::ActionStarted(
+                ActionStarted {
+                    action: delete(i, id),
+                    token: format!("t{t}"),
+                    attempt: 1
+                }
+            )),
+            (0..3u8, 0..4u8, 0..3u8).prop_map(move |(i, id, t)| ReconcileEvent::ActionSucceeded(
+                ActionSucceeded {
+                    action: create(i),
+                    token: format!("t{t}"),
+                    provider_id: format!("sim-m-{id}"),
+                    observed: Some(resource(i, id, t)),
+                }
+            )),
+            (0..3u8, 0..4u8, 0..3u8).prop_map(move |(i, id, t)| ReconcileEvent::ActionSucceeded(
+                ActionSucceeded {
+                    action: delete(i, id),
+                    token: format!("t{t}"),
+                    provider_id: format!("sim-m-{id}"),
+                    observed: None,
+                }
+            )),
+            (0..3u8, 0..3u8, any::<bool>(), any::<bool>()).prop_map(
+                move |(i, t, retryable, spent)| {
+                    ReconcileEvent::ActionFailed(ActionFailed {
+                        action: create(i),
+                        token: format!("t{t}"),
+                        error: "failed".into(),
+                        retryable,
+                        token_spent: spent,
+                    })
+                }
+            ),
+            (
+                0..3u8,
+                proptest::option::of((0..4u8, 0..3u8)),
+                proptest::option::of((0..4u8, 0..3u8))
+            )
+                .prop_map(move |(i, expected, actual)| ReconcileEvent::DriftDetected(
+                    DriftDetected {
+                        resource: ResourceKey::new(ResourceKind::Machine, format!("w-{i}")),
+                        expected: expected.map(|(id, t)| resource(i, id, t)),
+                        actual: actual.map(|(id, t)| resource(i, id, t)),
+                    }
+                )),
+            (any::<bool>(), 0..4usize).prop_map(
+                |(status, which)| ReconcileEvent::ConditionChanged(ConditionChanged {
+                    condition: ConditionType::ALL[which],
+                    status,
+                    reason: "Why".into(),
+                    message: String::new(),
+                })
+            ),
+            Just(ReconcileEvent::ClusterDeleted(ClusterDeleted {})),
+        ]
+    }
+
+    fn seal(events: &[ReconcileEvent]) -> Vec<Event> {
+        let mut head = GENESIS_HASH;
+        events
+            .iter()
+            .enumerate()
+            .map(|(index, payload)| {
+                let seq = index as u64 + 1;
+                let encoded = encode_reconcile(payload);
+                let new = NewEvent {
+                    id: Uuid::from_u128(seq as u128),
+                    event_type: encoded.event_type.to_string(),
+                    schema: encoded.schema,
+                    actor: Actor {
+                        kind: ActorKind::Reconciler,
+                        name: "reconciler".into(),
+                    },
+                    cause: Cause::None,
+                    correlation: Uuid::nil(),
+                    payload: encoded.bytes,
+                };
+                let time = Utc.timestamp_opt(1_700_000_000 + seq as i64, 0).unwrap();
+                let event = Event::seal(new, "reconcile/c", seq, seq, time, head);
+                head = event.hash;
+                event
+            })
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        #[test]
+        fn observed_state_replays_deterministically(payloads in proptest::collection::vec(event(), 0..40), split in 0usize..40) {
+            let events = seal(&payloads);
+            let mut once = ObservedState::default();
+            for event in &events {
+                once.apply(event);
+            }
+            // A second replay from scratch is the same state.
+            let mut again = ObservedState::default();
+            for event in &events {
+                again.apply(event);
+            }
+            prop_assert_eq!(&again, &once);
+            // Every event delivered twice changes nothing.
+            let mut twice = ObservedState::default();
+            for event in &events {
+                twice.apply(event);
+                twice.apply(event);
+            }
+            prop_assert_eq!(&twice, &once);
+            // A state kept at any point and folded on from there is the same.
+            let split = split.min(events.len());
+            let mut prefix = ObservedState::default();
+            for event in &events[..split] {
+                prefix.apply(event);
+            }
+            let mut resumed = prefix.clone();
+            for event in &events[split..] {
+                resumed.apply(event);
+            }
+            prop_assert_eq!(&resumed, &once);
+            prop_assert_eq!(once.skipped_events, 0);
+        }
+    }
+}

@@ -250,6 +250,7 @@ impl Reconciler {
         }
     }
 
+    /// The backoff after `failures` failing passes, with fresh jitter.
     fn backoff(&self, failures: u32) -> Duration {
         let jitter = self.jitter.lock().expect("jitter lock").random::<f64>();
         self.config.backoff.delay(failures.max(1), jitter)
@@ -417,17 +418,13 @@ impl Reconciler {
         );
         self.update_conditions(name, &desired, correlation, &cause, Some(remaining.len()))
             .await?;
-        Ok(if report.failed > 0 || unresolved {
-            if report.any_permanent {
-                Requeue::After(self.backoff(failures).max(self.config.resync))
-            } else {
-                Requeue::After(self.backoff(failures))
-            }
-        } else if !remaining.is_empty() && !shutdown.is_cancelled() {
-            Requeue::Now
-        } else {
-            Requeue::After(self.config.resync)
-        })
+        let outcome = PassOutcome {
+            failed: report.failed > 0 || unresolved,
+            permanent: report.any_permanent,
+            remaining: remaining.len(),
+        };
+        let jitter = self.jitter.lock().expect("jitter lock").random::<f64>();
+        Ok(requeue_after(&self.config, outcome, failures, jitter))
     }
 
     fn observed(&self, name: &str) -> ObservedCluster {
@@ -823,6 +820,41 @@ impl Reconciler {
     }
 }
 
+/// How a pass ended, as far as when to look again is concerned.
+#[derive(Debug, Clone, Copy)]
+struct PassOutcome {
+    /// An action failed, or one in flight could not be resolved.
+    failed: bool,
+    /// A failure was not retryable (a quota, a bad spec).
+    permanent: bool,
+    /// Actions the plan still has after the pass.
+    remaining: usize,
+}
+
+/// The error policy, kube-rs style: when to look at a cluster again. After
+/// failures, exponential backoff with jitter (`failing_passes` in a row); a
+/// permanent failure waits at least the resync interval; remaining work goes
+/// on at once; a converged cluster is looked at again at the resync interval.
+fn requeue_after(
+    config: &ReconcilerConfig,
+    outcome: PassOutcome,
+    failing_passes: u32,
+    jitter: f64,
+) -> Requeue {
+    if outcome.failed {
+        let delay = config.backoff.delay(failing_passes.max(1), jitter);
+        if outcome.permanent {
+            Requeue::After(delay.max(config.resync))
+        } else {
+            Requeue::After(delay)
+        }
+    } else if outcome.remaining > 0 {
+        Requeue::Now
+    } else {
+        Requeue::After(config.resync)
+    }
+}
+
 /// One action: intent, provider call, outcome. Returns the provider's error
 /// (the pass goes on) or a store error (the pass stops).
 async fn run_action(
@@ -899,5 +931,76 @@ fn outcome_event(
             retryable: error.retryable,
             token_spent: error.token_spent,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> ReconcilerConfig {
+        ReconcilerConfig {
+            workers: 1,
+            concurrency: 1,
+            cluster_concurrency: 1,
+            resync: Duration::from_secs(30),
+            backoff: Backoff {
+                base: Duration::from_millis(200),
+                max: Duration::from_secs(10),
+            },
+            degraded_after_failures: 3,
+        }
+    }
+
+    #[test]
+    fn failing_passes_back_off_exponentially_within_the_jitter() {
+        let failed = PassOutcome {
+            failed: true,
+            permanent: false,
+            remaining: 5,
+        };
+        for (passes, low, high) in [
+            (1, 100, 200),
+            (2, 200, 400),
+            (3, 400, 800),
+            (9, 5000, 10000),
+        ] {
+            for jitter in [0.0, 0.5, 0.999] {
+                let Requeue::After(delay) = requeue_after(&config(), failed, passes, jitter) else {
+                    panic!("a failed pass is retried after a delay");
+                };
+                let millis = delay.as_millis();
+                assert!(
+                    (low..=high).contains(&millis),
+                    "pass {passes}, jitter {jitter}: {millis} ms"
+                );
+            }
+        }
+        let permanent = PassOutcome {
+            permanent: true,
+            ..failed
+        };
+        assert_eq!(
+            requeue_after(&config(), permanent, 1, 0.0),
+            Requeue::After(Duration::from_secs(30))
+        );
+    }
+
+    #[test]
+    fn work_left_goes_on_at_once_and_a_converged_cluster_waits_for_the_resync() {
+        let remaining = PassOutcome {
+            failed: false,
+            permanent: false,
+            remaining: 3,
+        };
+        assert_eq!(requeue_after(&config(), remaining, 0, 0.5), Requeue::Now);
+        let converged = PassOutcome {
+            remaining: 0,
+            ..remaining
+        };
+        assert_eq!(
+            requeue_after(&config(), converged, 0, 0.5),
+            Requeue::After(Duration::from_secs(30))
+        );
     }
 }
