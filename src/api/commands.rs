@@ -111,9 +111,11 @@ async fn lifecycle_handler(
             LifecycleCommand::Delete => StatusCode::ACCEPTED,
             _ => StatusCode::OK,
         };
-        Ok::<_, ApiError>(warp::reply::with_status(
-            warp::reply::json(&response),
-            status,
+        let reply = warp::reply::with_status(warp::reply::json(&response), status);
+        Ok::<_, ApiError>(warp::reply::with_header(
+            reply,
+            "x-request-id",
+            context.request_id,
         ))
     }
     .await;
@@ -144,10 +146,11 @@ async fn scale_handler(
             .await?;
         let response = ApplyResponse::from_outcome(&outcome);
         let etag = format!("\"{}\"", response.stream_version);
+        let reply = warp::reply::with_header(warp::reply::json(&response), "etag", etag);
         Ok::<_, ApiError>(warp::reply::with_header(
-            warp::reply::json(&response),
-            "etag",
-            etag,
+            reply,
+            "x-request-id",
+            context.request_id,
         ))
     }
     .await;
