@@ -101,6 +101,21 @@ pub struct CommandContext {
     pub reason: Option<String>,
 }
 
+impl CommandContext {
+    /// A new request by `actor`: a fresh request id, which is also the
+    /// correlation id of everything the request causes; no key, no reason.
+    pub fn new(actor: Actor) -> CommandContext {
+        let request_id = Uuid::now_v7();
+        CommandContext {
+            actor,
+            request_id: request_id.to_string(),
+            correlation: request_id,
+            idempotency_key: None,
+            reason: None,
+        }
+    }
+}
+
 /// Options of `apply`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ApplyOptions {
@@ -224,6 +239,18 @@ impl Ledger {
         }
     }
 
+    /// Waits until a command's committed events are in the projections, so
+    /// its answer is read-your-writes. The change is committed whatever
+    /// happens now: a slow projection only delays that, it does not make the
+    /// append a failure.
+    async fn wait_visible(&self, events: &[Arc<Event>]) {
+        if let Some(last) = events.last() {
+            if let Err(error) = self.wait_applied(last.seq).await {
+                tracing::warn!(%error, seq = last.seq, "answering before the projection caught up");
+            }
+        }
+    }
+
     pub fn applied_seq(&self) -> u64 {
         *self.applied.borrow()
     }
@@ -331,14 +358,7 @@ impl Ledger {
             };
             match self.store.append(request).await {
                 Ok(appended) => {
-                    if let Some(last) = appended.events.last() {
-                        // The change is committed whatever happens now: a slow
-                        // projection only delays read-your-writes, it does not
-                        // make the append a failure.
-                        if let Err(error) = self.wait_applied(last.seq).await {
-                            tracing::warn!(%error, seq = last.seq, "answering before the projection caught up");
-                        }
-                    }
+                    self.wait_visible(&appended.events).await;
                     if appended.deduplicated {
                         // A concurrent request with the same key won the race.
                         outcome.changes = changes_of(&appended.events);
@@ -464,11 +484,7 @@ impl Ledger {
             };
             match self.store.append(request).await {
                 Ok(appended) => {
-                    if let Some(last) = appended.events.last() {
-                        if let Err(error) = self.wait_applied(last.seq).await {
-                            tracing::warn!(%error, seq = last.seq, "answering before the projection caught up");
-                        }
-                    }
+                    self.wait_visible(&appended.events).await;
                     return Ok(LifecycleOutcome {
                         cluster: name.to_string(),
                         event: appended.events.into_iter().next(),

@@ -27,7 +27,6 @@ use cairn::reconcile::{Backoff, Reconciler, ReconcilerConfig};
 use cairn::store::{EventStore, SledStore, SledStoreConfig};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use uuid::Uuid;
 
 fn manifest(name: &str, pools: &[(&str, i64)]) -> Manifest {
     let pools: String = pools
@@ -49,17 +48,10 @@ fn manifest(name: &str, pools: &[(&str, i64)]) -> Manifest {
 }
 
 fn context() -> CommandContext {
-    let id = Uuid::now_v7();
-    CommandContext {
-        actor: Actor {
-            kind: ActorKind::User,
-            name: "bench".into(),
-        },
-        request_id: id.to_string(),
-        correlation: id,
-        idempotency_key: None,
-        reason: None,
-    }
+    CommandContext::new(Actor {
+        kind: ActorKind::User,
+        name: "bench".into(),
+    })
 }
 
 struct Running {

@@ -21,7 +21,6 @@ use cairn::provider::{Provider, Providers};
 use cairn::reconcile::{Backoff, Reconciler, ReconcilerConfig};
 use cairn::store::{EventStore, SledStore, SledStoreConfig};
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 const MANIFEST: &str = "apiVersion: cairn/v1\nkind: Cluster\nmetadata: {name: fixture}\nspec:\n  provider: sim\n  \
     region: eu-west-1\n  kubernetesVersion: 1.31.2\n  network:\n    cidr: 10.0.0.0/16\n    subnets:\n      \
@@ -31,16 +30,12 @@ const MANIFEST: &str = "apiVersion: cairn/v1\nkind: Cluster\nmetadata: {name: fi
     policy: {drift: correct}\n";
 
 fn context(name: &str) -> CommandContext {
-    let id = Uuid::now_v7();
     CommandContext {
-        actor: Actor {
+        reason: Some("fixture".into()),
+        ..CommandContext::new(Actor {
             kind: ActorKind::User,
             name: name.into(),
-        },
-        request_id: id.to_string(),
-        correlation: id,
-        idempotency_key: None,
-        reason: Some("fixture".into()),
+        })
     }
 }
 

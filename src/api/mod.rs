@@ -22,7 +22,6 @@ use std::sync::Arc;
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Buf, Filter, Rejection, Reply};
@@ -445,13 +444,10 @@ fn command_context(
             format!("X-Cairn-Reason is over {MAX_REASON_BYTES} bytes"),
         ));
     }
-    let request_id = Uuid::now_v7();
     Ok(CommandContext {
-        actor,
-        request_id: request_id.to_string(),
-        correlation: request_id,
         idempotency_key,
         reason,
+        ..CommandContext::new(actor)
     })
 }
 

@@ -18,6 +18,9 @@ pub const CLUSTER_STREAM_PREFIX: &str = "cluster/";
 /// The prefix of every reconciler stream.
 pub const RECONCILE_STREAM_PREFIX: &str = "reconcile/";
 
+/// The type name of `ClusterDeleted`, the one reconciler event this projection folds.
+const CLUSTER_DELETED: &str = "ClusterDeleted";
+
 /// What the log says one cluster should look like.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterState {
@@ -81,6 +84,11 @@ impl DesiredState {
         }
         self.applied_seq = event.seq;
         if let Some(name) = event.stream.strip_prefix(RECONCILE_STREAM_PREFIX) {
+            // Of the reconcilers' events only the end of a cluster matters
+            // here; the others are decoded by the observed projection alone.
+            if event.event_type != CLUSTER_DELETED {
+                return;
+            }
             if let Ok(Payload::Reconcile(reconcile)) =
                 payload::decode(&event.event_type, event.schema, &event.payload)
             {

@@ -38,9 +38,6 @@ pub struct Attempts {
     pub action: Action,
     pub token: String,
     pub count: u32,
-    /// The error of the last failed try, if the last try failed.
-    pub last_error: Option<String>,
-    pub last_retryable: bool,
 }
 
 /// Drift found by a resync and not repaired yet.
@@ -158,8 +155,6 @@ fn started_action(cluster: &mut ObservedCluster, started: ActionStarted, event: 
             action: started.action.clone(),
             token: started.token.clone(),
             count: 0,
-            last_error: None,
-            last_retryable: true,
         });
         if attempts.token != started.token {
             attempts.action = started.action.clone();
@@ -213,18 +208,13 @@ fn failed_action(cluster: &mut ObservedCluster, failed: ActionFailed) {
     if is_orphan(cluster, &failed.action) {
         return;
     }
-    let key = failed.action.key();
+    // The try stays in `attempts`: the next one reuses its token, and a
+    // resync that finds the token's resource claims it. Only a spent token
+    // (its resource came and went unseen) starts a new incarnation.
     if failed.token_spent {
-        // The token's resource came and went unseen: start a new incarnation.
+        let key = failed.action.key();
         cluster.attempts.remove(&key);
         cluster.gone(&key);
-        return;
-    }
-    if let Some(attempts) = cluster.attempts.get_mut(&key) {
-        if attempts.token == failed.token {
-            attempts.last_error = Some(failed.error);
-            attempts.last_retryable = failed.retryable;
-        }
     }
 }
 

@@ -260,10 +260,10 @@ impl Reconciler {
     /// cluster first seen since start-up that the log says is Degraded starts
     /// out counted as failing, so a restart during an outage does not clear it.
     fn note_pass(&self, name: &str, progressed: bool, error: Option<String>) -> u32 {
-        let logged_degraded = self.ledger.observed(name).is_some_and(|observed| {
+        let logged_degraded = self.ledger.read(|projections| {
+            let observed = projections.observed.cluster(name);
             observed
-                .conditions
-                .get(&ConditionType::Degraded)
+                .and_then(|observed| observed.conditions.get(&ConditionType::Degraded))
                 .is_some_and(|degraded| degraded.status && degraded.reason == "ActionsFailing")
         });
         let mut memory = self.memory.lock().expect("memory lock");
@@ -325,7 +325,12 @@ impl Reconciler {
         let observed = self.observed(name);
         self.resolve_in_flight(name, provider.as_ref(), &observed, correlation, shutdown)
             .await?;
-        let unresolved = !self.observed(name).in_flight.is_empty();
+        let unresolved = self.ledger.read(|projections| {
+            projections
+                .observed
+                .cluster(name)
+                .is_some_and(|observed| !observed.in_flight.is_empty())
+        });
 
         if self.resync_due(name) && !shutdown.is_cancelled() {
             let observed = self.observed(name);
@@ -611,7 +616,12 @@ impl Reconciler {
 
     /// Whether the cluster has been paused (or has gone) since the pass began.
     fn paused_now(ledger: &Ledger, name: &str) -> bool {
-        ledger.cluster(name).is_none_or(|cluster| cluster.paused)
+        ledger.read(|projections| {
+            projections
+                .desired
+                .cluster(name)
+                .is_none_or(|cluster| cluster.paused)
+        })
     }
 
     /// Runs the plan phase by phase; a phase with a failure ends it.

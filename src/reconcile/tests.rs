@@ -2,7 +2,7 @@
 //! through a provider wrapper that counts calls and can be switched off.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -46,9 +46,25 @@ struct Recording {
     lose_create: Mutex<HashSet<String>>,
     lose_delete: Mutex<HashSet<String>>,
     lookup_fails: AtomicBool,
+    /// Creates in progress now, and the most there ever were at once.
+    creating: AtomicUsize,
+    most_creating: AtomicUsize,
 }
 
 impl Recording {
+    fn new(sim: SimCloud) -> Recording {
+        Recording {
+            sim,
+            calls: Mutex::new(Vec::new()),
+            down: AtomicBool::new(false),
+            lose_create: Mutex::new(HashSet::new()),
+            lose_delete: Mutex::new(HashSet::new()),
+            lookup_fails: AtomicBool::new(false),
+            creating: AtomicUsize::new(0),
+            most_creating: AtomicUsize::new(0),
+        }
+    }
+
     fn calls(&self) -> Vec<String> {
         self.calls.lock().unwrap().clone()
     }
@@ -70,7 +86,10 @@ impl Provider for Recording {
         if self.down.load(Ordering::SeqCst) {
             return Err(ProviderError::retryable("the provider is down"));
         }
+        let now = self.creating.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most_creating.fetch_max(now, Ordering::SeqCst);
         let made = self.sim.create(cluster, token, spec).await;
+        self.creating.fetch_sub(1, Ordering::SeqCst);
         if made.is_ok() && self.lose_create.lock().unwrap().remove(token) {
             return Err(ProviderError::retryable("the answer was lost"));
         }
@@ -123,16 +142,10 @@ async fn setup() -> Setup {
 }
 
 fn test_context() -> CommandContext {
-    CommandContext {
-        actor: Actor {
-            kind: ActorKind::User,
-            name: "test".into(),
-        },
-        request_id: "r".into(),
-        correlation: Uuid::now_v7(),
-        idempotency_key: None,
-        reason: None,
-    }
+    CommandContext::new(Actor {
+        kind: ActorKind::User,
+        name: "test".into(),
+    })
 }
 
 async fn apply(ledger: &Ledger, text: &str) {
@@ -173,14 +186,9 @@ async fn setup_with(text: &str, resync: Duration, create_ms: u64) -> Setup {
         list_delay_ms: 0,
         ..SimConfig::default()
     };
-    let provider = Arc::new(Recording {
-        sim: SimCloud::open(&dir.path().join("sim"), sim_config).unwrap(),
-        calls: Mutex::new(Vec::new()),
-        down: AtomicBool::new(false),
-        lose_create: Mutex::new(HashSet::new()),
-        lose_delete: Mutex::new(HashSet::new()),
-        lookup_fails: AtomicBool::new(false),
-    });
+    let provider = Arc::new(Recording::new(
+        SimCloud::open(&dir.path().join("sim"), sim_config).unwrap(),
+    ));
     let mut providers = Providers::new();
     providers.insert("sim", provider.clone() as Arc<dyn Provider>);
     let concurrency = if create_ms > 0 { 1 } else { 4 };
@@ -379,16 +387,7 @@ async fn repeated_failing_passes_make_a_cluster_degraded_until_one_succeeds() {
 #[tokio::test]
 async fn a_paused_cluster_gets_no_provider_calls() {
     let setup = setup().await;
-    let context = CommandContext {
-        actor: Actor {
-            kind: ActorKind::User,
-            name: "test".into(),
-        },
-        request_id: "p".into(),
-        correlation: Uuid::now_v7(),
-        idempotency_key: None,
-        reason: None,
-    };
+    let context = test_context();
     setup.ledger.pause("c", &context).await.unwrap();
     assert_eq!(setup.pass().await, Requeue::OnEvent);
     assert!(
@@ -655,45 +654,6 @@ async fn an_orphan_with_a_wanted_name_is_cleaned_up_without_blocking_the_cluster
     assert_eq!(subnets, 1, "the orphan subnet was deleted");
 }
 
-/// Counts creates in progress at once.
-struct Gauged {
-    sim: SimCloud,
-    now: std::sync::atomic::AtomicUsize,
-    most: std::sync::atomic::AtomicUsize,
-}
-
-#[async_trait]
-impl Provider for Gauged {
-    async fn create(
-        &self,
-        cluster: &str,
-        token: &str,
-        spec: &ResourceSpec,
-    ) -> Result<CloudResource, ProviderError> {
-        let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
-        self.most.fetch_max(now, Ordering::SeqCst);
-        let made = self.sim.create(cluster, token, spec).await;
-        self.now.fetch_sub(1, Ordering::SeqCst);
-        made
-    }
-
-    async fn delete(&self, cluster: &str, token: &str, id: &str) -> Result<(), ProviderError> {
-        self.sim.delete(cluster, token, id).await
-    }
-
-    async fn describe(&self, id: &str) -> Result<Option<CloudResource>, ProviderError> {
-        self.sim.describe(id).await
-    }
-
-    async fn lookup(&self, token: &str) -> Result<Option<CloudResource>, ProviderError> {
-        self.sim.lookup(token).await
-    }
-
-    async fn list(&self, cluster: &str) -> Result<Vec<CloudResource>, ProviderError> {
-        self.sim.list(cluster).await
-    }
-}
-
 /// The most creates at once when two clusters of 8 machines are reconciled
 /// together, with these limits (overall, per cluster).
 async fn most_creates_at_once(concurrency: usize, cluster_concurrency: usize) -> usize {
@@ -710,11 +670,9 @@ async fn most_creates_at_once(concurrency: usize, cluster_concurrency: usize) ->
         list_delay_ms: 0,
         ..SimConfig::default()
     };
-    let provider = Arc::new(Gauged {
-        sim: SimCloud::open(&dir.path().join("sim"), sim_config).unwrap(),
-        now: Default::default(),
-        most: Default::default(),
-    });
+    let provider = Arc::new(Recording::new(
+        SimCloud::open(&dir.path().join("sim"), sim_config).unwrap(),
+    ));
     let mut providers = Providers::new();
     providers.insert("sim", provider.clone() as Arc<dyn Provider>);
     let config = ReconcilerConfig {
@@ -749,7 +707,7 @@ async fn most_creates_at_once(concurrency: usize, cluster_concurrency: usize) ->
         .filter(|r| r.key().kind == ResourceKind::Machine)
         .count();
     assert_eq!(machines, 16, "both clusters finished their machines");
-    provider.most.load(Ordering::SeqCst)
+    provider.most_creating.load(Ordering::SeqCst)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

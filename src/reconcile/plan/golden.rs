@@ -226,8 +226,6 @@ fn build_observed(
             action: Action::Create { spec },
             token,
             count,
-            last_error: Some("simulated transient error".into()),
-            last_retryable: true,
         };
         observed.attempts.insert(key, attempts);
     }
