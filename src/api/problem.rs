@@ -126,6 +126,7 @@ impl From<StoreError> for ApiError {
                 ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "event_too_large", detail)
             }
             StoreError::InvalidRequest(_) => ApiError::bad_request("invalid_request", detail),
+            StoreError::ImportRejected { .. } => ApiError::bad_request("import_rejected", detail),
             StoreError::Corrupt { .. } => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "corrupt_log", detail)
             }

@@ -18,6 +18,13 @@
 //!   with the same digest returns the original outcome and stores nothing; the same
 //!   key with another digest is `StoreError::IdempotencyKeyReused`.
 //! - Event time never decreases along the log.
+//! - A new event whose cause is `Cause::Event { seq: 0, id }`, where `id` is
+//!   an earlier event of the same request, is stored with that event's seq:
+//!   a request can say "caused by my first event" before seqs are assigned.
+//! - Events can be found by id, by time, by the event that caused them and by
+//!   correlation id (indexes over envelope fields, kept with the events).
+//! - Snapshots are opaque named parts stored under a seq, outside the hash
+//!   chain; the caller encodes them and can always rebuild them from the log.
 //!
 //! The trait is shaped so a PostgreSQL store fits later: optimistic concurrency
 //! is a `(stream, version)` uniqueness check, idempotency a keyed table, and
@@ -26,6 +33,8 @@
 //! **Architecture Invariant:** the store knows nothing of clusters, manifests or
 //! payload types. It moves envelopes with opaque payload bytes.
 
+mod sled_indexes;
+mod sled_snapshots;
 pub mod sled_store;
 pub mod subscription;
 #[cfg(test)]
@@ -34,8 +43,11 @@ mod test_support;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
+
+use uuid::Uuid;
 
 use crate::event::{Event, Hash, NewEvent};
 
@@ -170,6 +182,13 @@ pub enum StoreError {
     /// The store is shutting down or has failed; retry against a healthy daemon.
     #[error("the store is closed")]
     Closed,
+    /// Deterministic: an imported event does not chain onto the log.
+    #[error("imported event {index} (seq {seq}) does not fit the log: {reason}")]
+    ImportRejected {
+        index: usize,
+        seq: u64,
+        reason: String,
+    },
     #[error("the data directory {path} is in use by another process (is a daemon running? ask it instead)")]
     Locked { path: String },
 }
@@ -221,6 +240,52 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Recomputes the whole hash chain.
     async fn verify(&self) -> Result<VerifyReport, StoreError>;
+
+    /// The seq of the event with this id.
+    async fn seq_of_id(&self, id: Uuid) -> Result<Option<u64>, StoreError>;
+
+    /// The last seq whose time is at or before `time`; 0 when the log starts later.
+    async fn seq_at_time(&self, time: DateTime<Utc>) -> Result<u64, StoreError>;
+
+    /// Up to `limit` seqs after `after` of events whose cause is `Cause::Event`
+    /// naming the event at `cause_seq`, in order.
+    async fn caused_by(
+        &self,
+        cause_seq: u64,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<u64>, StoreError>;
+
+    /// Up to `limit` seqs after `after` of events with this correlation id, in order.
+    async fn correlated(
+        &self,
+        correlation: Uuid,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<u64>, StoreError>;
+
+    /// Appends events exported from another log, exactly as they were (ids,
+    /// times, hashes). Each must chain onto the head: the next seq, the head's
+    /// hash as `prev_hash`, a hash that matches its content, a time not before
+    /// the head's, and the next version of its stream. Atomic and durable like
+    /// `append`; `StoreError::ImportRejected` names the first event that fails.
+    async fn import(&self, events: Vec<Event>) -> Result<Head, StoreError>;
+
+    /// Stores a snapshot: named opaque parts, as of `seq`.
+    async fn save_snapshot(
+        &self,
+        seq: u64,
+        parts: Vec<(String, Vec<u8>)>,
+    ) -> Result<(), StoreError>;
+
+    /// The seqs of the stored snapshots, ascending.
+    async fn snapshot_seqs(&self) -> Result<Vec<u64>, StoreError>;
+
+    /// One part of the snapshot at `seq`, if that snapshot has it.
+    async fn snapshot_part(&self, seq: u64, part: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Every part of the snapshot at `seq`, sorted by name.
+    async fn snapshot_parts(&self, seq: u64) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
 
     /// Stops taking appends, finishes the ones queued, and syncs.
     async fn close(&self);

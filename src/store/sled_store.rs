@@ -50,7 +50,12 @@ use super::{
     AppendOutcome, AppendRequest, BadRecord, EventStore, Head, IdempotencyRecord, StoreError,
     VerifyReport,
 };
-use crate::event::{from_bincode, to_bincode, ChainCursor, Event, GENESIS_HASH, RECORD_FORMAT_V1};
+use uuid::Uuid;
+
+use super::{sled_indexes, sled_snapshots};
+use crate::event::{
+    from_bincode, to_bincode, Cause, ChainCursor, Event, GENESIS_HASH, RECORD_FORMAT_V1,
+};
 
 const EVENT_PREFIX: u8 = b'e';
 const STREAM_INDEX_PREFIX: u8 = b'v';
@@ -134,6 +139,8 @@ impl Default for StoreMetrics {
 /// The embedded store. Cheap to share behind an `Arc`.
 pub struct SledStore {
     tree: sled::Db,
+    /// Projection snapshots, outside the event tree (see `sled_snapshots`).
+    snapshots: sled::Tree,
     max_record_bytes: usize,
     sender: Mutex<Option<mpsc::Sender<WriteJob>>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -154,8 +161,15 @@ struct Shared {
 }
 
 struct WriteJob {
-    request: AppendRequest,
+    work: Work,
     reply: oneshot::Sender<Result<AppendOutcome, StoreError>>,
+}
+
+/// What a job asks the writer to do.
+enum Work {
+    Append(AppendRequest),
+    /// Events of another log, stored as they are (see `EventStore::import`).
+    Import(Vec<Event>),
 }
 
 /// The key of the event at `seq`.
@@ -474,6 +488,18 @@ impl SledStore {
                 })
             }
         };
+        if !sled_indexes::is_current(&db)? {
+            let started = Instant::now();
+            sled_indexes::rebuild(&db, head.seq, |first, last| read_range(&db, first, last))?;
+            if head.seq > 0 {
+                tracing::info!(
+                    events = head.seq,
+                    millis = started.elapsed().as_millis() as u64,
+                    "built the envelope indexes of a log written before them"
+                );
+            }
+        }
+        let snapshots = db.open_tree(sled_snapshots::TREE_NAME).map_err(io_error)?;
         let db_file = File::open(config.path.join("db")).map_err(io_error)?;
         let metrics = StoreMetrics::default();
         metrics.head_seq.set(head.seq as i64);
@@ -502,6 +528,7 @@ impl SledStore {
             .map_err(io_error)?;
         Ok(SledStore {
             tree: db,
+            snapshots,
             max_record_bytes: config.max_record_bytes,
             sender: Mutex::new(Some(sender)),
             writer: Mutex::new(Some(handle)),
@@ -513,11 +540,8 @@ impl SledStore {
     pub fn metrics(&self) -> &StoreMetrics {
         &self.shared.metrics
     }
-}
 
-#[async_trait]
-impl EventStore for SledStore {
-    async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, StoreError> {
+    async fn submit(&self, work: Work) -> Result<AppendOutcome, StoreError> {
         let sender = self
             .sender
             .lock()
@@ -526,10 +550,74 @@ impl EventStore for SledStore {
             .ok_or(StoreError::Closed)?;
         let (reply, answer) = oneshot::channel();
         sender
-            .send(WriteJob { request, reply })
+            .send(WriteJob { work, reply })
             .await
             .map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+#[async_trait]
+impl EventStore for SledStore {
+    async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, StoreError> {
+        self.submit(Work::Append(request)).await
+    }
+
+    async fn import(&self, events: Vec<Event>) -> Result<Head, StoreError> {
+        self.submit(Work::Import(events)).await?;
+        Ok(self.head())
+    }
+
+    async fn seq_of_id(&self, id: Uuid) -> Result<Option<u64>, StoreError> {
+        sled_indexes::seq_of_id(&self.tree, &id, self.head().seq)
+    }
+
+    async fn seq_at_time(&self, time: DateTime<Utc>) -> Result<u64, StoreError> {
+        sled_indexes::seq_at_time(&self.tree, time, self.head().seq)
+    }
+
+    async fn caused_by(
+        &self,
+        cause_seq: u64,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<u64>, StoreError> {
+        sled_indexes::caused_by(&self.tree, cause_seq, after, limit, self.head().seq)
+    }
+
+    async fn correlated(
+        &self,
+        correlation: Uuid,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<u64>, StoreError> {
+        sled_indexes::correlated(&self.tree, &correlation, after, limit, self.head().seq)
+    }
+
+    async fn save_snapshot(
+        &self,
+        seq: u64,
+        parts: Vec<(String, Vec<u8>)>,
+    ) -> Result<(), StoreError> {
+        let tree = self.snapshots.clone();
+        tokio::task::spawn_blocking(move || sled_snapshots::save(&tree, seq, &parts))
+            .await
+            .map_err(io_error)?
+    }
+
+    async fn snapshot_seqs(&self) -> Result<Vec<u64>, StoreError> {
+        sled_snapshots::seqs(&self.snapshots)
+    }
+
+    async fn snapshot_part(&self, seq: u64, part: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        sled_snapshots::part(&self.snapshots, seq, part)
+    }
+
+    async fn snapshot_parts(&self, seq: u64) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let tree = self.snapshots.clone();
+        tokio::task::spawn_blocking(move || sled_snapshots::parts(&tree, seq))
+            .await
+            .map_err(io_error)?
     }
 
     async fn read(&self, after: u64, limit: usize) -> Result<Vec<Arc<Event>>, StoreError> {
@@ -726,7 +814,10 @@ impl Writer {
         let mut overlay = GroupOverlay::default();
         let mut staged = Vec::with_capacity(jobs.len());
         for job in jobs {
-            let result = self.stage(job.request, &mut batch, &mut overlay);
+            let result = match job.work {
+                Work::Append(request) => self.stage(request, &mut batch, &mut overlay),
+                Work::Import(events) => self.stage_import(events, &mut batch, &mut overlay),
+            };
             staged.push(Staged {
                 reply: job.reply,
                 result,
@@ -870,8 +961,15 @@ impl Writer {
         let mut version = current;
         let mut sealed = Vec::with_capacity(request.events.len());
         let mut records = Vec::with_capacity(request.events.len());
-        for (index, new) in request.events.into_iter().enumerate() {
+        let mut seq_of_id = HashMap::new();
+        for (index, mut new) in request.events.into_iter().enumerate() {
             version += 1;
+            if let Cause::Event { seq: 0, id } = new.cause {
+                if let Some(seq) = seq_of_id.get(&id) {
+                    new.cause = Cause::Event { seq: *seq, id };
+                }
+            }
+            seq_of_id.insert(new.id, head.seq + 1);
             let event = Event::seal(new, &request.stream, head.seq + 1, version, time, head.hash);
             let record = event.encode_record();
             if record.len() > self.config.max_record_bytes {
@@ -898,6 +996,7 @@ impl Writer {
                 stream_index_key(&event.stream, event.version),
                 &seq_bytes[..],
             );
+            sled_indexes::stage(batch, event);
         }
         if !sealed.is_empty() {
             batch.insert(
@@ -929,6 +1028,88 @@ impl Writer {
         Ok(AppendOutcome {
             events: sealed,
             stream_version: version,
+            deduplicated: false,
+        })
+    }
+}
+
+impl Writer {
+    /// Checks imported events against the log so far and stages them. On
+    /// error nothing of the request is staged.
+    fn stage_import(
+        &mut self,
+        events: Vec<Event>,
+        batch: &mut sled::Batch,
+        overlay: &mut GroupOverlay,
+    ) -> Result<AppendOutcome, StoreError> {
+        let head = overlay.head.unwrap_or(self.head);
+        let mut cursor = ChainCursor {
+            last_seq: head.seq,
+            last_hash: head.hash,
+            last_time: overlay.last_time.or(self.last_time),
+        };
+        let mut versions: HashMap<String, u64> = HashMap::new();
+        let mut records = Vec::with_capacity(events.len());
+        for (index, event) in events.iter().enumerate() {
+            let rejected = |reason: String| StoreError::ImportRejected {
+                index,
+                seq: event.seq,
+                reason,
+            };
+            if event.seq != cursor.last_seq + 1 {
+                return Err(rejected(format!(
+                    "expected seq {}, the next one of the log",
+                    cursor.last_seq + 1
+                )));
+            }
+            let record = event.encode_record();
+            if record.len() > self.config.max_record_bytes {
+                return Err(rejected(format!(
+                    "{} bytes encoded, over the limit of {}",
+                    record.len(),
+                    self.config.max_record_bytes
+                )));
+            }
+            cursor
+                .check(event.seq, &record)
+                .map_err(|error| rejected(error.to_string()))?;
+            let current = match versions.get(&event.stream) {
+                Some(version) => *version,
+                None => self.stream_version(&event.stream, overlay)?,
+            };
+            if event.version != current + 1 {
+                return Err(rejected(format!(
+                    "version {} of stream {:?}, which is at version {current}",
+                    event.version, event.stream
+                )));
+            }
+            versions.insert(event.stream.clone(), event.version);
+            records.push(record);
+        }
+        let events: Vec<Arc<Event>> = events.into_iter().map(Arc::new).collect();
+        for (event, record) in events.iter().zip(records) {
+            batch.insert(&event_key(event.seq)[..], record);
+            batch.insert(
+                stream_index_key(&event.stream, event.version),
+                &event.seq.to_be_bytes()[..],
+            );
+            sled_indexes::stage(batch, event);
+        }
+        for (stream, version) in &versions {
+            batch.insert(stream_version_key(stream), &version.to_be_bytes()[..]);
+        }
+        if let Some(last) = events.last() {
+            overlay.head = Some(Head {
+                seq: last.seq,
+                hash: last.hash,
+            });
+            overlay.last_time = Some(last.time);
+            overlay.stream_versions.extend(versions);
+            overlay.events.extend(events.iter().cloned());
+        }
+        Ok(AppendOutcome {
+            events,
+            stream_version: 0,
             deduplicated: false,
         })
     }
@@ -1267,5 +1448,207 @@ mod tests {
         db.insert(event_key(2), record).unwrap();
         let report = verify_tree(&db, None).unwrap();
         assert_eq!(report.first_bad.unwrap().seq, 2);
+    }
+
+    #[tokio::test]
+    async fn a_cause_naming_an_event_of_the_same_request_gets_its_seq() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        store
+            .append(request("a", ExpectedVersion::Any, &["before"]))
+            .await
+            .unwrap();
+        let mut first = new_event("request");
+        let mut second = new_event("effect");
+        second.cause = Cause::Event {
+            seq: 0,
+            id: first.id,
+        };
+        // A zero seq naming an id outside the request is left as it is.
+        let stranger = Uuid::now_v7();
+        first.cause = Cause::Event {
+            seq: 0,
+            id: stranger,
+        };
+        let outcome = store
+            .append(AppendRequest {
+                stream: "a".into(),
+                expected: ExpectedVersion::Any,
+                events: vec![first.clone(), second],
+                idempotency: None,
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            outcome.events[1].cause,
+            Cause::Event {
+                seq: 2,
+                id: first.id
+            }
+        );
+        assert_eq!(
+            outcome.events[0].cause,
+            Cause::Event {
+                seq: 0,
+                id: stranger
+            }
+        );
+        assert_eq!(store.caused_by(2, 0, 10).await.unwrap(), vec![3]);
+        assert_eq!(store.verify().await.unwrap().first_bad, None);
+    }
+
+    #[tokio::test]
+    async fn events_are_found_by_id_time_cause_and_correlation() {
+        let dir = tempfile::tempdir().unwrap();
+        let micros = Arc::new(AtomicI64::new(1_000_000));
+        let clock_micros = micros.clone();
+        let mut config = SledStoreConfig::new(dir.path());
+        config.clock = Arc::new(move || {
+            Utc.timestamp_micros(clock_micros.load(Ordering::SeqCst))
+                .unwrap()
+        });
+        let store = when_released(|| SledStore::open(config.clone()));
+        let correlation = Uuid::now_v7();
+        let mut ids = Vec::new();
+        for step in 0..5u64 {
+            micros.store(1_000_000 + step as i64 * 10, Ordering::SeqCst);
+            let mut event = new_event("x");
+            event.correlation = if step % 2 == 0 {
+                correlation
+            } else {
+                Uuid::nil()
+            };
+            if step > 0 {
+                event.cause = Cause::Event { seq: 1, id: ids[0] };
+            }
+            ids.push(event.id);
+            store
+                .append(AppendRequest {
+                    stream: "a".into(),
+                    expected: ExpectedVersion::Any,
+                    events: vec![event],
+                    idempotency: None,
+                })
+                .await
+                .unwrap();
+        }
+        assert_eq!(store.seq_of_id(ids[3]).await.unwrap(), Some(4));
+        assert_eq!(store.seq_of_id(Uuid::now_v7()).await.unwrap(), None);
+        let at = |micros: i64| Utc.timestamp_micros(micros).unwrap();
+        assert_eq!(store.seq_at_time(at(999_999)).await.unwrap(), 0);
+        assert_eq!(store.seq_at_time(at(1_000_000)).await.unwrap(), 1);
+        assert_eq!(store.seq_at_time(at(1_000_025)).await.unwrap(), 3);
+        assert_eq!(store.seq_at_time(at(9_000_000)).await.unwrap(), 5);
+        assert_eq!(store.caused_by(1, 0, 10).await.unwrap(), vec![2, 3, 4, 5]);
+        assert_eq!(store.caused_by(1, 3, 1).await.unwrap(), vec![4]);
+        assert_eq!(store.caused_by(2, 0, 10).await.unwrap(), Vec::<u64>::new());
+        assert_eq!(
+            store.correlated(correlation, 0, 10).await.unwrap(),
+            vec![1, 3, 5]
+        );
+
+        // A log from before the indexes: drop them, and the next open rebuilds them.
+        store.close().await;
+        drop(store);
+        let db = when_released(|| open_db(dir.path(), 1 << 20));
+        for prefix in [b'd', b't', b'c', b'r', b'x'] {
+            for entry in db.scan_prefix([prefix]) {
+                db.remove(entry.unwrap().0).unwrap();
+            }
+        }
+        db.flush().unwrap();
+        drop(db);
+        let store = when_released(|| SledStore::open(config.clone()));
+        assert_eq!(store.seq_of_id(ids[3]).await.unwrap(), Some(4));
+        assert_eq!(store.seq_at_time(at(1_000_025)).await.unwrap(), 3);
+        assert_eq!(store.caused_by(1, 0, 10).await.unwrap(), vec![2, 3, 4, 5]);
+        assert_eq!(
+            store.correlated(correlation, 0, 10).await.unwrap(),
+            vec![1, 3, 5]
+        );
+    }
+
+    #[tokio::test]
+    async fn import_takes_a_chain_as_it_is_and_names_the_first_event_that_does_not_fit() {
+        let source_dir = tempfile::tempdir().unwrap();
+        let source = open(source_dir.path());
+        source
+            .append(request("a", ExpectedVersion::Any, &["1", "2"]))
+            .await
+            .unwrap();
+        source
+            .append(request("b", ExpectedVersion::Any, &["3"]))
+            .await
+            .unwrap();
+        let events: Vec<Event> = source
+            .read(0, 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|event| (**event).clone())
+            .collect();
+
+        let target_dir = tempfile::tempdir().unwrap();
+        let target = open(target_dir.path());
+        let mut tampered = events.clone();
+        tampered[1].payload = b"two".to_vec();
+        match target.import(tampered).await {
+            Err(StoreError::ImportRejected { index, seq, .. }) => assert_eq!((index, seq), (1, 2)),
+            other => panic!("expected a rejection, got {other:?}"),
+        }
+        // Nothing of the rejected request was stored.
+        assert_eq!(target.head().seq, 0);
+        let mut skipping = events.clone();
+        skipping.remove(0);
+        assert!(matches!(
+            target.import(skipping).await,
+            Err(StoreError::ImportRejected {
+                index: 0,
+                seq: 2,
+                ..
+            })
+        ));
+
+        target.import(events[..1].to_vec()).await.unwrap();
+        let head = target.import(events[1..].to_vec()).await.unwrap();
+        assert_eq!(head, source.head());
+        assert!(target.verify().await.unwrap().is_ok());
+        assert_eq!(target.stream_version("a").await.unwrap(), 2);
+        assert_eq!(
+            target.seq_of_id(events[2].id).await.unwrap(),
+            Some(3),
+            "imported events are indexed"
+        );
+        // Appends continue the imported chain.
+        let next = target
+            .append(request("a", ExpectedVersion::Exact(2), &["4"]))
+            .await
+            .unwrap();
+        assert_eq!((next.events[0].seq, next.events[0].version), (4, 3));
+        assert!(target.verify().await.unwrap().is_ok());
+    }
+
+    #[tokio::test]
+    async fn snapshots_are_kept_by_seq() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        store
+            .save_snapshot(
+                5,
+                vec![("a".into(), vec![1]), ("b".into(), vec![2; 100_000])],
+            )
+            .await
+            .unwrap();
+        assert_eq!(store.snapshot_seqs().await.unwrap(), vec![5]);
+        assert_eq!(
+            store.snapshot_part(5, "b").await.unwrap(),
+            Some(vec![2; 100_000])
+        );
+        assert_eq!(store.snapshot_parts(5).await.unwrap().len(), 2);
+        // Snapshot parts never go to sled's unsynced blob files.
+        store.close().await;
+        let blobs = dir.path().join("blobs");
+        let count = std::fs::read_dir(&blobs).map_or(0, |entries| entries.count());
+        assert_eq!(count, 0);
     }
 }
