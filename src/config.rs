@@ -23,6 +23,9 @@
 //! backoff_max_ms = 30000
 //! degraded_after_failures = 3
 //!
+//! [snapshots]
+//! every_events = 50000        # snapshot the projections this often; 0: never
+//!
 //! [sim]                       # the simulated cloud (provider `sim`)
 //! seed = 0                    # of the latency jitter and the failures
 //! failure_rate = 0.0          # of creates and deletes (retryable)
@@ -188,6 +191,31 @@ impl ReconcileSettings {
     }
 }
 
+/// `[snapshots]`: how often the projections are snapshotted into the store.
+/// More often: a shorter replay at start-up and shorter folds for
+/// point-in-time reads, for more bytes on disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SnapshotSettings {
+    pub every_events: u64,
+}
+
+impl Default for SnapshotSettings {
+    fn default() -> Self {
+        SnapshotSettings {
+            every_events: crate::ledger::DEFAULT_SNAPSHOT_EVERY,
+        }
+    }
+}
+
+impl SnapshotSettings {
+    pub fn ledger_config(&self) -> crate::ledger::LedgerConfig {
+        crate::ledger::LedgerConfig {
+            snapshot_every: self.every_events,
+        }
+    }
+}
+
 /// `[providers]`: plugin providers, `[providers.exec.<name>]`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -206,6 +234,7 @@ pub struct Config {
     /// How long a shutdown waits for in-flight requests before it exits anyway.
     pub shutdown_timeout_seconds: u64,
     pub reconcile: ReconcileSettings,
+    pub snapshots: SnapshotSettings,
     /// The simulated cloud, the `sim` provider (state in `<data_dir>/sim`).
     pub sim: SimConfig,
     pub providers: ProvidersConfig,
@@ -223,6 +252,7 @@ impl Default for Config {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             shutdown_timeout_seconds: 30,
             reconcile: ReconcileSettings::default(),
+            snapshots: SnapshotSettings::default(),
             sim: SimConfig::default(),
             providers: ProvidersConfig::default(),
         }

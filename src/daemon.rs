@@ -67,9 +67,12 @@ pub async fn start(
     let store = Arc::new(SledStore::open(SledStoreConfig::new(&config.data_dir)).map_err(damaged)?);
     let metrics = Arc::new(Metrics::new(store.metrics()));
     let started = std::time::Instant::now();
-    let ledger = Ledger::open(store.clone() as Arc<dyn EventStore>)
-        .await
-        .map_err(damaged)?;
+    let ledger = Ledger::open_with(
+        store.clone() as Arc<dyn EventStore>,
+        config.snapshots.ledger_config(),
+    )
+    .await
+    .map_err(damaged)?;
     tracing::info!(
         head_seq = store.head().seq,
         clusters = ledger.clusters().len(),

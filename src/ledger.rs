@@ -10,9 +10,21 @@
 //! - `Ledger::apply` diffs a manifest against the projection and appends the
 //!   changes with optimistic concurrency and an optional idempotency key.
 //!
+//! - `history.rs`: time travel (a cluster at a point, diffs between points)
+//!   and rollback as a forward change.
+//! - `snapshots.rs`: loading the newest snapshot at start-up and taking one
+//!   every `LedgerConfig::snapshot_every` events.
+//!
 //! **Architecture Invariant:** the ledger knows nothing of HTTP. Its errors say
 //! what went wrong in domain terms; `api` maps them to status codes.
 
+mod history;
+mod snapshots;
+
+pub use history::{ClusterAt, ClusterDiff, DiffEntry, EventRef, Point, RollbackOutcome};
+pub use snapshots::{LedgerConfig, DEFAULT_SNAPSHOT_EVERY};
+
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, RwLock};
 
 use sha2::{Digest, Sha256};
@@ -85,6 +97,16 @@ pub enum LedgerError {
     /// The projection did not catch up with the log in time; retry later.
     #[error("the projection is {behind} events behind the log; try again")]
     ProjectionBehind { behind: u64 },
+    /// Deterministic: the cluster had no event at or before that point.
+    #[error("cluster {name} did not exist at {point} (seq {seq})")]
+    ClusterNotFoundAt {
+        name: String,
+        point: String,
+        seq: u64,
+    },
+    /// Deterministic until the log grows: the seq is not written yet.
+    #[error("seq {seq} is past the head of the log (seq {head})")]
+    PointAfterHead { seq: u64, head: u64 },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -167,21 +189,54 @@ pub struct EventPage {
 
 pub struct Ledger {
     store: Arc<dyn EventStore>,
+    config: LedgerConfig,
     projections: RwLock<Projections>,
     applied: watch::Sender<u64>,
+    /// The seq of the newest snapshot taken or loaded (0: none).
+    last_snapshot_seq: AtomicU64,
+    /// A snapshot is being written; the follower does not start another.
+    snapshot_running: AtomicBool,
+    /// The seqs of the stored snapshots, ascending, for point-in-time reads.
+    snapshot_seqs: RwLock<Vec<u64>>,
 }
 
 impl Ledger {
-    /// Replays the whole log into the projections. The caller then runs `follow`.
+    /// `open_with` the default configuration.
     pub async fn open(store: Arc<dyn EventStore>) -> Result<Arc<Ledger>, StoreError> {
-        let mut projections = Projections::default();
+        Ledger::open_with(store, LedgerConfig::default()).await
+    }
+
+    /// Loads the newest snapshot that decodes and replays the log after it
+    /// (all of it when there is none). The caller then runs `follow`.
+    pub async fn open_with(
+        store: Arc<dyn EventStore>,
+        config: LedgerConfig,
+    ) -> Result<Arc<Ledger>, StoreError> {
+        let snapshot_seqs = store.snapshot_seqs().await?;
+        let (snapshot_seq, mut projections) =
+            match snapshots::load_latest(store.as_ref(), &snapshot_seqs).await? {
+                Some((seq, projections)) => (seq, projections),
+                None => (0, Projections::default()),
+            };
         catch_up(store.as_ref(), &mut projections).await?;
+        tracing::info!(
+            snapshot_seq,
+            applied_seq = projections.applied_seq(),
+            "projections loaded"
+        );
         let (applied, _) = watch::channel(projections.applied_seq());
-        Ok(Arc::new(Ledger {
+        let ledger = Arc::new(Ledger {
             store,
+            config,
             projections: RwLock::new(projections),
             applied,
-        }))
+            last_snapshot_seq: AtomicU64::new(snapshot_seq),
+            snapshot_running: AtomicBool::new(false),
+            snapshot_seqs: RwLock::new(snapshot_seqs),
+        });
+        // A long replay is worth keeping even if no event arrives soon.
+        ledger.snapshot_if_due();
+        Ok(ledger)
     }
 
     pub fn store(&self) -> &Arc<dyn EventStore> {
@@ -208,6 +263,7 @@ impl Ledger {
                         projections.applied_seq()
                     };
                     self.applied.send_replace(applied);
+                    self.snapshot_if_due();
                 }
                 Ok(None) => return,
                 Err(error) => {
@@ -458,6 +514,9 @@ impl Ledger {
                 Lifecycle::ClusterPaused(_) => current.paused,
                 Lifecycle::ClusterResumed(_) => !current.paused,
                 Lifecycle::ClusterDeletionRequested(_) => current.deletion_requested,
+                Lifecycle::ClusterDeletionCancelled(_) => !current.deletion_requested,
+                // Written by `rollback` together with its changes, never alone.
+                Lifecycle::RollbackRequested(_) => false,
             };
             if already {
                 return Ok(LifecycleOutcome {

@@ -13,5 +13,6 @@ pub mod model;
 pub mod projection;
 pub mod provider;
 pub mod reconcile;
+pub mod replay;
 pub mod schema;
 pub mod store;

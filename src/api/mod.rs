@@ -13,6 +13,7 @@
 pub mod auth;
 mod commands;
 pub mod dto;
+pub mod history;
 pub mod problem;
 
 use std::collections::HashMap;
@@ -127,9 +128,19 @@ pub fn routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Error = I
         .and(warp::get())
         .and(authenticated(&state, Role::Read))
         .and(with_state(&state))
-        .map(|name: String, _actor: Actor, state: ApiState| {
-            problem::respond(cluster_handler(&name, &state))
-        });
+        .and(warp::query::<HashMap<String, String>>())
+        .then(
+            |name: String, _actor: Actor, state: ApiState, query: HashMap<String, String>| async move {
+                let result = match check_known_parameters(&query, &["at"]) {
+                    Err(error) => Err(error),
+                    Ok(()) => match query.get("at") {
+                        Some(at) => history::cluster_at_handler(&name, at, &state).await,
+                        None => cluster_handler(&name, &state),
+                    },
+                };
+                problem::respond(result)
+            },
+        );
     let history = warp::path!("v1" / "clusters" / String / "history")
         .and(warp::get())
         .and(authenticated(&state, Role::Read))
@@ -158,6 +169,7 @@ pub fn routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Error = I
         });
 
     let commands = commands::routes(&state);
+    let history_routes = history::routes(&state);
 
     health
         .or(ready)
@@ -177,6 +189,8 @@ pub fn routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Error = I
         .or(verify)
         .unify()
         .or(commands)
+        .unify()
+        .or(history_routes)
         .unify()
         .recover(recover)
         .unify()

@@ -155,6 +155,14 @@ impl From<LedgerError> for ApiError {
                 "cluster_not_found",
                 error.to_string(),
             ),
+            LedgerError::ClusterNotFoundAt { .. } => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "cluster_not_found",
+                error.to_string(),
+            ),
+            LedgerError::PointAfterHead { .. } => {
+                ApiError::bad_request("point_after_head", error.to_string())
+            }
             LedgerError::PoolNotFound { .. } => {
                 ApiError::new(StatusCode::NOT_FOUND, "pool_not_found", error.to_string())
             }

@@ -27,6 +27,7 @@ use crate::api::dto::{
     ApplyResponse, ClusterList, ClusterView, EventPageView, LifecycleResponse, ScaleRequest,
     SimResources, VerifyView,
 };
+use crate::api::history::{ClusterAtView, DiffView, RollbackRequest, RollbackResponse};
 use crate::config::LogFormat;
 use client::{Client, ClientError};
 
@@ -90,6 +91,44 @@ pub enum Command {
     /// The simulated cloud: look at it, or change it behind Cairn's back.
     #[command(subcommand)]
     Sim(SimCommand),
+    /// What changed in a cluster between two points (seqs, RFC 3339 times or "now").
+    Diff(DiffArgs),
+    /// Take a cluster's desired state back to a point, as a new change.
+    Rollback(RollbackArgs),
+    /// Rebuild every projection from seq 1, offline, and compare with the stored snapshots.
+    Replay(ReplayArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    pub name: String,
+    /// A seq, an RFC 3339 time, or "now".
+    #[arg(long)]
+    pub from: String,
+    /// A seq, an RFC 3339 time, or "now".
+    #[arg(long, default_value = "now")]
+    pub to: String,
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    pub name: String,
+    /// The point to go back to: a seq, an RFC 3339 time.
+    #[arg(long)]
+    pub to: String,
+    /// Print what would change without appending anything.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Why; recorded in the events' cause.
+    #[arg(long)]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// The data directory (the daemon must not be running on it).
+    #[arg(long)]
+    pub data_dir: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -174,7 +213,12 @@ pub enum GetCommand {
     /// List clusters.
     Clusters,
     /// Show one cluster: desired state, observed resources, conditions.
-    Cluster { name: String },
+    Cluster {
+        name: String,
+        /// As it was at this point: a seq, an RFC 3339 time, or "now".
+        #[arg(long)]
+        at: Option<String>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -287,9 +331,50 @@ pub async fn run_client(global: &GlobalArgs, command: Command) -> Result<(), Fai
             let list: ClusterList = client.get("/v1/clusters", &[]).await?;
             output::print_clusters(&list, format);
         }
-        Command::Get(GetCommand::Cluster { name }) => {
+        Command::Get(GetCommand::Cluster { name, at: None }) => {
+            check_names(&[&name])?;
             let view: ClusterView = client.get(&format!("/v1/clusters/{name}"), &[]).await?;
             output::print_cluster(&view, format);
+        }
+        Command::Get(GetCommand::Cluster { name, at: Some(at) }) => {
+            check_names(&[&name])?;
+            let view: ClusterAtView = client
+                .get(&format!("/v1/clusters/{name}"), &[("at", at)])
+                .await?;
+            output::print_cluster_at(&view, format);
+        }
+        Command::Diff(args) => {
+            check_names(&[&args.name])?;
+            let query = [("from", args.from), ("to", args.to)];
+            let view: DiffView = client
+                .get(&format!("/v1/clusters/{}/diff", args.name), &query)
+                .await?;
+            output::print_diff(&view, format);
+        }
+        Command::Rollback(args) => {
+            check_names(&[&args.name])?;
+            let mut headers = vec![("content-type", "application/json".to_string())];
+            headers.extend(reason_header(args.reason));
+            let body = serde_json::to_vec(&RollbackRequest {
+                to: args.to,
+                dry_run: args.dry_run,
+            })
+            .expect("a rollback request serializes");
+            let path = format!("/v1/clusters/{}/rollback", args.name);
+            let response: RollbackResponse = client.post(&path, &[], &headers, body).await?;
+            output::print_rollback(&response, format);
+        }
+        Command::Replay(args) => {
+            let report = crate::replay::replay_offline(&args.data_dir)
+                .await
+                .map_err(|error| Failure::Other(error.to_string()))?;
+            output::print_replay(&report, format);
+            if !report.is_clean() {
+                return Err(Failure::VerifyFailed(format!(
+                    "{} snapshot(s) differ from the replay",
+                    report.differing()
+                )));
+            }
         }
         Command::History(args) => {
             let query = [

@@ -9,7 +9,10 @@ use crate::api::dto::{
     ApplyResponse, ClusterList, ClusterView, EventPageView, EventView, LifecycleResponse,
     SimResources, VerifyView,
 };
+use crate::api::history::{ClusterAtView, DiffView, PointView, RollbackResponse};
+use crate::ledger::DiffEntry;
 use crate::model::{describe_change, Change, Lifecycle, ReconcileEvent};
+use crate::replay::ReplayReport;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum OutputFormat {
@@ -251,6 +254,15 @@ fn event_summary(event: &EventView) -> String {
         Ok(Lifecycle::ClusterPaused(_)) => return "~ paused: no provider calls".into(),
         Ok(Lifecycle::ClusterResumed(_)) => return "~ resumed".into(),
         Ok(Lifecycle::ClusterDeletionRequested(_)) => return "- tear the cluster down".into(),
+        Ok(Lifecycle::ClusterDeletionCancelled(_)) => {
+            return "+ deletion called off: the cluster is wanted again".into()
+        }
+        Ok(Lifecycle::RollbackRequested(rollback)) => {
+            return format!(
+                "~ roll back to seq {} (asked: {})",
+                rollback.to_seq, rollback.requested
+            )
+        }
         Err(_) => {}
     }
     match serde_json::from_value::<ReconcileEvent>(tagged) {
@@ -349,5 +361,116 @@ pub fn print_verify(view: &VerifyView, format: OutputFormat) {
             view.reason.as_deref().unwrap_or("unknown"),
             view.events_checked
         ),
+    }
+}
+
+fn point_text(point: &PointView) -> String {
+    match point.time {
+        Some(time) => format!(
+            "seq {} ({})",
+            point.seq,
+            time.format("%Y-%m-%dT%H:%M:%S%.6fZ")
+        ),
+        None => format!("seq {}", point.seq),
+    }
+}
+
+pub fn print_cluster_at(view: &ClusterAtView, format: OutputFormat) {
+    if print_structured(view, format) {
+        return;
+    }
+    println!(
+        "as of:     {} (asked: {})",
+        point_text(&view.at),
+        view.at.requested
+    );
+    match &view.cluster {
+        Some(cluster) => print_cluster(cluster, format),
+        None => {
+            println!("cluster:   {}", view.name);
+            println!("version:   {}", view.stream_version);
+            println!("deleted:   yes (every resource was gone by then)");
+        }
+    }
+}
+
+fn print_diff_entries(title: &str, entries: &[DiffEntry]) {
+    println!("{title}:");
+    if entries.is_empty() {
+        println!("  (no difference)");
+    }
+    for entry in entries {
+        println!("  {} {}", entry.op, entry.summary);
+        for event in &entry.events {
+            println!(
+                "      seq {} {} by {} ({})",
+                event.seq, event.event_type, event.actor, event.id
+            );
+        }
+    }
+}
+
+pub fn print_diff(view: &DiffView, format: OutputFormat) {
+    if print_structured(view, format) {
+        return;
+    }
+    println!(
+        "cluster {}: from {} to {}",
+        view.cluster,
+        point_text(&view.from),
+        point_text(&view.to)
+    );
+    print_diff_entries("desired", &view.desired);
+    print_diff_entries("observed", &view.observed);
+}
+
+pub fn print_rollback(response: &RollbackResponse, format: OutputFormat) {
+    if print_structured(response, format) {
+        return;
+    }
+    for change in &response.changes {
+        println!("{} {}", change.op, change.summary);
+    }
+    let count = response.changes.len();
+    let noun = if count == 1 { "change" } else { "changes" };
+    if count == 0 {
+        println!(
+            "cluster {}: already as it was at seq {}, nothing to roll back",
+            response.cluster, response.to_seq
+        );
+    } else if response.dry_run {
+        println!(
+            "cluster {}: rollback to seq {} would make {count} {noun} (dry run, nothing appended)",
+            response.cluster, response.to_seq
+        );
+    } else {
+        let first = response.events.first().map_or(0, |event| event.seq);
+        println!(
+            "cluster {}: rolled back to seq {} with {count} {noun} (RollbackRequested at seq {first}), version {}; the reconcilers carry it out",
+            response.cluster, response.to_seq, response.stream_version
+        );
+    }
+}
+
+pub fn print_replay(report: &ReplayReport, format: OutputFormat) {
+    if print_structured(report, format) {
+        return;
+    }
+    println!(
+        "replayed {} events in {:.3} s ({:.0} events/s): {} clusters, {} events skipped",
+        report.events,
+        report.seconds,
+        report.events_per_second,
+        report.clusters,
+        report.skipped_events
+    );
+    if report.snapshots.is_empty() {
+        println!("no snapshots stored");
+    }
+    for check in &report.snapshots {
+        println!("snapshot at seq {}: {}", check.seq, check.verdict);
+        for detail in &check.details {
+            println!("  {detail}");
+        }
     }
 }

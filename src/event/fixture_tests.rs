@@ -115,10 +115,14 @@ fn reconcile_fixture_log_still_decodes_verifies_and_replays() {
         .iter()
         .map(|event| event.event_type.as_str())
         .collect();
-    for event_type in payload::LIFECYCLE_TYPES
-        .iter()
-        .chain(payload::RECONCILE_TYPES)
-    {
+    // The types that existed when this fixture was written (issue 3);
+    // later types need a fixture of their own.
+    let written_then = [
+        "ClusterPaused",
+        "ClusterResumed",
+        "ClusterDeletionRequested",
+    ];
+    for event_type in written_then.iter().chain(payload::RECONCILE_TYPES) {
         assert!(
             types.contains(event_type),
             "the fixture lacks a {event_type} event"

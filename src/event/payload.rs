@@ -96,6 +96,8 @@ payload_family!(Lifecycle, Payload::Lifecycle, LIFECYCLE_TYPES, lifecycle_type,
     ClusterPaused => 1,
     ClusterResumed => 1,
     ClusterDeletionRequested => 1,
+    RollbackRequested => 1,
+    ClusterDeletionCancelled => 1,
 });
 
 payload_family!(ReconcileEvent, |event| Payload::Reconcile(Box::new(event)), RECONCILE_TYPES,

@@ -303,7 +303,26 @@ pub enum Lifecycle {
     ClusterPaused(ClusterPaused),
     ClusterResumed(ClusterResumed),
     ClusterDeletionRequested(ClusterDeletionRequested),
+    RollbackRequested(RollbackRequested),
+    ClusterDeletionCancelled(ClusterDeletionCancelled),
 }
+
+/// A user asked to take the desired state back to what it was at `to_seq`.
+/// The changes that do it follow in the same append, each caused by this
+/// event; on its own it changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RollbackRequested {
+    /// The seq the desired state goes back to.
+    pub to_seq: u64,
+    /// What the caller gave as `to` (a seq, a time or "now"), for the audit.
+    pub requested: String,
+}
+
+/// A deletion still in progress was called off (by a rollback to a point
+/// before it): the cluster is wanted again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ClusterDeletionCancelled {}
 
 /// What reconcilers write.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

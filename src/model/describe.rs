@@ -59,6 +59,25 @@ fn pool_text(pool: &Pool) -> String {
     )
 }
 
+/// The part of a manifest a change touches, e.g. `pool/workers`: a diff
+/// entry and the events that made it share it.
+pub fn change_subject(change: &Change) -> String {
+    match change {
+        Change::ClusterDeclared(_) => "cluster".into(),
+        Change::LabelsChanged(_) => "labels".into(),
+        Change::KubernetesVersionChanged(_) => "kubernetesVersion".into(),
+        Change::DriftPolicyChanged(_) => "driftPolicy".into(),
+        Change::SubnetAdded(added) => format!("subnet/{}", added.subnet.name),
+        Change::SubnetRemoved(removed) => format!("subnet/{}", removed.subnet.name),
+        Change::FirewallRuleAdded(added) => format!("firewall/{}", added.rule.name),
+        Change::FirewallRuleRemoved(removed) => format!("firewall/{}", removed.rule.name),
+        Change::PoolAdded(added) => format!("pool/{}", added.pool.name),
+        Change::PoolRemoved(removed) => format!("pool/{}", removed.pool.name),
+        Change::PoolScaled(scaled) => format!("pool/{}", scaled.pool),
+        Change::PoolTemplateChanged(changed) => format!("pool/{}", changed.pool),
+    }
+}
+
 /// Describes a change for a plan or a history line.
 pub fn describe_change(change: &Change) -> ChangeDescription {
     let (op, summary) = match change {

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::event::payload::{self, Payload};
@@ -22,7 +22,7 @@ pub const RECONCILE_STREAM_PREFIX: &str = "reconcile/";
 const CLUSTER_DELETED: &str = "ClusterDeleted";
 
 /// What the log says one cluster should look like.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterState {
     pub manifest: Manifest,
     /// The cluster stream's version: what `If-Match` compares against.
@@ -42,7 +42,7 @@ pub struct ClusterState {
 }
 
 /// Desired state of every cluster, folded from the log.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DesiredState {
     clusters: BTreeMap<String, ClusterState>,
     /// The version of every cluster stream, deleted clusters included: a
@@ -72,6 +72,23 @@ impl DesiredState {
         self.clusters.values()
     }
 
+    /// Every cluster ever declared, deleted ones included, with its stream version.
+    pub fn stream_versions(&self) -> impl Iterator<Item = (&String, u64)> {
+        self.stream_versions
+            .iter()
+            .map(|(name, version)| (name, *version))
+    }
+
+    /// Puts back one cluster's state, as a snapshot holds it.
+    pub(super) fn restore(&mut self, name: &str, cluster: Option<ClusterState>, version: u64) {
+        if version > 0 {
+            self.stream_versions.insert(name.to_string(), version);
+        }
+        if let Some(cluster) = cluster {
+            self.clusters.insert(name.to_string(), cluster);
+        }
+    }
+
     /// The current version of a cluster's stream (0: never declared).
     pub fn stream_version(&self, name: &str) -> u64 {
         self.stream_versions.get(name).copied().unwrap_or(0)
@@ -92,8 +109,16 @@ impl DesiredState {
             if let Ok(Payload::Reconcile(reconcile)) =
                 payload::decode(&event.event_type, event.schema, &event.payload)
             {
+                // A deletion called off before the reconciler finished
+                // leaves the cluster wanted: it is built again.
                 if let ReconcileEvent::ClusterDeleted(_) = *reconcile {
-                    self.clusters.remove(name);
+                    if self
+                        .clusters
+                        .get(name)
+                        .is_some_and(|cluster| cluster.deletion_requested)
+                    {
+                        self.clusters.remove(name);
+                    }
                 }
             }
             return;
@@ -148,6 +173,11 @@ impl DesiredState {
     }
 
     fn apply_lifecycle(&mut self, name: &str, lifecycle: &Lifecycle, event: &Event) {
+        // A rollback request only names the changes that follow it; it may
+        // precede the declaration that brings a deleted cluster back.
+        if let Lifecycle::RollbackRequested(_) = lifecycle {
+            return;
+        }
         let Some(cluster) = self.clusters.get_mut(name) else {
             self.skipped_events += 1;
             return;
@@ -156,6 +186,8 @@ impl DesiredState {
             Lifecycle::ClusterPaused(_) => cluster.paused = true,
             Lifecycle::ClusterResumed(_) => cluster.paused = false,
             Lifecycle::ClusterDeletionRequested(_) => cluster.deletion_requested = true,
+            Lifecycle::ClusterDeletionCancelled(_) => cluster.deletion_requested = false,
+            Lifecycle::RollbackRequested(_) => {}
         }
         cluster.updated_seq = event.seq;
         cluster.updated_time = event.time;

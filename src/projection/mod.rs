@@ -9,6 +9,8 @@
 //!   conditions).
 //! - `Projections` here folds every event into both, so they always describe
 //!   the same prefix of the log.
+//! - `snapshot.rs`: the state as snapshot parts (one per cluster) and back,
+//!   and the fold of one cluster alone that point-in-time reads use.
 //!
 //! # The contract
 //!
@@ -29,9 +31,11 @@
 
 mod desired;
 mod observed;
+mod snapshot;
 
 pub use desired::*;
 pub use observed::*;
+pub use snapshot::{SnapshotError, HEADER_PART, SNAPSHOT_FORMAT};
 
 use crate::event::Event;
 

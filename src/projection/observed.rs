@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::desired::RECONCILE_STREAM_PREFIX;
@@ -22,7 +23,7 @@ use crate::model::{
 };
 
 /// An action whose `ActionStarted` is in the log without an outcome.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InFlightAction {
     pub action: Action,
     pub token: String,
@@ -32,7 +33,7 @@ pub struct InFlightAction {
 }
 
 /// The tries made with one token.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attempts {
     /// What the tries do.
     pub action: Action,
@@ -41,14 +42,14 @@ pub struct Attempts {
 }
 
 /// Drift found by a resync and not repaired yet.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DriftRecord {
     pub detected_seq: u64,
     pub expected: Option<CloudResource>,
     pub actual: Option<CloudResource>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Condition {
     pub status: bool,
     pub reason: String,
@@ -59,7 +60,7 @@ pub struct Condition {
 }
 
 /// What the log says about one cluster's cloud resources.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ObservedCluster {
     pub resources: BTreeMap<ResourceKey, CloudResource>,
     /// Resources in the cloud, tagged with this cluster, that the log did not
@@ -73,6 +74,9 @@ pub struct ObservedCluster {
     pub conditions: BTreeMap<ConditionType, Condition>,
     /// The seq of the last event of the cluster's reconcile stream.
     pub updated_seq: u64,
+    /// The version of that event in the stream: where a fold of this
+    /// cluster alone continues (see `Projections::cluster_at`).
+    pub stream_version: u64,
     /// `ClusterDeleted` is the last word so far (cleared by a later action).
     pub deleted: bool,
 }
@@ -91,7 +95,7 @@ impl ObservedCluster {
 }
 
 /// Observed state of every cluster, folded from the log.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ObservedState {
     clusters: BTreeMap<String, ObservedCluster>,
     pub applied_seq: u64,
@@ -100,6 +104,11 @@ pub struct ObservedState {
 }
 
 impl ObservedState {
+    /// Puts back one cluster's state, as a snapshot holds it.
+    pub(super) fn restore(&mut self, name: &str, cluster: ObservedCluster) {
+        self.clusters.insert(name.to_string(), cluster);
+    }
+
     pub fn cluster(&self, name: &str) -> Option<&ObservedCluster> {
         self.clusters.get(name)
     }
@@ -127,6 +136,7 @@ impl ObservedState {
         };
         let cluster = self.clusters.entry(name.to_string()).or_default();
         cluster.updated_seq = event.seq;
+        cluster.stream_version = event.version;
         match reconcile {
             ReconcileEvent::ActionStarted(started) => started_action(cluster, started, event),
             ReconcileEvent::ActionSucceeded(succeeded) => succeeded_action(cluster, succeeded),

@@ -1,0 +1,259 @@
+//! Time travel over HTTP: a cluster at a point (`GET /v1/clusters/{name}?at=`),
+//! the diff between two points, and rollback.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::{Filter, Reply};
+
+use super::dto::{ClusterView, ConditionView, EventView, ObservedView, PlannedChange};
+use super::problem::{self, ApiError};
+use super::{
+    authenticated, check_cluster_name, check_known_parameters, command_context, limited_body,
+    with_state, ApiState,
+};
+use crate::config::Role;
+use crate::event::payload;
+use crate::event::Actor;
+use crate::ledger::{ClusterAt, DiffEntry, Point, RollbackOutcome};
+
+/// Where a point resolved to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PointView {
+    /// What the caller asked for: a seq, a time or "now".
+    pub requested: String,
+    pub seq: u64,
+    /// The time of the event at `seq`.
+    pub time: Option<DateTime<Utc>>,
+}
+
+impl PointView {
+    fn new(requested: Point, state: &ClusterAt) -> PointView {
+        PointView {
+            requested: requested.to_string(),
+            seq: state.seq,
+            time: state.time,
+        }
+    }
+}
+
+/// `GET /v1/clusters/{name}?at=`: the cluster as it was.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterAtView {
+    pub name: String,
+    pub at: PointView,
+    /// `ClusterDeleted` had ended the cluster by then: no desired state.
+    pub deleted: bool,
+    pub stream_version: u64,
+    /// The whole view, as `GET /v1/clusters/{name}` gives it, unless deleted.
+    pub cluster: Option<ClusterView>,
+    pub observed: ObservedView,
+    pub conditions: Vec<ConditionView>,
+}
+
+/// `GET /v1/clusters/{name}/diff`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DiffView {
+    pub cluster: String,
+    pub from: PointView,
+    pub to: PointView,
+    pub desired: Vec<DiffEntry>,
+    pub observed: Vec<DiffEntry>,
+}
+
+/// The body of `POST /v1/clusters/{name}/rollback`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RollbackRequest {
+    /// A seq, an RFC 3339 time, or "now".
+    pub to: String,
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RollbackResponse {
+    pub cluster: String,
+    pub to_seq: u64,
+    pub dry_run: bool,
+    pub stream_version: u64,
+    /// What the rollback does, in order, like a plan.
+    pub changes: Vec<PlannedChange>,
+    /// The appended events, `RollbackRequested` first (none for a dry run
+    /// or when nothing differs).
+    pub events: Vec<EventView>,
+}
+
+impl RollbackResponse {
+    fn from_outcome(outcome: &RollbackOutcome) -> RollbackResponse {
+        let mut changes: Vec<PlannedChange> = outcome
+            .changes
+            .iter()
+            .map(PlannedChange::from_change)
+            .collect();
+        for command in &outcome.lifecycle {
+            let event_type = payload::lifecycle_type(command).to_string();
+            let (op, summary) = match command {
+                crate::model::Lifecycle::ClusterDeletionCancelled(_) => {
+                    ("+", "call the deletion off: the cluster is wanted again")
+                }
+                crate::model::Lifecycle::ClusterDeletionRequested(_) => {
+                    ("-", "tear the cluster down")
+                }
+                crate::model::Lifecycle::ClusterPaused(_) => ("~", "pause: no provider calls"),
+                _ => ("~", "resume"),
+            };
+            changes.push(PlannedChange {
+                op: op.into(),
+                event_type,
+                summary: summary.into(),
+            });
+        }
+        RollbackResponse {
+            cluster: outcome.cluster.clone(),
+            to_seq: outcome.to_seq,
+            dry_run: outcome.dry_run,
+            stream_version: outcome.stream_version,
+            changes,
+            events: EventView::from_events(&outcome.events),
+        }
+    }
+}
+
+fn point_parameter(query: &HashMap<String, String>, name: &str) -> Result<Point, ApiError> {
+    match query.get(name) {
+        None => Ok(Point::Now),
+        Some(text) => text.parse().map_err(|error: String| {
+            ApiError::bad_request("bad_parameter", format!("{name}: {error}"))
+        }),
+    }
+}
+
+pub(super) fn routes(
+    state: &ApiState,
+) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
+    let diff = warp::path!("v1" / "clusters" / String / "diff")
+        .and(warp::get())
+        .and(authenticated(state, Role::Read))
+        .and(with_state(state))
+        .and(warp::query::<HashMap<String, String>>())
+        .then(diff_handler);
+    let rollback = warp::path!("v1" / "clusters" / String / "rollback")
+        .and(warp::post())
+        .and(authenticated(state, Role::Write))
+        .and(with_state(state))
+        .and(warp::header::headers_cloned())
+        .and(limited_body(state.max_body_bytes))
+        .then(rollback_handler);
+    diff.or(rollback).unify()
+}
+
+/// `GET /v1/clusters/{name}?at=...`.
+pub(super) async fn cluster_at_handler(
+    name: &str,
+    at: &str,
+    state: &ApiState,
+) -> Result<Response, ApiError> {
+    check_cluster_name(name)?;
+    let point: Point = at
+        .parse()
+        .map_err(|error: String| ApiError::bad_request("bad_parameter", format!("at: {error}")))?;
+    let cluster = state.ledger.cluster_at(name, point).await?;
+    let observed = cluster.observed.clone().unwrap_or_default();
+    let view = ClusterAtView {
+        name: name.to_string(),
+        at: PointView::new(point, &cluster),
+        deleted: cluster.deleted(),
+        stream_version: cluster.stream_version,
+        cluster: cluster
+            .desired
+            .as_ref()
+            .map(|desired| ClusterView::from_state(desired, &observed)),
+        observed: ObservedView::from_observed(&observed),
+        conditions: ConditionView::from_observed(&observed),
+    };
+    Ok(warp::reply::json(&view).into_response())
+}
+
+async fn diff_handler(
+    name: String,
+    _actor: Actor,
+    state: ApiState,
+    query: HashMap<String, String>,
+) -> Response {
+    let result = async {
+        check_cluster_name(&name)?;
+        check_known_parameters(&query, &["from", "to"])?;
+        if !query.contains_key("from") {
+            return Err(ApiError::bad_request(
+                "bad_parameter",
+                "from: required (a seq, an RFC 3339 time or \"now\")",
+            ));
+        }
+        let from = point_parameter(&query, "from")?;
+        let to = point_parameter(&query, "to")?;
+        let diff = state.ledger.diff_cluster(&name, from, to).await?;
+        let view = DiffView {
+            cluster: name,
+            from: PointView::new(from, &diff.from),
+            to: PointView::new(to, &diff.to),
+            desired: diff.desired,
+            observed: diff.observed,
+        };
+        Ok::<_, ApiError>(warp::reply::json(&view))
+    }
+    .await;
+    problem::respond(result)
+}
+
+async fn rollback_handler(
+    name: String,
+    actor: Actor,
+    state: ApiState,
+    headers: warp::http::HeaderMap,
+    body: Bytes,
+) -> Response {
+    let result = async {
+        check_cluster_name(&name)?;
+        let request: RollbackRequest = serde_json::from_slice(&body).map_err(|error| {
+            ApiError::bad_request(
+                "malformed",
+                format!(
+                    "the body must be {{\"to\": \"<seq|time|now>\", \"dryRun\": false}}: {error}"
+                ),
+            )
+        })?;
+        let to: Point = request
+            .to
+            .parse()
+            .map_err(|error: String| ApiError::bad_request("malformed", format!("to: {error}")))?;
+        let context = command_context(actor, &headers)?;
+        let outcome = state
+            .ledger
+            .rollback(&name, to, request.dry_run, &context)
+            .await?;
+        let response = RollbackResponse::from_outcome(&outcome);
+        // The reconcilers carry a rollback out later: 202 when it appended.
+        let status = if outcome.events.is_empty() {
+            StatusCode::OK
+        } else {
+            StatusCode::ACCEPTED
+        };
+        let reply = warp::reply::with_status(warp::reply::json(&response), status);
+        Ok::<_, ApiError>(warp::reply::with_header(
+            reply,
+            "x-request-id",
+            context.request_id,
+        ))
+    }
+    .await;
+    problem::respond(result)
+}
