@@ -61,10 +61,6 @@ const MAX_PROJECTION_WAIT: std::time::Duration = std::time::Duration::from_secs(
 /// How long the follower waits before it retries a failed read of the log.
 const CATCH_UP_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
 
-/// How many events one `events` query may scan for its filters before it
-/// returns a partial page with a cursor.
-const MAX_SCAN_PER_PAGE: usize = 10_000;
-
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
     /// The manifest cannot be applied on top of the current state.
@@ -169,14 +165,7 @@ pub struct LifecycleOutcome {
     pub stream_version: u64,
 }
 
-/// Filters of an `events` query.
-#[derive(Debug, Clone, Default)]
-pub struct EventQuery {
-    pub after: u64,
-    pub limit: usize,
-    pub stream: Option<String>,
-    pub event_type: Option<String>,
-}
+pub use crate::audit::EventQuery;
 
 /// One page of events, with where to continue.
 #[derive(Debug, Clone)]
@@ -660,38 +649,15 @@ impl Ledger {
         Ok(EventPage { events, next_after })
     }
 
-    /// A page of the log, filtered.
+    /// A page of the log, filtered (see `audit`).
     pub async fn events(&self, query: &EventQuery) -> Result<EventPage, LedgerError> {
-        let limit = query.limit.clamp(1, MAX_PAGE);
-        let head = self.store.head().seq;
-        let mut events = Vec::new();
-        let mut cursor = query.after;
-        let mut scanned = 0;
-        while events.len() < limit && cursor < head && scanned < MAX_SCAN_PER_PAGE {
-            let chunk = self.store.read(cursor, 256).await?;
-            if chunk.is_empty() {
-                break;
-            }
-            for event in chunk {
-                cursor = event.seq;
-                scanned += 1;
-                let stream_matches = query.stream.as_ref().is_none_or(|s| *s == event.stream);
-                let type_matches = query
-                    .event_type
-                    .as_ref()
-                    .is_none_or(|t| *t == event.event_type);
-                if stream_matches && type_matches {
-                    events.push(event);
-                    if events.len() == limit {
-                        break;
-                    }
-                }
-            }
-        }
-        Ok(EventPage {
-            events,
-            next_after: (cursor < head).then_some(cursor),
-        })
+        Ok(crate::audit::events(self.store.as_ref(), query).await?)
+    }
+
+    /// The causal chain of an event, both ways (see `audit::trace`); None
+    /// when the log has no event with this id.
+    pub async fn trace(&self, id: Uuid) -> Result<Option<crate::audit::Trace>, LedgerError> {
+        Ok(crate::audit::trace(self.store.as_ref(), id, Default::default()).await?)
     }
 
     /// Appends reconciler events to a cluster's `reconcile/<name>` stream, each

@@ -13,7 +13,9 @@ use uuid::Uuid;
 
 use crate::event::{payload, Actor, Cause, Event};
 use crate::ledger::EventPage;
-use crate::model::{describe_change, Change, CloudResource, FieldError, Manifest};
+use crate::model::{
+    describe_change, Change, CloudResource, FieldError, Lifecycle, Manifest, ReconcileEvent,
+};
 use crate::projection::{ClusterState, ObservedCluster};
 use crate::store::VerifyReport;
 
@@ -73,6 +75,59 @@ impl EventView {
             .iter()
             .map(|event| EventView::from_event(event))
             .collect()
+    }
+
+    /// A one-line summary of the payload: the plan line of a change, the
+    /// action of a reconciler event; empty for a type this build does not know.
+    pub fn summary(&self) -> String {
+        let tagged = serde_json::json!({ self.event_type.clone(): self.data.clone() });
+        if let Ok(change) = serde_json::from_value::<Change>(tagged.clone()) {
+            let description = describe_change(&change);
+            return format!("{} {}", description.op.symbol(), description.summary);
+        }
+        match serde_json::from_value::<Lifecycle>(tagged.clone()) {
+            Ok(Lifecycle::ClusterPaused(_)) => return "~ paused: no provider calls".into(),
+            Ok(Lifecycle::ClusterResumed(_)) => return "~ resumed".into(),
+            Ok(Lifecycle::ClusterDeletionRequested(_)) => return "- tear the cluster down".into(),
+            Ok(Lifecycle::ClusterDeletionCancelled(_)) => {
+                return "+ deletion called off: the cluster is wanted again".into()
+            }
+            Ok(Lifecycle::RollbackRequested(rollback)) => {
+                return format!(
+                    "~ roll back to seq {} (asked: {})",
+                    rollback.to_seq, rollback.requested
+                )
+            }
+            Err(_) => {}
+        }
+        match serde_json::from_value::<ReconcileEvent>(tagged) {
+            Ok(ReconcileEvent::ActionStarted(started)) => {
+                format!("{} (attempt {})", started.action, started.attempt)
+            }
+            Ok(ReconcileEvent::ActionSucceeded(done)) => {
+                format!("{} -> {}", done.action, done.provider_id)
+            }
+            Ok(ReconcileEvent::ActionFailed(failed)) => format!(
+                "{}: {}{}",
+                failed.action,
+                failed.error,
+                if failed.retryable { " (retryable)" } else { "" }
+            ),
+            Ok(ReconcileEvent::DriftDetected(drift)) => format!(
+                "{}: expected {}, found {}",
+                drift.resource,
+                drift.expected.map_or("nothing".into(), |r| r.provider_id),
+                drift.actual.map_or("nothing".into(), |r| r.provider_id)
+            ),
+            Ok(ReconcileEvent::ConditionChanged(changed)) => format!(
+                "{:?}={} ({})",
+                changed.condition,
+                if changed.status { "True" } else { "False" },
+                changed.reason
+            ),
+            Ok(ReconcileEvent::ClusterDeleted(_)) => "every resource is gone".into(),
+            Err(_) => String::new(),
+        }
     }
 }
 
@@ -431,4 +486,84 @@ pub struct Problem {
     pub current_version: Option<u64>,
     /// Whether the same request may succeed later without change.
     pub retryable: bool,
+}
+
+/// One event of a trace: the event as `GET /v1/events` shows it, its
+/// summary, and for an effect its depth and the seq of its direct cause.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TraceEntry {
+    pub event: EventView,
+    /// One line, as `cairn events` prints it.
+    pub summary: String,
+    /// For an effect: 1 when the traced event caused it directly, 2 one step further, ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub depth: Option<u32>,
+    /// For an effect: the seq of the event that caused it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<u64>,
+}
+
+impl TraceEntry {
+    fn from_event(event: &Event) -> TraceEntry {
+        let event = EventView::from_event(event);
+        TraceEntry {
+            summary: event.summary(),
+            event,
+            depth: None,
+            parent: None,
+        }
+    }
+}
+
+/// `GET /v1/events/{id}/trace`: an event's causal chain, both ways.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TraceView {
+    pub event: TraceEntry,
+    /// From the root of the chain down to the event's direct cause.
+    pub causes: Vec<TraceEntry>,
+    pub causes_truncated: bool,
+    /// The root's own cause: a request (id, idempotency key, reason), a
+    /// webhook delivery, or none. `event` here means the chain names an
+    /// event that is not in the log (or was cut at the limit).
+    pub origin: Cause,
+    /// Everything the event caused, recursively, in seq order.
+    pub effects: Vec<TraceEntry>,
+    /// More effects exist than the 10,000 returned.
+    pub effects_truncated: bool,
+    /// Other events with the same correlation id, not in the chain, in seq order.
+    pub correlated: Vec<TraceEntry>,
+    pub correlated_truncated: bool,
+}
+
+impl TraceView {
+    pub fn from_trace(trace: &crate::audit::Trace) -> TraceView {
+        TraceView {
+            event: TraceEntry::from_event(&trace.event),
+            causes: trace
+                .causes
+                .iter()
+                .map(|event| TraceEntry::from_event(event))
+                .collect(),
+            causes_truncated: trace.causes_truncated,
+            origin: trace.origin.clone(),
+            effects: trace
+                .effects
+                .iter()
+                .map(|effect| TraceEntry {
+                    depth: Some(effect.depth),
+                    parent: Some(effect.parent),
+                    ..TraceEntry::from_event(&effect.event)
+                })
+                .collect(),
+            effects_truncated: trace.effects_truncated,
+            correlated: trace
+                .correlated
+                .iter()
+                .map(|event| TraceEntry::from_event(event))
+                .collect(),
+            correlated_truncated: trace.correlated_truncated,
+        }
+    }
 }

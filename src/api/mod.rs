@@ -3,6 +3,7 @@
 //! # Layout
 //!
 //! - `mod.rs`: the routes and their handlers.
+//! - `audit.rs`: the filters of `GET /v1/events` and `GET /v1/events/{id}/trace`.
 //! - `dto.rs`: the JSON shapes (shared with the CLI).
 //! - `problem.rs`: errors as RFC 7807 problem+json with stable codes.
 //! - `auth.rs`: bearer tokens and roles.
@@ -10,6 +11,7 @@
 //! **Architecture Invariant:** only `api` (and later `webhook`) knows HTTP, and
 //! it never touches sled: everything goes through the `Ledger`.
 
+mod audit;
 pub mod auth;
 mod commands;
 pub mod dto;
@@ -34,7 +36,7 @@ use self::dto::{
 use self::problem::{recover, ApiError};
 use crate::config::Role;
 use crate::event::Actor;
-use crate::ledger::{ApplyOptions, CommandContext, EventQuery, Ledger, LedgerError, MAX_PAGE};
+use crate::ledger::{ApplyOptions, CommandContext, Ledger, LedgerError, MAX_PAGE};
 use crate::metrics::{Metrics, ResponseLabels};
 use crate::model::{is_dns_label, parse_manifest, ManifestFormat};
 
@@ -191,6 +193,8 @@ pub fn routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Error = I
         .or(commands)
         .unify()
         .or(history_routes)
+        .unify()
+        .or(audit::routes(&state))
         .unify()
         .recover(recover)
         .unify()
@@ -534,13 +538,7 @@ async fn events_handler(
     query: HashMap<String, String>,
 ) -> Response {
     let result = async {
-        check_known_parameters(&query, &["after", "limit", "stream", "type"])?;
-        let query = EventQuery {
-            after: query_u64(&query, "after")?.unwrap_or(0),
-            limit: query_limit(&query)?,
-            stream: query.get("stream").cloned(),
-            event_type: query.get("type").cloned(),
-        };
+        let query = audit::event_query(&query)?;
         let page = state.ledger.events(&query).await?;
         Ok(warp::reply::json(&EventPageView::from_page(&page)))
     }

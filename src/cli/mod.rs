@@ -14,6 +14,7 @@
 //! local problem (an unreadable file, a data directory in use), 3 the daemon
 //! could not be reached or did not answer, 4 verification found a bad record.
 
+mod audit;
 mod client;
 mod output;
 
@@ -77,6 +78,8 @@ pub enum Command {
     History(HistoryArgs),
     /// Read the log.
     Events(EventsArgs),
+    /// An event's causal chain: what caused it, what it caused.
+    Trace(audit::TraceArgs),
     /// Recompute the hash chain (on the daemon, or offline on a data dir).
     Verify(VerifyArgs),
     /// Set a pool's replica count.
@@ -246,6 +249,21 @@ pub struct EventsArgs {
     /// Only this event type, e.g. PoolScaled.
     #[arg(long = "type")]
     pub event_type: Option<String>,
+    /// Only this actor: NAME or KIND:NAME (user, webhook, reconciler, system).
+    #[arg(long)]
+    pub actor: Option<String>,
+    /// Only events caused by this event id (or request id, idempotency key, webhook delivery).
+    #[arg(long)]
+    pub cause: Option<String>,
+    /// Only events with this correlation id.
+    #[arg(long)]
+    pub correlation: Option<String>,
+    /// From this seq or RFC 3339 time on (inclusive).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Up to this seq or RFC 3339 time (inclusive).
+    #[arg(long)]
+    pub until: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -394,12 +412,19 @@ pub async fn run_client(global: &GlobalArgs, command: Command) -> Result<(), Fai
             if let Some(stream) = args.stream {
                 query.push(("stream", stream));
             }
-            if let Some(event_type) = args.event_type {
-                query.push(("type", event_type));
-            }
+            let filters = [
+                ("type", args.event_type),
+                ("actor", args.actor),
+                ("cause", args.cause),
+                ("correlation", args.correlation),
+                ("since", args.since),
+                ("until", args.until),
+            ];
+            query.extend(filters.into_iter().filter_map(|(n, v)| Some((n, v?))));
             let page: EventPageView = client.get("/v1/events", &query).await?;
             output::print_events(&page, format, false);
         }
+        Command::Trace(args) => audit::trace(&client, args, format).await?,
         Command::Scale(args) => {
             check_names(&[&args.name, &args.pool])?;
             let mut headers = vec![("content-type", "application/json".to_string())];

@@ -11,7 +11,6 @@ use crate::api::dto::{
 };
 use crate::api::history::{ClusterAtView, DiffView, PointView, RollbackResponse};
 use crate::ledger::DiffEntry;
-use crate::model::{describe_change, Change, Lifecycle, ReconcileEvent};
 use crate::replay::ReplayReport;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -243,56 +242,9 @@ pub fn print_sim_resources(list: &SimResources, format: OutputFormat) {
     );
 }
 
-/// The one-line summary of an event's change, when it is one.
+/// The one-line summary of an event (see `EventView::summary`).
 fn event_summary(event: &EventView) -> String {
-    let tagged = serde_json::json!({ event.event_type.clone(): event.data.clone() });
-    if let Ok(change) = serde_json::from_value::<Change>(tagged.clone()) {
-        let description = describe_change(&change);
-        return format!("{} {}", description.op.symbol(), description.summary);
-    }
-    match serde_json::from_value::<Lifecycle>(tagged.clone()) {
-        Ok(Lifecycle::ClusterPaused(_)) => return "~ paused: no provider calls".into(),
-        Ok(Lifecycle::ClusterResumed(_)) => return "~ resumed".into(),
-        Ok(Lifecycle::ClusterDeletionRequested(_)) => return "- tear the cluster down".into(),
-        Ok(Lifecycle::ClusterDeletionCancelled(_)) => {
-            return "+ deletion called off: the cluster is wanted again".into()
-        }
-        Ok(Lifecycle::RollbackRequested(rollback)) => {
-            return format!(
-                "~ roll back to seq {} (asked: {})",
-                rollback.to_seq, rollback.requested
-            )
-        }
-        Err(_) => {}
-    }
-    match serde_json::from_value::<ReconcileEvent>(tagged) {
-        Ok(ReconcileEvent::ActionStarted(started)) => {
-            format!("{} (attempt {})", started.action, started.attempt)
-        }
-        Ok(ReconcileEvent::ActionSucceeded(done)) => {
-            format!("{} -> {}", done.action, done.provider_id)
-        }
-        Ok(ReconcileEvent::ActionFailed(failed)) => format!(
-            "{}: {}{}",
-            failed.action,
-            failed.error,
-            if failed.retryable { " (retryable)" } else { "" }
-        ),
-        Ok(ReconcileEvent::DriftDetected(drift)) => format!(
-            "{}: expected {}, found {}",
-            drift.resource,
-            drift.expected.map_or("nothing".into(), |r| r.provider_id),
-            drift.actual.map_or("nothing".into(), |r| r.provider_id)
-        ),
-        Ok(ReconcileEvent::ConditionChanged(changed)) => format!(
-            "{:?}={} ({})",
-            changed.condition,
-            if changed.status { "True" } else { "False" },
-            changed.reason
-        ),
-        Ok(ReconcileEvent::ClusterDeleted(_)) => "every resource is gone".into(),
-        Err(_) => String::new(),
-    }
+    event.summary()
 }
 
 fn event_reason(event: &EventView) -> String {
