@@ -13,6 +13,9 @@
 //! secret = "a long random string"
 //! role = "write"              # read | write | admin
 //!
+//! [api]
+//! watch_heartbeat_ms = 15000  # an SSE comment on an idle `GET /v1/watch`
+//!
 //! [reconcile]
 //! enabled = true              # false: a ledger only, no provider calls
 //! workers = 4                 # clusters reconciled at once
@@ -208,11 +211,34 @@ impl Default for SnapshotSettings {
     }
 }
 
+/// `[api]`: HTTP API settings beyond the top-level keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiSettings {
+    /// How long a `GET /v1/watch` stream may stay silent before the daemon
+    /// sends a heartbeat comment (keeps proxies from closing it as idle).
+    pub watch_heartbeat_ms: u64,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        ApiSettings {
+            watch_heartbeat_ms: 15_000,
+        }
+    }
+}
+
 impl SnapshotSettings {
     pub fn ledger_config(&self) -> crate::ledger::LedgerConfig {
         crate::ledger::LedgerConfig {
             snapshot_every: self.every_events,
         }
+    }
+}
+
+impl ApiSettings {
+    pub fn watch_heartbeat(&self) -> Duration {
+        Duration::from_millis(self.watch_heartbeat_ms)
     }
 }
 
@@ -233,6 +259,7 @@ pub struct Config {
     pub max_body_bytes: u64,
     /// How long a shutdown waits for in-flight requests before it exits anyway.
     pub shutdown_timeout_seconds: u64,
+    pub api: ApiSettings,
     pub reconcile: ReconcileSettings,
     pub snapshots: SnapshotSettings,
     /// The simulated cloud, the `sim` provider (state in `<data_dir>/sim`).
@@ -251,6 +278,7 @@ impl Default for Config {
             tokens: Vec::new(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             shutdown_timeout_seconds: 30,
+            api: ApiSettings::default(),
             reconcile: ReconcileSettings::default(),
             snapshots: SnapshotSettings::default(),
             sim: SimConfig::default(),
@@ -349,6 +377,11 @@ impl Config {
                 "shutdown_timeout_seconds: must be positive, or a shutdown would not wait \
                  for in-flight appends"
                     .into(),
+            ));
+        }
+        if self.api.watch_heartbeat_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "api.watch_heartbeat_ms: must be positive".into(),
             ));
         }
         self.reconcile.check().map_err(ConfigError::Invalid)?;

@@ -132,6 +132,7 @@ pub async fn start(
         max_body_bytes: config.max_body_bytes,
         shutdown: shutdown.clone(),
         sim,
+        watch_heartbeat: config.api.watch_heartbeat(),
     };
     let server = warp::serve(routes(state))
         .incoming(listener)

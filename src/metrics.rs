@@ -53,6 +53,8 @@ pub struct Metrics {
     pub http_responses: Family<ResponseLabels, Counter>,
     /// Applies that appended at least one event.
     pub applies_changed: Counter,
+    /// `GET /v1/watch` streams open now.
+    pub watch_streams: Gauge,
     pub reconcile: ReconcileMetrics,
 }
 
@@ -116,6 +118,12 @@ impl Metrics {
             "Applies that appended at least one event",
             applies_changed.clone(),
         );
+        let watch_streams = Gauge::default();
+        registry.register(
+            "watch_streams",
+            "GET /v1/watch streams open now",
+            watch_streams.clone(),
+        );
         let reconcile = ReconcileMetrics::default();
         registry.register(
             "reconcile_actions",
@@ -146,6 +154,7 @@ impl Metrics {
             registry,
             http_responses,
             applies_changed,
+            watch_streams,
             reconcile,
         }
     }

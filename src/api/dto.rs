@@ -80,7 +80,14 @@ impl EventView {
     /// A one-line summary of the payload: the plan line of a change, the
     /// action of a reconciler event; empty for a type this build does not know.
     pub fn summary(&self) -> String {
-        let tagged = serde_json::json!({ self.event_type.clone(): self.data.clone() });
+        summary_of(&self.event_type, &self.data)
+    }
+}
+
+/// The one-line summary of an event of this type with this payload.
+pub fn summary_of(event_type: &str, data: &serde_json::Value) -> String {
+    {
+        let tagged = serde_json::json!({ event_type: data.clone() });
         if let Ok(change) = serde_json::from_value::<Change>(tagged.clone()) {
             let description = describe_change(&change);
             return format!("{} {}", description.op.symbol(), description.summary);
@@ -128,6 +135,115 @@ impl EventView {
             Ok(ReconcileEvent::ClusterDeleted(_)) => "every resource is gone".into(),
             Err(_) => String::new(),
         }
+    }
+}
+
+/// The CloudEvents `specversion` of `GET /v1/watch`.
+pub const CLOUDEVENTS_SPEC_VERSION: &str = "1.0";
+
+/// The prefix of every CloudEvents `type`: `io.cairn.<EventType>.v<schema>`.
+pub const CLOUDEVENTS_TYPE_PREFIX: &str = "io.cairn.";
+
+/// An event as `GET /v1/watch` sends it: CloudEvents 1.0, JSON structured mode
+/// (docs/events.md, "The live stream"). The envelope fields that CloudEvents
+/// has no attribute for are extension attributes (lowercase letters and
+/// digits only, as the spec requires). Counters are decimal strings, since a
+/// CloudEvents integer is 32-bit and a seq is not.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloudEventView {
+    /// Always "1.0".
+    pub specversion: String,
+    /// The event's UUIDv7, unique in the log.
+    pub id: Uuid,
+    /// `/cairn/<stream>`, e.g. `/cairn/cluster/prod-eu`.
+    pub source: String,
+    /// `io.cairn.<EventType>.v<schema>`, e.g. `io.cairn.PoolScaled.v1`.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// Commit time, RFC 3339, UTC.
+    pub time: DateTime<Utc>,
+    /// The stream, e.g. `cluster/prod-eu`.
+    pub subject: String,
+    /// Always "application/json".
+    pub datacontenttype: String,
+    /// The payload, as in `GET /v1/events`; null for a type this build does not know.
+    pub data: serde_json::Value,
+    /// Extension: the global seq (also the SSE `id`).
+    #[serde(with = "decimal_string")]
+    pub seq: u64,
+    /// Extension: the event's position in its stream.
+    #[serde(with = "decimal_string")]
+    pub streamversion: u64,
+    /// Extension: the actor's name.
+    pub actor: String,
+    /// Extension: the actor's kind (`user`, `webhook`, `reconciler`, `system`).
+    pub actorkind: String,
+    /// Extension: what kind of cause (`none`, `request`, `webhook`, `event`).
+    pub causekind: String,
+    /// Extension: the cause: a request id, `<hook>/<delivery>` for a webhook,
+    /// or the id of the causing event; absent for `none`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<String>,
+    /// Extension: one id across a whole causal chain.
+    pub correlation: Uuid,
+}
+
+impl CloudEventView {
+    pub fn from_event(event: &Event) -> CloudEventView {
+        let (causekind, cause) = match &event.cause {
+            Cause::None => ("none", None),
+            Cause::Request { request_id, .. } => ("request", Some(request_id.clone())),
+            Cause::Webhook { hook, delivery } => ("webhook", Some(format!("{hook}/{delivery}"))),
+            Cause::Event { id, .. } => ("event", Some(id.to_string())),
+        };
+        let actorkind = serde_json::to_value(event.actor.kind)
+            .ok()
+            .and_then(|kind| kind.as_str().map(str::to_string))
+            .unwrap_or_default();
+        CloudEventView {
+            specversion: CLOUDEVENTS_SPEC_VERSION.to_string(),
+            id: event.id,
+            source: format!("/cairn/{}", event.stream),
+            event_type: format!(
+                "{CLOUDEVENTS_TYPE_PREFIX}{}.v{}",
+                event.event_type, event.schema
+            ),
+            time: event.time,
+            subject: event.stream.clone(),
+            datacontenttype: "application/json".to_string(),
+            data: payload::to_json(&event.event_type, event.schema, &event.payload)
+                .unwrap_or(serde_json::Value::Null),
+            seq: event.seq,
+            streamversion: event.version,
+            actor: event.actor.name.clone(),
+            actorkind,
+            causekind: causekind.to_string(),
+            cause,
+            correlation: event.correlation,
+        }
+    }
+
+    /// The Cairn type name and schema from `type` (`PoolScaled`, 1); None
+    /// when `type` is not of the `io.cairn.<EventType>.v<schema>` form.
+    pub fn cairn_type(&self) -> Option<(&str, u16)> {
+        let rest = self.event_type.strip_prefix(CLOUDEVENTS_TYPE_PREFIX)?;
+        let (name, schema) = rest.rsplit_once(".v")?;
+        Some((name, schema.parse().ok()?))
+    }
+}
+
+/// A u64 as a decimal JSON string.
+mod decimal_string {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &u64, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(value)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -565,5 +681,116 @@ impl TraceView {
                 .collect(),
             correlated_truncated: trace.correlated_truncated,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+    use crate::event::{ActorKind, GENESIS_HASH};
+    use crate::model::PoolScaled;
+
+    fn pool_scaled(seq: u64, cause: Cause) -> Event {
+        let encoded = payload::encode_change(&Change::PoolScaled(PoolScaled {
+            pool: "workers".into(),
+            from: 5,
+            to: 7,
+        }));
+        Event {
+            seq,
+            stream: "cluster/prod-eu".into(),
+            version: 4,
+            id: Uuid::parse_str("019abc3e-8f4a-7b52-9d0e-5f2c1a7e4b10").unwrap(),
+            event_type: encoded.event_type.into(),
+            schema: encoded.schema,
+            time: Utc.timestamp_micros(1_795_000_000_123_456).unwrap(),
+            actor: Actor {
+                kind: ActorKind::User,
+                name: "alice".into(),
+            },
+            cause,
+            correlation: Uuid::parse_str("019abc3e-8f49-7000-8000-000000000001").unwrap(),
+            payload: encoded.bytes,
+            prev_hash: GENESIS_HASH,
+            hash: GENESIS_HASH,
+        }
+    }
+
+    #[test]
+    fn a_cloud_event_has_the_required_attributes_and_the_envelope_as_extensions() {
+        let cause = Cause::Request {
+            request_id: "req-1".into(),
+            idempotency_key: None,
+            reason: Some("more capacity".into()),
+        };
+        let json = serde_json::to_value(CloudEventView::from_event(&pool_scaled(
+            3_000_000_000,
+            cause,
+        )))
+        .unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "specversion": "1.0",
+                "id": "019abc3e-8f4a-7b52-9d0e-5f2c1a7e4b10",
+                "source": "/cairn/cluster/prod-eu",
+                "type": "io.cairn.PoolScaled.v1",
+                "time": "2026-11-18T11:06:40.123456Z",
+                "subject": "cluster/prod-eu",
+                "datacontenttype": "application/json",
+                "data": {"pool": "workers", "from": 5, "to": 7},
+                "seq": "3000000000",
+                "streamversion": "4",
+                "actor": "alice",
+                "actorkind": "user",
+                "causekind": "request",
+                "cause": "req-1",
+                "correlation": "019abc3e-8f49-7000-8000-000000000001",
+            })
+        );
+        // CloudEvents attribute names: lowercase letters and digits only.
+        for name in json.as_object().unwrap().keys() {
+            assert!(
+                name.bytes()
+                    .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit()),
+                "{name} is not a valid CloudEvents attribute name"
+            );
+            assert!(name.len() <= 20, "{name} is over 20 characters");
+        }
+    }
+
+    #[test]
+    fn a_cloud_event_round_trips_and_names_its_cairn_type() {
+        for cause in [
+            Cause::None,
+            Cause::Webhook {
+                hook: "github".into(),
+                delivery: "d-1".into(),
+            },
+            Cause::Event {
+                seq: 1,
+                id: Uuid::nil(),
+            },
+        ] {
+            let view = CloudEventView::from_event(&pool_scaled(2, cause.clone()));
+            let text = serde_json::to_string(&view).unwrap();
+            let back: CloudEventView = serde_json::from_str(&text).unwrap();
+            assert_eq!(back, view);
+            assert_eq!(back.cairn_type(), Some(("PoolScaled", 1)));
+            match cause {
+                Cause::None => {
+                    assert_eq!(view.causekind, "none");
+                    assert!(!text.contains("\"cause\""), "{text}");
+                }
+                Cause::Webhook { .. } => assert_eq!(view.cause.as_deref(), Some("github/d-1")),
+                Cause::Event { .. } => assert_eq!(view.cause, Some(Uuid::nil().to_string())),
+                Cause::Request { .. } => unreachable!(),
+            }
+        }
+        let mut view = CloudEventView::from_event(&pool_scaled(2, Cause::None));
+        view.event_type = "com.example.Other".into();
+        assert_eq!(view.cairn_type(), None);
     }
 }

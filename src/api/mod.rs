@@ -7,6 +7,7 @@
 //! - `dto.rs`: the JSON shapes (shared with the CLI).
 //! - `problem.rs`: errors as RFC 7807 problem+json with stable codes.
 //! - `auth.rs`: bearer tokens and roles.
+//! - `watch.rs`: `GET /v1/watch`, the live stream (Server-Sent Events).
 //!
 //! **Architecture Invariant:** only `api` (and later `webhook`) knows HTTP, and
 //! it never touches sled: everything goes through the `Ledger`.
@@ -17,6 +18,7 @@ mod commands;
 pub mod dto;
 pub mod history;
 pub mod problem;
+mod watch;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -51,6 +53,8 @@ pub struct ApiState {
     pub shutdown: CancellationToken,
     /// The simulated cloud, for its admin endpoints (`/v1/sim/...`).
     pub sim: Arc<crate::provider::sim::SimCloud>,
+    /// The longest silence on a `GET /v1/watch` stream before a heartbeat.
+    pub watch_heartbeat: std::time::Duration,
 }
 
 /// Manifests up to this size are parsed on the request's own task.
@@ -195,6 +199,8 @@ pub fn routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Error = I
         .or(history_routes)
         .unify()
         .or(audit::routes(&state))
+        .unify()
+        .or(watch::routes(&state))
         .unify()
         .recover(recover)
         .unify()

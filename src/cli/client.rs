@@ -26,6 +26,19 @@ pub enum ClientError {
     TimedOut { server: String },
 }
 
+impl ClientError {
+    /// Whether the same request may succeed if tried again later: the daemon
+    /// was unreachable, timed out, or said so.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ClientError::Unreachable { .. } | ClientError::TimedOut { .. } => true,
+            ClientError::Refused { problem } => problem.retryable || problem.status >= 500,
+            ClientError::Unexpected { status, .. } => *status >= 500,
+            ClientError::BadServer(_) => false,
+        }
+    }
+}
+
 fn render_problem(problem: &Problem) -> String {
     let mut text = format!(
         "the daemon refused: {} ({}, HTTP {})",
@@ -45,8 +58,16 @@ fn render_problem(problem: &Problem) -> String {
     text
 }
 
+/// How long a stream may stay silent before the client gives up on the
+/// connection (and `events --follow` reconnects). The daemon sends a heartbeat
+/// every 15 s by default (`[api] watch_heartbeat_ms`).
+const STREAM_READ_TIMEOUT: Duration = Duration::from_secs(60);
+
 pub struct Client {
     http: reqwest::Client,
+    /// For long-lived responses (`events --follow`): no total timeout, but a
+    /// read that waits longer than `STREAM_READ_TIMEOUT` fails.
+    streaming: reqwest::Client,
     server: String,
     token: Option<String>,
 }
@@ -56,17 +77,27 @@ impl Client {
         if !server.starts_with("http://") {
             return Err(ClientError::BadServer(server.to_string()));
         }
-        let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(60));
-        if is_loopback_url(server) {
+        let build = |builder: reqwest::ClientBuilder| {
             // A proxy from the environment cannot reach this machine's loopback.
-            builder = builder.no_proxy();
-        }
-        let http = builder.build().map_err(|error| ClientError::Unreachable {
-            server: server.to_string(),
-            reason: error.to_string(),
-        })?;
+            let builder = if is_loopback_url(server) {
+                builder.no_proxy()
+            } else {
+                builder
+            };
+            builder.build().map_err(|error| ClientError::Unreachable {
+                server: server.to_string(),
+                reason: error.to_string(),
+            })
+        };
+        let http = build(reqwest::Client::builder().timeout(Duration::from_secs(60)))?;
+        let streaming = build(
+            reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(10))
+                .read_timeout(STREAM_READ_TIMEOUT),
+        )?;
         Ok(Client {
             http,
+            streaming,
             server: server.trim_end_matches('/').to_string(),
             token,
         })
@@ -111,7 +142,40 @@ impl Client {
         self.send(request).await
     }
 
-    fn send_error(&self, error: &reqwest::Error) -> ClientError {
+    /// Opens `GET path` as an event stream, resuming after `last_event_id`,
+    /// and returns the response once its status is a success, for the caller
+    /// to read with `Response::chunk`.
+    pub async fn open_stream(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+        last_event_id: Option<&str>,
+    ) -> Result<reqwest::Response, ClientError> {
+        let mut request = self
+            .streaming
+            .get(format!("{}{path}", self.server))
+            .query(query)
+            .header("accept", "text/event-stream");
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id);
+        }
+        let response = self
+            .authorize(request)
+            .send()
+            .await
+            .map_err(|error| self.send_error(&error))?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|error| self.send_error(&error))?;
+        Err(self.refusal(status, &body))
+    }
+
+    pub fn send_error(&self, error: &reqwest::Error) -> ClientError {
         if error.is_timeout() {
             ClientError::TimedOut {
                 server: self.server.clone(),
@@ -124,17 +188,23 @@ impl Client {
         }
     }
 
-    async fn send<T: DeserializeOwned>(
-        &self,
-        mut request: reqwest::RequestBuilder,
-    ) -> Result<T, ClientError> {
+    fn authorize(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
+            request.bearer_auth(token)
         } else if let Ok(user) = std::env::var("USER") {
             // Without tokens the daemon records this name as the actor.
-            request = request.header("x-cairn-actor", user);
+            request.header("x-cairn-actor", user)
+        } else {
+            request
         }
-        let response = request
+    }
+
+    async fn send<T: DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<T, ClientError> {
+        let response = self
+            .authorize(request)
             .send()
             .await
             .map_err(|error| self.send_error(&error))?;
@@ -150,15 +220,20 @@ impl Client {
                 body: format!("{error}: {}", String::from_utf8_lossy(&body)),
             });
         }
-        match serde_json::from_slice::<Problem>(&body) {
-            Ok(problem) => Err(ClientError::Refused {
+        Err(self.refusal(status, &body))
+    }
+
+    /// The error for a response that is not a success.
+    fn refusal(&self, status: reqwest::StatusCode, body: &[u8]) -> ClientError {
+        match serde_json::from_slice::<Problem>(body) {
+            Ok(problem) => ClientError::Refused {
                 problem: Box::new(problem),
-            }),
-            Err(_) => Err(ClientError::Unexpected {
+            },
+            Err(_) => ClientError::Unexpected {
                 server: self.server.clone(),
                 status: status.as_u16(),
-                body: String::from_utf8_lossy(&body).into_owned(),
-            }),
+                body: String::from_utf8_lossy(body).into_owned(),
+            },
         }
     }
 }

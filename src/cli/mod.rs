@@ -6,6 +6,7 @@
 //! - `mod.rs`: clap definitions and dispatch.
 //! - `client.rs`: the HTTP client and its error messages.
 //! - `output.rs`: table, JSON and YAML rendering.
+//! - `sse.rs`: the Server-Sent Events parser behind `events --follow`.
 //!
 //! **Architecture Invariant:** the CLI knows nothing of warp; it speaks the
 //! API's DTOs (`api::dto`) over HTTP, and opens sled only for offline commands.
@@ -17,6 +18,7 @@
 mod audit;
 mod client;
 mod output;
+pub mod sse;
 
 use std::io::Read;
 use std::net::SocketAddr;
@@ -25,8 +27,8 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::api::dto::{
-    ApplyResponse, ClusterList, ClusterView, EventPageView, LifecycleResponse, ScaleRequest,
-    SimResources, VerifyView,
+    ApplyResponse, CloudEventView, ClusterList, ClusterView, EventPageView, LifecycleResponse,
+    ScaleRequest, SimResources, VerifyView,
 };
 use crate::api::history::{ClusterAtView, DiffView, RollbackRequest, RollbackResponse};
 use crate::config::LogFormat;
@@ -237,12 +239,16 @@ pub struct HistoryArgs {
 
 #[derive(Debug, Args)]
 pub struct EventsArgs {
-    /// Show events after this seq.
-    #[arg(long, default_value_t = 0)]
-    pub after: u64,
+    /// Show events after this seq (default: 0; with --follow, the current head).
+    #[arg(long)]
+    pub after: Option<u64>,
     /// At most this many events (1 to 1000).
-    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=1000), conflicts_with = "follow")]
     pub limit: u64,
+    /// Keep printing events as they are appended, until interrupted
+    /// (reconnects after a dropped connection, missing and repeating none).
+    #[arg(short = 'f', long)]
+    pub follow: bool,
     /// Only this stream, e.g. cluster/prod-eu.
     #[arg(long)]
     pub stream: Option<String>,
@@ -253,16 +259,16 @@ pub struct EventsArgs {
     #[arg(long)]
     pub actor: Option<String>,
     /// Only events caused by this event id (or request id, idempotency key, webhook delivery).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "follow")]
     pub cause: Option<String>,
     /// Only events with this correlation id.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "follow")]
     pub correlation: Option<String>,
     /// From this seq or RFC 3339 time on (inclusive).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "follow")]
     pub since: Option<String>,
     /// Up to this seq or RFC 3339 time (inclusive).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "follow")]
     pub until: Option<String>,
 }
 
@@ -404,9 +410,10 @@ pub async fn run_client(global: &GlobalArgs, command: Command) -> Result<(), Fai
                 .await?;
             output::print_events(&page, format, true);
         }
+        Command::Events(args) if args.follow => follow_events(&client, args, format).await?,
         Command::Events(args) => {
             let mut query = vec![
-                ("after", args.after.to_string()),
+                ("after", args.after.unwrap_or(0).to_string()),
                 ("limit", args.limit.to_string()),
             ];
             if let Some(stream) = args.stream {
@@ -513,6 +520,87 @@ pub async fn run_client(global: &GlobalArgs, command: Command) -> Result<(), Fai
             report_verify(&view, format)?;
         }
     }
+    Ok(())
+}
+
+/// The first wait before reconnecting a dropped follow, doubled per failed
+/// attempt up to `FOLLOW_BACKOFF_MAX`.
+const FOLLOW_BACKOFF_MIN: std::time::Duration = std::time::Duration::from_millis(200);
+const FOLLOW_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// `cairn events --follow`: prints `GET /v1/watch` until interrupted. After a
+/// dropped connection it reconnects with `Last-Event-ID` (the last id the
+/// stream dispatched, which the daemon sets before the first event too), so
+/// nothing is missed or printed twice. Only the first connection's failure,
+/// or a refusal that will not change (a 4xx), ends it.
+async fn follow_events(
+    client: &Client,
+    args: EventsArgs,
+    format: OutputFormat,
+) -> Result<(), Failure> {
+    let mut query = Vec::new();
+    if let Some(after) = args.after {
+        query.push(("after", after.to_string()));
+    }
+    if let Some(stream) = args.stream {
+        query.push(("stream", stream));
+    }
+    if let Some(event_type) = args.event_type {
+        query.push(("type", event_type));
+    }
+    if let Some(actor) = args.actor {
+        query.push(("actor", actor));
+    }
+    let mut last_event_id: Option<String> = None;
+    let mut connected = false;
+    let mut backoff = FOLLOW_BACKOFF_MIN;
+    loop {
+        let lost = match client
+            .open_stream("/v1/watch", &query, last_event_id.as_deref())
+            .await
+        {
+            Ok(mut response) => {
+                connected = true;
+                backoff = FOLLOW_BACKOFF_MIN;
+                let mut parser = sse::SseParser::new();
+                loop {
+                    match response.chunk().await {
+                        Ok(Some(chunk)) => {
+                            for item in parser.feed(&chunk) {
+                                if let sse::SseItem::Message(message) = item {
+                                    print_followed(&message, format)?;
+                                }
+                            }
+                            if let Some(id) = parser.last_event_id() {
+                                last_event_id = Some(id.to_string());
+                            }
+                        }
+                        Ok(None) => break "the daemon ended the stream".to_string(),
+                        Err(error) => break client.send_error(&error).to_string(),
+                    }
+                }
+            }
+            Err(error) if connected && error.is_retryable() => error.to_string(),
+            Err(error) => return Err(error.into()),
+        };
+        eprintln!(
+            "{}; reconnecting in {} ms",
+            lost.lines().next().unwrap_or_default(),
+            backoff.as_millis()
+        );
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(FOLLOW_BACKOFF_MAX);
+    }
+}
+
+fn print_followed(message: &sse::SseMessage, format: OutputFormat) -> Result<(), Failure> {
+    let event: CloudEventView = serde_json::from_str(&message.data).map_err(|error| {
+        Failure::Refused(format!(
+            "the daemon sent an event this client cannot read ({error}): {}",
+            message.data
+        ))
+    })?;
+    output::print_followed_event(&event, format);
     Ok(())
 }
 

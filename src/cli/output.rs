@@ -6,8 +6,8 @@ use serde::Serialize;
 use tabwriter::TabWriter;
 
 use crate::api::dto::{
-    ApplyResponse, ClusterList, ClusterView, EventPageView, EventView, LifecycleResponse,
-    SimResources, VerifyView,
+    ApplyResponse, CloudEventView, ClusterList, ClusterView, EventPageView, EventView,
+    LifecycleResponse, SimResources, VerifyView,
 };
 use crate::api::history::{ClusterAtView, DiffView, PointView, RollbackResponse};
 use crate::ledger::DiffEntry;
@@ -247,6 +247,11 @@ fn event_summary(event: &EventView) -> String {
     event.summary()
 }
 
+/// The one-line summary of an event of this type with this payload.
+fn summary(event_type: &str, data: &serde_json::Value) -> String {
+    crate::api::dto::summary_of(event_type, data)
+}
+
 fn event_reason(event: &EventView) -> String {
     match &event.cause {
         crate::event::Cause::Request {
@@ -296,6 +301,32 @@ pub fn print_events(page: &EventPageView, format: OutputFormat, history: bool) {
     );
     if let Some(next) = &page.next {
         println!("(more: --after {next})");
+    }
+}
+
+/// One event of `events --follow`: the columns of `cairn events` (no table
+/// alignment: the width of what comes later is not known), or one JSON line
+/// (the CloudEvent), or one YAML document.
+pub fn print_followed_event(event: &CloudEventView, format: OutputFormat) {
+    match format {
+        OutputFormat::Json => println!("{}", serde_json::to_string(event).expect("DTOs serialize")),
+        OutputFormat::Yaml => {
+            println!("---");
+            print_structured(event, format);
+        }
+        OutputFormat::Table => {
+            let (event_type, _schema) = event.cairn_type().unwrap_or((&event.event_type, 0));
+            let line = format!(
+                "{}  {}  {}  {}  {}  {}",
+                event.seq,
+                event.subject,
+                event.time.format("%Y-%m-%dT%H:%M:%S%.3fZ"),
+                event.actor,
+                event_type,
+                summary(event_type, &event.data)
+            );
+            println!("{}", line.trim_end());
+        }
     }
 }
 

@@ -125,12 +125,19 @@ impl Daemon {
 
     /// Starts a daemon with a config file holding `toml_text`.
     pub fn start_with_config(data_directory: &Path, toml_text: &str) -> Daemon {
+        Daemon::start_with_config_on(data_directory, toml_text, "127.0.0.1:0")
+    }
+
+    /// Starts a daemon with a config file holding `toml_text`, listening on
+    /// `listen` (a restarted daemon can take its predecessor's port).
+    pub fn start_with_config_on(data_directory: &Path, toml_text: &str, listen: &str) -> Daemon {
         let config_directory = tempfile::tempdir().expect("a temporary directory for the config");
         let config_path = config_directory.path().join("cairn.toml");
         std::fs::write(&config_path, toml_text).expect("the config file is writable");
         let config_argument = config_path.to_str().expect("a UTF-8 temporary path");
         Daemon::start_with_arguments(
             data_directory,
+            listen,
             &["--config", config_argument],
             Some(config_directory),
         )
@@ -138,13 +145,14 @@ impl Daemon {
 
     fn start_with_arguments(
         data_directory: &Path,
+        listen: &str,
         extra_arguments: &[&str],
         config_directory: Option<TempDir>,
     ) -> Daemon {
         let mut command = Command::new(CAIRN_BINARY_PATH);
         command
             .arg("serve")
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", listen])
             .arg("--data-dir")
             .arg(data_directory)
             .args(extra_arguments)

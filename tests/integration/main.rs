@@ -12,3 +12,4 @@ mod cli;
 mod durability;
 mod harness;
 mod reconcile;
+mod watch;
