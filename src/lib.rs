@@ -3,6 +3,7 @@
 //! See docs/ARCHITECTURE.md for the bird's eye view and the codemap.
 
 pub mod api;
+pub mod backup;
 pub mod cli;
 pub mod config;
 pub mod daemon;

@@ -6,6 +6,7 @@
 //! - `dto.rs`: the JSON shapes (shared with the CLI).
 //! - `problem.rs`: errors as RFC 7807 problem+json with stable codes.
 //! - `auth.rs`: bearer tokens and roles.
+//! - `export.rs`: `GET /v1/export`, the streamed NDJSON backup.
 //!
 //! **Architecture Invariant:** only `api` (and later `webhook`) knows HTTP, and
 //! it never touches sled: everything goes through the `Ledger`.
@@ -13,6 +14,7 @@
 pub mod auth;
 mod commands;
 pub mod dto;
+mod export;
 pub mod problem;
 
 use std::collections::HashMap;
@@ -177,6 +179,8 @@ pub fn routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Error = I
         .or(verify)
         .unify()
         .or(commands)
+        .unify()
+        .or(export::route(&state))
         .unify()
         .recover(recover)
         .unify()

@@ -1,5 +1,6 @@
 //! The HTTP client the CLI uses to reach a daemon.
 
+use std::io::Write;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -24,6 +25,14 @@ pub enum ClientError {
         "the daemon at {server} did not answer within 60 s (it may still carry out the request)"
     )]
     TimedOut { server: String },
+    #[error("the download from {server} broke off after {bytes} bytes, the output is incomplete: {reason}")]
+    BrokenOff {
+        server: String,
+        bytes: u64,
+        reason: String,
+    },
+    #[error("cannot write the output: {0}")]
+    Output(std::io::Error),
 }
 
 fn render_problem(problem: &Problem) -> String {
@@ -45,8 +54,17 @@ fn render_problem(problem: &Problem) -> String {
     text
 }
 
+/// What `Client::download` wrote.
+pub struct Download {
+    pub bytes: u64,
+    /// The daemon's `X-Cairn-Head-Seq`: the last seq of an export.
+    pub head_seq: Option<u64>,
+}
+
 pub struct Client {
     http: reqwest::Client,
+    /// For downloads of any length: no total timeout, but one per read.
+    streaming: reqwest::Client,
     server: String,
     token: Option<String>,
 }
@@ -56,17 +74,29 @@ impl Client {
         if !server.starts_with("http://") {
             return Err(ClientError::BadServer(server.to_string()));
         }
-        let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(60));
-        if is_loopback_url(server) {
+        let build = |builder: reqwest::ClientBuilder| {
             // A proxy from the environment cannot reach this machine's loopback.
-            builder = builder.no_proxy();
-        }
-        let http = builder.build().map_err(|error| ClientError::Unreachable {
-            server: server.to_string(),
-            reason: error.to_string(),
-        })?;
+            let builder = if is_loopback_url(server) {
+                builder.no_proxy()
+            } else {
+                builder
+            };
+            builder.build().map_err(|error| ClientError::Unreachable {
+                server: server.to_string(),
+                reason: error.to_string(),
+            })
+        };
+        let http = build(reqwest::Client::builder().timeout(Duration::from_secs(60)))?;
+        // An export of a large log takes as long as it takes; a daemon that
+        // stops sending for this long is stuck.
+        let streaming = build(
+            reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(10))
+                .read_timeout(Duration::from_secs(60)),
+        )?;
         Ok(Client {
             http,
+            streaming,
             server: server.trim_end_matches('/').to_string(),
             token,
         })
@@ -111,6 +141,75 @@ impl Client {
         self.send(request).await
     }
 
+    /// Streams the body of `GET path` into `out` chunk by chunk, never holding
+    /// more than one chunk in memory.
+    pub async fn download(&self, path: &str, out: &mut dyn Write) -> Result<Download, ClientError> {
+        let request = self.authorize(self.streaming.get(format!("{}{path}", self.server)));
+        let mut response = request
+            .send()
+            .await
+            .map_err(|error| self.send_error(&error))?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response
+                .bytes()
+                .await
+                .map_err(|error| self.send_error(&error))?;
+            return Err(self.refusal(status, &body));
+        }
+        let head_seq = response
+            .headers()
+            .get("x-cairn-head-seq")
+            .and_then(|value| value.to_str().ok())
+            .and_then(|text| text.parse().ok());
+        let mut written = 0u64;
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    out.write_all(&chunk).map_err(ClientError::Output)?;
+                    written += chunk.len() as u64;
+                }
+                Ok(None) => break,
+                Err(error) => {
+                    return Err(ClientError::BrokenOff {
+                        server: self.server.clone(),
+                        bytes: written,
+                        reason: error_chain(&error),
+                    })
+                }
+            }
+        }
+        out.flush().map_err(ClientError::Output)?;
+        Ok(Download {
+            bytes: written,
+            head_seq,
+        })
+    }
+
+    fn authorize(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        if let Some(token) = &self.token {
+            request.bearer_auth(token)
+        } else if let Ok(user) = std::env::var("USER") {
+            // Without tokens the daemon records this name as the actor.
+            request.header("x-cairn-actor", user)
+        } else {
+            request
+        }
+    }
+
+    fn refusal(&self, status: reqwest::StatusCode, body: &[u8]) -> ClientError {
+        match serde_json::from_slice::<Problem>(body) {
+            Ok(problem) => ClientError::Refused {
+                problem: Box::new(problem),
+            },
+            Err(_) => ClientError::Unexpected {
+                server: self.server.clone(),
+                status: status.as_u16(),
+                body: String::from_utf8_lossy(body).into_owned(),
+            },
+        }
+    }
+
     fn send_error(&self, error: &reqwest::Error) -> ClientError {
         if error.is_timeout() {
             ClientError::TimedOut {
@@ -126,15 +225,10 @@ impl Client {
 
     async fn send<T: DeserializeOwned>(
         &self,
-        mut request: reqwest::RequestBuilder,
+        request: reqwest::RequestBuilder,
     ) -> Result<T, ClientError> {
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
-        } else if let Ok(user) = std::env::var("USER") {
-            // Without tokens the daemon records this name as the actor.
-            request = request.header("x-cairn-actor", user);
-        }
-        let response = request
+        let response = self
+            .authorize(request)
             .send()
             .await
             .map_err(|error| self.send_error(&error))?;
@@ -150,16 +244,7 @@ impl Client {
                 body: format!("{error}: {}", String::from_utf8_lossy(&body)),
             });
         }
-        match serde_json::from_slice::<Problem>(&body) {
-            Ok(problem) => Err(ClientError::Refused {
-                problem: Box::new(problem),
-            }),
-            Err(_) => Err(ClientError::Unexpected {
-                server: self.server.clone(),
-                status: status.as_u16(),
-                body: String::from_utf8_lossy(&body).into_owned(),
-            }),
-        }
+        Err(self.refusal(status, &body))
     }
 }
 

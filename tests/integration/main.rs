@@ -7,6 +7,7 @@
 //! other modules are the tests, grouped by what they exercise.
 
 mod api;
+mod backup;
 mod cli;
 mod durability;
 mod harness;
