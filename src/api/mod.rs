@@ -8,6 +8,7 @@
 //! - `problem.rs`: errors as RFC 7807 problem+json with stable codes.
 //! - `auth.rs`: bearer tokens and roles.
 //! - `watch.rs`: `GET /v1/watch`, the live stream (Server-Sent Events).
+//! - `export.rs`: `GET /v1/export`, the streamed NDJSON backup.
 //!
 //! **Architecture Invariant:** only `api` (and later `webhook`) knows HTTP, and
 //! it never touches sled: everything goes through the `Ledger`.
@@ -16,6 +17,7 @@ mod audit;
 pub mod auth;
 mod commands;
 pub mod dto;
+mod export;
 pub mod history;
 pub mod problem;
 mod watch;
@@ -201,6 +203,8 @@ pub fn routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Error = I
         .or(audit::routes(&state))
         .unify()
         .or(watch::routes(&state))
+        .unify()
+        .or(export::route(&state))
         .unify()
         .recover(recover)
         .unify()

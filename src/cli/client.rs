@@ -1,5 +1,6 @@
 //! The HTTP client the CLI uses to reach a daemon.
 
+use std::io::Write;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -24,6 +25,14 @@ pub enum ClientError {
         "the daemon at {server} did not answer within 60 s (it may still carry out the request)"
     )]
     TimedOut { server: String },
+    #[error("the download from {server} broke off after {bytes} bytes, the output is incomplete: {reason}")]
+    BrokenOff {
+        server: String,
+        bytes: u64,
+        reason: String,
+    },
+    #[error("cannot write the output: {0}")]
+    Output(std::io::Error),
 }
 
 impl ClientError {
@@ -34,7 +43,8 @@ impl ClientError {
             ClientError::Unreachable { .. } | ClientError::TimedOut { .. } => true,
             ClientError::Refused { problem } => problem.retryable || problem.status >= 500,
             ClientError::Unexpected { status, .. } => *status >= 500,
-            ClientError::BadServer(_) => false,
+            ClientError::BrokenOff { .. } => true,
+            ClientError::BadServer(_) | ClientError::Output(_) => false,
         }
     }
 }
@@ -62,6 +72,13 @@ fn render_problem(problem: &Problem) -> String {
 /// connection (and `events --follow` reconnects). The daemon sends a heartbeat
 /// every 15 s by default (`[api] watch_heartbeat_ms`).
 const STREAM_READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What `Client::download` wrote.
+pub struct Download {
+    pub bytes: u64,
+    /// The daemon's `X-Cairn-Head-Seq`: the last seq of an export.
+    pub head_seq: Option<u64>,
+}
 
 pub struct Client {
     http: reqwest::Client,
@@ -173,6 +190,51 @@ impl Client {
             .await
             .map_err(|error| self.send_error(&error))?;
         Err(self.refusal(status, &body))
+    }
+
+    /// Streams the body of `GET path` into `out` chunk by chunk, never holding
+    /// more than one chunk in memory.
+    pub async fn download(&self, path: &str, out: &mut dyn Write) -> Result<Download, ClientError> {
+        let request = self.authorize(self.streaming.get(format!("{}{path}", self.server)));
+        let mut response = request
+            .send()
+            .await
+            .map_err(|error| self.send_error(&error))?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response
+                .bytes()
+                .await
+                .map_err(|error| self.send_error(&error))?;
+            return Err(self.refusal(status, &body));
+        }
+        let head_seq = response
+            .headers()
+            .get("x-cairn-head-seq")
+            .and_then(|value| value.to_str().ok())
+            .and_then(|text| text.parse().ok());
+        let mut written = 0u64;
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    out.write_all(&chunk).map_err(ClientError::Output)?;
+                    written += chunk.len() as u64;
+                }
+                Ok(None) => break,
+                Err(error) => {
+                    return Err(ClientError::BrokenOff {
+                        server: self.server.clone(),
+                        bytes: written,
+                        reason: error_chain(&error),
+                    })
+                }
+            }
+        }
+        out.flush().map_err(ClientError::Output)?;
+        Ok(Download {
+            bytes: written,
+            head_seq,
+        })
     }
 
     pub fn send_error(&self, error: &reqwest::Error) -> ClientError {

@@ -7,15 +7,18 @@
 //! - `client.rs`: the HTTP client and its error messages.
 //! - `output.rs`: table, JSON and YAML rendering.
 //! - `sse.rs`: the Server-Sent Events parser behind `events --follow`.
+//! - `backup.rs`: `export` (from the daemon or offline) and `import`.
 //!
 //! **Architecture Invariant:** the CLI knows nothing of warp; it speaks the
 //! API's DTOs (`api::dto`) over HTTP, and opens sled only for offline commands.
 //!
 //! Exit codes: 0 success, 1 the daemon refused the request, 2 bad usage or a
 //! local problem (an unreadable file, a data directory in use), 3 the daemon
-//! could not be reached or did not answer, 4 verification found a bad record.
+//! could not be reached or did not answer, 4 verification found a bad record
+//! (or `import` refused a file: tampered, truncated or malformed).
 
 mod audit;
+mod backup;
 mod client;
 mod output;
 pub mod sse;
@@ -84,6 +87,10 @@ pub enum Command {
     Trace(audit::TraceArgs),
     /// Recompute the hash chain (on the daemon, or offline on a data dir).
     Verify(VerifyArgs),
+    /// Write the whole log as NDJSON with its hashes (from the daemon, or offline).
+    Export(ExportArgs),
+    /// Load an export into a new data directory, verifying the chain as it goes.
+    Import(ImportArgs),
     /// Set a pool's replica count.
     Scale(ScaleArgs),
     /// Stop provider calls for a cluster.
@@ -279,6 +286,27 @@ pub struct VerifyArgs {
     pub data_dir: Option<PathBuf>,
 }
 
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Export this data dir offline (no daemon may hold it) instead of
+    /// asking the daemon (`GET /v1/export`, admin role).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// The file to write, or - for standard output (the default).
+    #[arg(short = 'f', long = "file", default_value = "-")]
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The data directory to create; it must not exist or be empty.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// The export to read, or - for standard input (the default).
+    #[arg(short = 'f', long = "file", default_value = "-")]
+    pub file: PathBuf,
+}
+
 /// How a client command ended, for the exit code.
 #[derive(Debug)]
 pub enum Failure {
@@ -315,9 +343,9 @@ impl Failure {
 impl From<ClientError> for Failure {
     fn from(error: ClientError) -> Failure {
         match error {
-            ClientError::Unreachable { .. } | ClientError::TimedOut { .. } => {
-                Failure::Unreachable(error.to_string())
-            }
+            ClientError::Unreachable { .. }
+            | ClientError::TimedOut { .. }
+            | ClientError::BrokenOff { .. } => Failure::Unreachable(error.to_string()),
             ClientError::Refused { .. } | ClientError::Unexpected { .. } => {
                 Failure::Refused(error.to_string())
             }
@@ -519,6 +547,8 @@ pub async fn run_client(global: &GlobalArgs, command: Command) -> Result<(), Fai
             let view = verify_offline(&dir)?;
             report_verify(&view, format)?;
         }
+        Command::Export(args) => backup::export(&client, args).await?,
+        Command::Import(args) => backup::import(args, format).await?,
     }
     Ok(())
 }

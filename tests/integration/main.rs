@@ -8,6 +8,7 @@
 
 mod api;
 mod audit;
+mod backup;
 mod cli;
 mod durability;
 mod harness;
