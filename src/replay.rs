@@ -183,3 +183,55 @@ async fn check(
         details,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::test_support::request;
+    use crate::store::ExpectedVersion;
+
+    #[tokio::test]
+    async fn replay_names_the_part_of_a_snapshot_that_differs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(SledStoreConfig::new(dir.path())).unwrap();
+        for text in ["1", "2", "3"] {
+            store
+                .append(request("cluster/x", ExpectedVersion::Any, &[text]))
+                .await
+                .unwrap();
+        }
+        let mut state = Projections::default();
+        for event in store.read(0, 10).await.unwrap() {
+            state.apply(&event);
+            if event.seq == 2 {
+                store
+                    .save_snapshot(2, state.snapshot_parts())
+                    .await
+                    .unwrap();
+            }
+        }
+        // A snapshot at seq 3 that claims the state of seq 2.
+        let mut stale = Projections::default();
+        for event in store.read(0, 2).await.unwrap() {
+            stale.apply(&event);
+        }
+        let mut parts = stale.snapshot_parts();
+        parts[0] = state.snapshot_parts()[0].clone();
+        parts.push(("ghost".into(), parts[1].1.clone()));
+        store.save_snapshot(3, parts).await.unwrap();
+
+        let report = replay(&store).await.unwrap();
+        assert_eq!(report.events, 3);
+        assert_eq!(report.snapshots.len(), 2);
+        assert_eq!(report.snapshots[0].verdict, "same");
+        assert_eq!(report.snapshots[1].verdict, "different");
+        assert_eq!(
+            report.snapshots[1].details,
+            vec![
+                "\"ghost\": only in the snapshot".to_string(),
+                "\"x\": differs".to_string()
+            ]
+        );
+        assert!(!report.is_clean());
+    }
+}

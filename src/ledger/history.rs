@@ -691,3 +691,80 @@ fn observed_entries(from: &ClusterAt, to: &ClusterAt, between: &[Arc<Event>]) ->
 fn resource_text(key: &ResourceKey, resource: &CloudResource) -> String {
     format!("{key} ({})", resource.provider_id)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Actor, ActorKind};
+    use crate::model::{parse_manifest, ManifestFormat};
+
+    fn state(replicas: i64, paused: bool, deleting: bool) -> ClusterState {
+        let text = format!(
+            "apiVersion: cairn/v1\nkind: Cluster\nmetadata: {{name: c}}\nspec:\n  provider: sim\n  \
+             region: r\n  kubernetesVersion: 1.31.2\n  network:\n    cidr: 10.0.0.0/16\n    subnets:\n      \
+             - {{name: a, cidr: 10.0.1.0/24}}\n  pools:\n    - {{name: w, role: worker, replicas: {replicas}, \
+             machineType: m, image: i, subnets: [a]}}\n"
+        );
+        ClusterState {
+            manifest: parse_manifest(text.as_bytes(), ManifestFormat::Yaml).unwrap(),
+            stream_version: 1,
+            declared_seq: 1,
+            updated_seq: 1,
+            updated_time: DateTime::<Utc>::default(),
+            updated_by: Actor {
+                kind: ActorKind::User,
+                name: "u".into(),
+            },
+            updated_id: Uuid::nil(),
+            correlation: Uuid::nil(),
+            paused,
+            deletion_requested: deleting,
+        }
+    }
+
+    fn names(plan: &(Vec<Change>, Vec<Lifecycle>)) -> Vec<&'static str> {
+        plan.0
+            .iter()
+            .map(payload::change_type)
+            .chain(plan.1.iter().map(payload::lifecycle_type))
+            .collect()
+    }
+
+    #[test]
+    fn a_rollback_plan_restores_manifest_pause_and_deletion() {
+        let same = rollback_plan(Some(&state(3, false, false)), Some(&state(3, false, false)));
+        assert_eq!(names(&same.unwrap()), Vec::<&str>::new());
+        let scaled = rollback_plan(Some(&state(5, false, false)), Some(&state(3, false, false)));
+        assert_eq!(names(&scaled.unwrap()), vec!["PoolScaled"]);
+        let deleting = rollback_plan(Some(&state(5, true, true)), Some(&state(3, false, false)));
+        assert_eq!(
+            names(&deleting.unwrap()),
+            vec!["PoolScaled", "ClusterDeletionCancelled", "ClusterResumed"]
+        );
+        let gone = rollback_plan(None, Some(&state(3, true, false)));
+        assert_eq!(
+            names(&gone.unwrap()),
+            vec!["ClusterDeclared", "ClusterPaused"]
+        );
+        let absent_then = rollback_plan(Some(&state(3, false, false)), None);
+        assert_eq!(
+            names(&absent_then.unwrap()),
+            vec!["ClusterDeletionRequested"]
+        );
+        let already_going = rollback_plan(Some(&state(3, false, true)), None);
+        assert_eq!(names(&already_going.unwrap()), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn points_parse_from_seqs_times_and_now() {
+        assert_eq!("42".parse::<Point>(), Ok(Point::Seq(42)));
+        assert_eq!("now".parse::<Point>(), Ok(Point::Now));
+        assert!(matches!(
+            "2026-11-25T10:00:00+01:00".parse::<Point>(),
+            Ok(Point::Time(time)) if time.to_rfc3339() == "2026-11-25T09:00:00+00:00"
+        ));
+        let error = "last tuesday".parse::<Point>().unwrap_err();
+        assert!(error.contains("\"last tuesday\""), "{error}");
+        assert!("99999999999999999999999".parse::<Point>().is_err());
+    }
+}

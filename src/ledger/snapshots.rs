@@ -132,3 +132,120 @@ impl Ledger {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::event::{Actor, ActorKind};
+    use crate::ledger::{ApplyOptions, CommandContext};
+    use crate::model::{parse_manifest, Manifest, ManifestFormat};
+    use crate::projection::SNAPSHOT_FORMAT;
+    use crate::store::{SledStore, SledStoreConfig};
+
+    fn manifest(name: &str, replicas: i64) -> Manifest {
+        let text = format!(
+            "apiVersion: cairn/v1\nkind: Cluster\nmetadata: {{name: {name}}}\nspec:\n  provider: sim\n  \
+             region: r\n  kubernetesVersion: 1.31.2\n  network:\n    cidr: 10.0.0.0/16\n    subnets:\n      \
+             - {{name: a, cidr: 10.0.1.0/24}}\n  pools:\n    - {{name: w, role: worker, replicas: {replicas}, \
+             machineType: m, image: i, subnets: [a]}}\n"
+        );
+        parse_manifest(text.as_bytes(), ManifestFormat::Yaml).unwrap()
+    }
+
+    fn context() -> CommandContext {
+        CommandContext::new(Actor {
+            kind: ActorKind::User,
+            name: "test".into(),
+        })
+    }
+
+    async fn apply(ledger: &Ledger, name: &str, replicas: i64) {
+        let options = ApplyOptions {
+            dry_run: false,
+            if_match: None,
+        };
+        ledger
+            .apply(manifest(name, replicas), options, &context())
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_follower_takes_snapshots_and_start_up_loads_the_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn EventStore> =
+            Arc::new(SledStore::open(SledStoreConfig::new(dir.path())).unwrap());
+        let config = LedgerConfig { snapshot_every: 3 };
+        let ledger = Ledger::open_with(store.clone(), config).await.unwrap();
+        let shutdown = CancellationToken::new();
+        let follower = tokio::spawn(ledger.clone().follow(shutdown.clone()));
+        for replicas in 1..=7 {
+            apply(&ledger, "a", replicas).await;
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while store.snapshot_seqs().await.unwrap().len() < 2 {
+            assert!(Instant::now() < deadline, "no snapshots taken");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let seqs = store.snapshot_seqs().await.unwrap();
+        assert!(
+            seqs.windows(2).all(|pair| pair[1] >= pair[0] + 3),
+            "{seqs:?}"
+        );
+        shutdown.cancel();
+        follower.await.unwrap();
+
+        // Plant a snapshot at the head that says something the log does not:
+        // a ledger that loads it shows the planted cluster, which proves the
+        // start-up read the snapshot instead of replaying from seq 1.
+        let head = store.head().seq;
+        let mut planted = ledger.read(Projections::clone);
+        let mut extra = Projections::default();
+        for event in store.read(0, 100).await.unwrap() {
+            let mut renamed = (*event).clone();
+            renamed.stream = renamed.stream.replace("cluster/a", "cluster/planted");
+            extra.apply(&renamed);
+        }
+        let mut parts = planted.snapshot_parts();
+        parts.extend(
+            extra
+                .snapshot_parts()
+                .into_iter()
+                .filter(|(name, _)| name == "planted"),
+        );
+        planted = Projections::from_snapshot_parts(&parts).unwrap();
+        store
+            .save_snapshot(head, planted.snapshot_parts())
+            .await
+            .unwrap();
+        let reopened = Ledger::open_with(store.clone(), config).await.unwrap();
+        assert!(reopened.cluster("planted").is_some());
+        assert_eq!(reopened.cluster("a"), ledger.cluster("a"));
+
+        // A newer snapshot of another format is passed over for the next one.
+        let mut other = planted.snapshot_parts();
+        other[0].1 =
+            bincode::serde::encode_to_vec((SNAPSHOT_FORMAT + 1, 0u64), bincode::config::standard())
+                .unwrap();
+        let shutdown = CancellationToken::new();
+        let follower = tokio::spawn(reopened.clone().follow(shutdown.clone()));
+        apply(&reopened, "a", 8).await;
+        shutdown.cancel();
+        follower.await.unwrap();
+        store.save_snapshot(store.head().seq, other).await.unwrap();
+        let reopened = Ledger::open_with(store.clone(), config).await.unwrap();
+        assert!(
+            reopened.cluster("planted").is_some(),
+            "fell back to seq {head}"
+        );
+        assert_eq!(
+            reopened.cluster("a").unwrap().manifest.spec.pools[0].replicas,
+            8,
+            "and replayed the tail after it"
+        );
+    }
+}

@@ -38,7 +38,7 @@ mod sled_snapshots;
 pub mod sled_store;
 pub mod subscription;
 #[cfg(test)]
-mod test_support;
+pub(crate) mod test_support;
 
 use std::sync::Arc;
 

@@ -12,5 +12,6 @@ mod backup;
 mod cli;
 mod durability;
 mod harness;
+mod history;
 mod reconcile;
 mod watch;

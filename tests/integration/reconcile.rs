@@ -18,7 +18,7 @@ use crate::harness::{
 const CONVERGE_DEADLINE: Duration = Duration::from_secs(90);
 
 /// Runs the command line client against the daemon and insists it succeeds.
-fn cli(daemon: &Daemon, arguments: &[&str]) -> ProcessOutput {
+pub(crate) fn cli(daemon: &Daemon, arguments: &[&str]) -> ProcessOutput {
     let output = run_command_line(Some(&daemon.base_url()), arguments, None);
     assert_eq!(
         output.exit_code,
@@ -30,7 +30,7 @@ fn cli(daemon: &Daemon, arguments: &[&str]) -> ProcessOutput {
 }
 
 /// Polls `probe` until it returns Some, or panics after `deadline`.
-async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut probe: F) -> T
+pub(crate) async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut probe: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
@@ -46,7 +46,12 @@ where
 }
 
 /// A cluster manifest on subnets a and b with these pools (name, replicas).
-fn cluster_manifest(name: &str, provider: &str, drift: &str, pools: &[(&str, i64)]) -> String {
+pub(crate) fn cluster_manifest(
+    name: &str,
+    provider: &str,
+    drift: &str,
+    pools: &[(&str, i64)],
+) -> String {
     let pools: String = pools
         .iter()
         .map(|(pool, replicas)| {
@@ -66,7 +71,7 @@ fn cluster_manifest(name: &str, provider: &str, drift: &str, pools: &[(&str, i64
 }
 
 /// A config with a fast, seeded simulated cloud.
-fn sim_config(failure_rate: f64, create_latency_ms: u64, resync_ms: u64) -> String {
+pub(crate) fn sim_config(failure_rate: f64, create_latency_ms: u64, resync_ms: u64) -> String {
     format!(
         "[reconcile]\nresync_interval_ms = {resync_ms}\nbackoff_base_ms = 20\nbackoff_max_ms = 500\n\
          concurrency = 16\ncluster_concurrency = 16\n\n\
@@ -75,7 +80,11 @@ fn sim_config(failure_rate: f64, create_latency_ms: u64, resync_ms: u64) -> Stri
     )
 }
 
-async fn cluster_view(client: &reqwest::Client, daemon: &Daemon, name: &str) -> Option<Value> {
+pub(crate) async fn cluster_view(
+    client: &reqwest::Client,
+    daemon: &Daemon,
+    name: &str,
+) -> Option<Value> {
     let answer = get(client, &daemon.url(&format!("/v1/clusters/{name}"))).await;
     (answer.status == 200).then_some(answer.body)
 }
@@ -92,7 +101,7 @@ fn condition(view: &Value, condition: &str) -> Option<(String, String)> {
 }
 
 /// Waits until the cluster's Ready condition is True.
-async fn wait_ready(client: &reqwest::Client, daemon: &Daemon, name: &str) -> Value {
+pub(crate) async fn wait_ready(client: &reqwest::Client, daemon: &Daemon, name: &str) -> Value {
     wait_for(
         &format!("cluster {name} to be Ready"),
         CONVERGE_DEADLINE,
@@ -106,7 +115,11 @@ async fn wait_ready(client: &reqwest::Client, daemon: &Daemon, name: &str) -> Va
 }
 
 /// The simulated cloud's true state for one cluster.
-async fn sim_resources(client: &reqwest::Client, daemon: &Daemon, cluster: &str) -> Vec<Value> {
+pub(crate) async fn sim_resources(
+    client: &reqwest::Client,
+    daemon: &Daemon,
+    cluster: &str,
+) -> Vec<Value> {
     let answer = get(client, &daemon.url("/v1/sim/resources")).await;
     answer.assert_status(200);
     answer.body["resources"]
