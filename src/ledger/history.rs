@@ -278,7 +278,8 @@ impl Ledger {
                 seq: to_seq,
             });
         }
-        let (low, high) = (from_seq.min(to_seq), from_seq.max(to_seq));
+        let low = if from_seq <= to_seq { &from_state } else { &to_state };
+        let high = from_seq.max(to_seq);
         let between = self.cluster_events_between(name, low, high).await?;
         let desired = desired_entries(&from_state, &to_state, &between)?;
         let observed = observed_entries(&from_state, &to_state, &between);
@@ -314,17 +315,25 @@ impl Ledger {
         }
     }
 
-    /// The events of a cluster's two streams with seqs in `(low, high]`.
+    /// The events of a cluster's two streams after the state `low`, up to
+    /// seq `high`: read from the stream versions `low` had folded.
     async fn cluster_events_between(
         &self,
         name: &str,
-        low: u64,
+        low: &ClusterAt,
         high: u64,
     ) -> Result<Vec<Arc<Event>>, LedgerError> {
+        let reconcile_version = low
+            .observed
+            .as_ref()
+            .map_or(0, |observed| observed.stream_version);
         let mut events = Vec::new();
-        for stream in [cluster_stream(name), reconcile_stream(name)] {
-            for event in self.stream_until(&stream, 0, high).await? {
-                if event.seq > low {
+        for (stream, after) in [
+            (cluster_stream(name), low.stream_version),
+            (reconcile_stream(name), reconcile_version),
+        ] {
+            for event in self.stream_until(&stream, after, high).await? {
+                if event.seq > low.seq {
                     events.push(event);
                 }
             }
