@@ -201,7 +201,7 @@ impl Ledger {
         store: Arc<dyn EventStore>,
         config: LedgerConfig,
     ) -> Result<Arc<Ledger>, StoreError> {
-        let snapshot_seqs = store.snapshot_seqs().await?;
+        let snapshot_seqs = snapshots::readable_seqs(store.as_ref()).await?;
         let (snapshot_seq, mut projections) =
             match snapshots::load_latest(store.as_ref(), &snapshot_seqs).await? {
                 Some((seq, projections)) => (seq, projections),

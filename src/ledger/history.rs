@@ -154,14 +154,46 @@ pub struct RollbackOutcome {
 
 impl Ledger {
     /// The seq a point names: at most the head, whose time is at or before
-    /// a time point.
+    /// a time point. A seq inside an atomic append is moved to the append's
+    /// last event, since the states in between never existed (a subnet
+    /// replaced by `SubnetRemoved` + `SubnetAdded` would read as missing). A
+    /// time point needs no such care: the events of one append share a time.
     pub async fn resolve_point(&self, point: Point) -> Result<u64, LedgerError> {
         let head = self.store.head().seq;
         match point {
             Point::Now => Ok(head),
             Point::Seq(seq) if seq > head => Err(LedgerError::PointAfterHead { seq, head }),
-            Point::Seq(seq) => Ok(seq),
+            Point::Seq(seq) => Ok(self.end_of_append(seq).await?),
             Point::Time(time) => Ok(self.store.seq_at_time(time).await?),
+        }
+    }
+
+    /// The last seq of the append that wrote `seq`: the events after it with
+    /// the same stream, correlation and commit time. (Two appends of one
+    /// correlation to one stream in the same microsecond, which only the
+    /// reconciler makes, read as one: their intermediate state is skipped.)
+    async fn end_of_append(&self, seq: u64) -> Result<u64, StoreError> {
+        if seq == 0 {
+            return Ok(0);
+        }
+        let Some(mut last) = self.store.read(seq - 1, 1).await?.pop() else {
+            return Ok(seq);
+        };
+        loop {
+            let next = self.store.read(last.seq, 64).await?;
+            let full = next.len() == 64;
+            for event in next {
+                let same_append = event.stream == last.stream
+                    && event.correlation == last.correlation
+                    && event.time == last.time;
+                if !same_append {
+                    return Ok(last.seq);
+                }
+                last = event;
+            }
+            if !full {
+                return Ok(last.seq);
+            }
         }
     }
 
@@ -278,7 +310,11 @@ impl Ledger {
                 seq: to_seq,
             });
         }
-        let low = if from_seq <= to_seq { &from_state } else { &to_state };
+        let low = if from_seq <= to_seq {
+            &from_state
+        } else {
+            &to_state
+        };
         let high = from_seq.max(to_seq);
         let between = self.cluster_events_between(name, low, high).await?;
         let desired = desired_entries(&from_state, &to_state, &between)?;
@@ -361,6 +397,15 @@ impl Ledger {
             Err(LedgerError::ClusterNotFoundAt { .. }) => None,
             Err(error) => return Err(error),
         };
+        // Every state the log can name is valid, but this build's rules may
+        // be stricter than those of the build that wrote it.
+        if let Some(target) = &target {
+            let errors = crate::model::validate(&target.manifest);
+            if !errors.is_empty() {
+                return Err(LedgerError::Invalid(errors));
+            }
+        }
+        let mut appended_so_far: Vec<Arc<Event>> = Vec::new();
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -385,14 +430,30 @@ impl Ledger {
                 dry_run,
             };
             if dry_run || (outcome.changes.is_empty() && outcome.lifecycle.is_empty()) {
+                outcome.events = appended_so_far;
                 return Ok(outcome);
             }
             let request = rollback_request(name, version, to, to_seq, &outcome, context);
             match self.store.append(request).await {
                 Ok(appended) => {
                     self.wait_visible(&appended.events).await;
-                    outcome.events = appended.events;
-                    outcome.stream_version = appended.stream_version;
+                    appended_so_far.extend(appended.events);
+                    // The pin covers the cluster stream only: a `ClusterDeleted`
+                    // (in the reconcile stream) between the read and the append
+                    // ended the cluster the changes were planned against, and
+                    // the projection skipped them. Plan again from the deleted
+                    // state, which declares the cluster anew.
+                    let ended_meanwhile = current.is_some() && self.cluster(name).is_none();
+                    if ended_meanwhile && target.is_some() && attempt < MAX_CONFLICT_RETRIES {
+                        tracing::info!(
+                            cluster = name,
+                            "the cluster was deleted during the rollback; planning again"
+                        );
+                        continue;
+                    }
+                    outcome.events = appended_so_far;
+                    outcome.stream_version =
+                        self.read(|projections| projections.desired.stream_version(name));
                     return Ok(outcome);
                 }
                 Err(StoreError::WrongExpectedVersion { .. }) if attempt < MAX_CONFLICT_RETRIES => {}
@@ -630,23 +691,23 @@ fn observed_entries(from: &ClusterAt, to: &ClusterAt, between: &[Arc<Event>]) ->
     let empty = ObservedCluster::default();
     let before = from.observed.as_ref().unwrap_or(&empty);
     let after = to.observed.as_ref().unwrap_or(&empty);
-    let events_of = |key: &ResourceKey| -> Vec<EventRef> {
-        between
-            .iter()
-            .filter(|event| event.stream.starts_with("reconcile/"))
-            .filter(|event| {
-                match payload::decode(&event.event_type, event.schema, &event.payload) {
-                    Ok(Payload::Reconcile(reconcile)) => match *reconcile {
-                        ReconcileEvent::ActionSucceeded(done) => done.action.key() == *key,
-                        ReconcileEvent::DriftDetected(drift) => drift.resource == *key,
-                        _ => false,
-                    },
-                    _ => false,
-                }
-            })
-            .map(|event| EventRef::of(event))
-            .collect()
-    };
+    // Each reconciler event decoded once: the resource it concerns.
+    let mut by_key: std::collections::BTreeMap<ResourceKey, Vec<EventRef>> = Default::default();
+    for event in between
+        .iter()
+        .filter(|event| event.stream.starts_with("reconcile/"))
+    {
+        let key = match payload::decode(&event.event_type, event.schema, &event.payload) {
+            Ok(Payload::Reconcile(reconcile)) => match *reconcile {
+                ReconcileEvent::ActionSucceeded(done) => done.action.key(),
+                ReconcileEvent::DriftDetected(drift) => drift.resource,
+                _ => continue,
+            },
+            _ => continue,
+        };
+        by_key.entry(key).or_default().push(EventRef::of(event));
+    }
+    let events_of = |key: &ResourceKey| by_key.get(key).cloned().unwrap_or_default();
     let mut entries = Vec::new();
     let keys: std::collections::BTreeSet<&ResourceKey> = before
         .resources
@@ -777,3 +838,6 @@ mod tests {
         assert!("99999999999999999999999".parse::<Point>().is_err());
     }
 }
+
+#[cfg(test)]
+mod regression_tests;

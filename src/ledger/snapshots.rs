@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::Ledger;
-use crate::projection::Projections;
+use crate::projection::{Projections, HEADER_PART};
 use crate::store::{EventStore, StoreError};
 
 /// How the ledger keeps its projections.
@@ -32,6 +32,27 @@ impl Default for LedgerConfig {
 
 /// See `docs/PERFORMANCE.md` for what this costs and saves at 1,000,000 events.
 pub const DEFAULT_SNAPSHOT_EVERY: u64 = 50_000;
+
+/// The seqs of the snapshots this build can read: a header of this format
+/// naming the same seq. Point-in-time reads decode single parts without a
+/// header, so a snapshot of another format must never be offered to them.
+pub(super) async fn readable_seqs(store: &dyn EventStore) -> Result<Vec<u64>, StoreError> {
+    let mut readable = Vec::new();
+    for seq in store.snapshot_seqs().await? {
+        let header = store.snapshot_part(seq, HEADER_PART).await?;
+        match header.as_deref().map(Projections::snapshot_seq) {
+            Some(Ok(said)) if said == seq => readable.push(seq),
+            Some(Ok(said)) => tracing::warn!(
+                seq,
+                said,
+                "a snapshot names another seq than its key; not used"
+            ),
+            Some(Err(error)) => tracing::warn!(seq, %error, "a snapshot is not readable; not used"),
+            None => tracing::warn!(seq, "a snapshot has no header; not used"),
+        }
+    }
+    Ok(readable)
+}
 
 /// The newest snapshot that decodes, with its seq; `None` to start from seq 1.
 pub(super) async fn load_latest(

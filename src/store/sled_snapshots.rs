@@ -52,6 +52,14 @@ pub(super) fn save(
     parts: &[(String, Vec<u8>)],
 ) -> Result<(), StoreError> {
     let mut batch = sled::Batch::default();
+    // A snapshot saved again at the same seq replaces the old one whole:
+    // chunks of a longer old part must not stay behind.
+    let mut prefix = vec![PART_PREFIX];
+    prefix.extend_from_slice(&seq.to_be_bytes());
+    for entry in tree.scan_prefix(&prefix) {
+        let (key, _) = entry.map_err(io_error)?;
+        batch.remove(key);
+    }
     for (name, bytes) in parts {
         if name.contains('\0') {
             return Err(StoreError::InvalidRequest(format!(
@@ -158,5 +166,13 @@ mod tests {
         assert_eq!(part(&tree, 20, "a").unwrap(), Some(vec![9]));
         assert_eq!(part(&tree, 15, "a").unwrap(), None);
         assert_eq!(parts(&tree, 10).unwrap(), saved, "sorted by name");
+
+        // Saved again at the same seq, smaller: no chunk of the old one stays.
+        save(&tree, 10, &[("a".to_string(), vec![7; 10])]).unwrap();
+        assert_eq!(part(&tree, 10, "a").unwrap(), Some(vec![7; 10]));
+        assert_eq!(
+            parts(&tree, 10).unwrap(),
+            vec![("a".to_string(), vec![7; 10])]
+        );
     }
 }
