@@ -140,3 +140,44 @@ fn reconcile_fixture_log_still_decodes_verifies_and_replays() {
     assert_eq!(projections.desired.skipped_events, 0);
     assert_eq!(projections.observed.skipped_events, 0);
 }
+
+/// The third fixture: rollbacks (see tools/write_fixture_history.rs): a
+/// scale-up rolled back, then a deletion called off by a rollback.
+#[test]
+fn history_fixture_log_still_decodes_verifies_and_replays() {
+    let events = verified_events("log-v1-history.hex");
+    let types: Vec<&str> = events
+        .iter()
+        .map(|event| event.event_type.as_str())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "ClusterDeclared",
+            "PoolScaled",
+            "RollbackRequested",
+            "PoolScaled",
+            "ClusterDeletionRequested",
+            "RollbackRequested",
+            "ClusterDeletionCancelled",
+        ]
+    );
+    // Each rollback's effects name it, with the seq the store filled in.
+    for (effect, request) in [(3, 2), (6, 5)] {
+        assert_eq!(
+            events[effect].cause,
+            crate::event::Cause::Event {
+                seq: events[request].seq,
+                id: events[request].id
+            }
+        );
+    }
+    let mut projections = crate::projection::Projections::default();
+    for event in &events {
+        projections.apply(event);
+    }
+    let cluster = projections.desired.cluster("history").expect("restored");
+    assert_eq!(cluster.manifest.spec.pools[0].replicas, 2);
+    assert!(!cluster.deletion_requested);
+    assert_eq!(projections.desired.skipped_events, 0);
+}
