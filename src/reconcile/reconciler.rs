@@ -368,6 +368,7 @@ impl Reconciler {
                 actions,
                 correlation,
                 &cause,
+                desired.deletion_requested,
                 shutdown,
             )
             .await?;
@@ -376,6 +377,7 @@ impl Reconciler {
         let remaining = plan(self.plan_input(name, &desired, &observed));
         if desired.deletion_requested
             && !shutdown.is_cancelled()
+            && !Self::plan_outdated(&self.ledger, name, true)
             && remaining.is_empty()
             && observed.resources.is_empty()
             && observed.orphans.is_empty()
@@ -614,13 +616,15 @@ impl Reconciler {
             .collect())
     }
 
-    /// Whether the cluster has been paused (or has gone) since the pass began.
-    fn paused_now(ledger: &Ledger, name: &str) -> bool {
+    /// Whether the pass's plan no longer holds: the cluster has been paused
+    /// or has gone since the pass began, or its deletion was requested or
+    /// called off (a rollback) since. The next pass plans again.
+    fn plan_outdated(ledger: &Ledger, name: &str, deleting: bool) -> bool {
         ledger.read(|projections| {
             projections
                 .desired
                 .cluster(name)
-                .is_none_or(|cluster| cluster.paused)
+                .is_none_or(|cluster| cluster.paused || cluster.deletion_requested != deleting)
         })
     }
 
@@ -632,13 +636,14 @@ impl Reconciler {
         actions: Vec<PlannedAction>,
         correlation: Uuid,
         cause: &Cause,
+        deleting: bool,
         shutdown: &CancellationToken,
     ) -> Result<PassReport, LedgerError> {
         let mut report = PassReport::default();
         let cluster_limit = Arc::new(Semaphore::new(self.config.cluster_concurrency.max(1)));
         let mut rest = actions.as_slice();
         while let Some(first) = rest.first() {
-            if shutdown.is_cancelled() || Self::paused_now(&self.ledger, name) {
+            if shutdown.is_cancelled() || Self::plan_outdated(&self.ledger, name, deleting) {
                 break;
             }
             let phase = first.phase();
@@ -661,8 +666,9 @@ impl Reconciler {
                 running.spawn(async move {
                     let _cluster = cluster_limit.acquire_owned().await.ok()?;
                     let _global = global.acquire_owned().await.ok()?;
-                    // A pause takes effect before the next intent, mid-phase too.
-                    if shutdown.is_cancelled() || Self::paused_now(&ledger, &name) {
+                    // A pause (or a deletion requested or called off) takes
+                    // effect before the next intent, mid-phase too.
+                    if shutdown.is_cancelled() || Self::plan_outdated(&ledger, &name, deleting) {
                         return None;
                     }
                     Some(

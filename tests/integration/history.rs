@@ -362,3 +362,39 @@ async fn snapshots_carry_the_state_across_a_restart_and_replay_agrees_with_them(
         replay.standard_output
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_calls_off_a_deletion_in_progress() {
+    let directory = tempfile::tempdir().unwrap();
+    // Slow deletes, one call at a time: the deletion is still going on when
+    // the rollback lands.
+    let config = "[reconcile]\nresync_interval_ms = 60000\nbackoff_base_ms = 20\nbackoff_max_ms = 500\n\
+                  concurrency = 1\ncluster_concurrency = 1\n\n[sim]\nseed = 7\nlist_delay_ms = 0\n\n\
+                  [sim.latency_ms]\ncreate = 1\ndelete = 300\ndescribe = 0\nlookup = 0\nlist = 1\n";
+    let daemon = Daemon::start_with_config(directory.path(), config);
+    let client = http_client();
+    let manifest = cluster_manifest("midway", "sim", "correct", &[("workers", 4)]);
+    applied(post_apply(&client, &daemon, "/v1/apply", &manifest, &[]).await);
+    wait_ready(&client, &daemon, "midway").await;
+    let alive = head_seq(&client, &daemon).await;
+
+    cli(&daemon, &["delete", "cluster", "midway"]);
+    wait_for("the first machine to go", DEADLINE, || async {
+        (cloud_shape(&client, &daemon, "midway").await.0 < 4).then_some(())
+    })
+    .await;
+    let rolled = cli(&daemon, &["rollback", "midway", "--to", &alive.to_string()]).standard_output;
+    assert!(rolled.contains("call the deletion off"), "{rolled}");
+
+    let view = wait_ready(&client, &daemon, "midway").await;
+    assert_eq!(view["deletionRequested"], false);
+    wait_for("the machines to come back", DEADLINE, || async {
+        (cloud_shape(&client, &daemon, "midway").await.0 == 4).then_some(())
+    })
+    .await;
+    let events = all_events(&client, &daemon).await;
+    assert!(
+        events.iter().all(|event| event["type"] != "ClusterDeleted"),
+        "the deletion never finished"
+    );
+}
