@@ -103,6 +103,16 @@ pub struct Reconciler {
     jitter: Mutex<StdRng>,
 }
 
+/// What a pass's actions record as their origin, and what the plan assumed.
+#[derive(Clone, Copy)]
+struct PassOrigin<'a> {
+    correlation: Uuid,
+    /// The desired-state event the pass acts on.
+    cause: &'a Cause,
+    /// Whether the plan tears the cluster down.
+    deleting: bool,
+}
+
 #[derive(Debug, Default)]
 struct PassReport {
     succeeded: usize,
@@ -361,16 +371,13 @@ impl Reconciler {
         let observed = self.observed(name);
         let actions = plan(self.plan_input(name, &desired, &observed));
         tracing::debug!(cluster = %name, actions = actions.len(), "planned");
+        let origin = PassOrigin {
+            correlation,
+            cause: &cause,
+            deleting: desired.deletion_requested,
+        };
         let report = self
-            .execute(
-                name,
-                provider.clone(),
-                actions,
-                correlation,
-                &cause,
-                desired.deletion_requested,
-                shutdown,
-            )
+            .execute(name, provider.clone(), actions, origin, shutdown)
             .await?;
 
         let observed = self.observed(name);
@@ -634,11 +641,14 @@ impl Reconciler {
         name: &str,
         provider: Arc<dyn Provider>,
         actions: Vec<PlannedAction>,
-        correlation: Uuid,
-        cause: &Cause,
-        deleting: bool,
+        origin: PassOrigin<'_>,
         shutdown: &CancellationToken,
     ) -> Result<PassReport, LedgerError> {
+        let PassOrigin {
+            correlation,
+            cause,
+            deleting,
+        } = origin;
         let mut report = PassReport::default();
         let cluster_limit = Arc::new(Semaphore::new(self.config.cluster_concurrency.max(1)));
         let mut rest = actions.as_slice();
