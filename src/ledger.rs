@@ -207,7 +207,7 @@ impl Ledger {
                 Some((seq, projections)) => (seq, projections),
                 None => (0, Projections::default()),
             };
-        catch_up(store.as_ref(), &mut projections).await?;
+        catch_up(&store, &mut projections).await?;
         tracing::info!(
             snapshot_seq,
             applied_seq = projections.applied_seq(),
@@ -708,16 +708,16 @@ impl Ledger {
     }
 }
 
-async fn catch_up(store: &dyn EventStore, state: &mut Projections) -> Result<(), StoreError> {
-    loop {
-        let events = store.read(state.applied_seq(), 4096).await?;
-        if events.is_empty() {
-            return Ok(());
-        }
-        for event in &events {
+async fn catch_up(store: &Arc<dyn EventStore>, state: &mut Projections) -> Result<(), StoreError> {
+    // Up to the head as it is now; the follower's subscription takes the rest.
+    let until = store.head().seq;
+    let mut pages = crate::store::read_ahead::read_ahead(store.clone(), state.applied_seq(), until);
+    while let Some(page) = pages.recv().await {
+        for event in &page? {
             state.apply(event);
         }
     }
+    Ok(())
 }
 
 fn new_event(change: &Change, context: &CommandContext) -> NewEvent {

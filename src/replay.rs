@@ -12,10 +12,8 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::projection::{Projections, SnapshotError};
+use crate::store::read_ahead::read_ahead;
 use crate::store::{EventStore, SledStore, SledStoreConfig, StoreError};
-
-/// Events read per step of the replay.
-const READ_BATCH: usize = 4096;
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -65,40 +63,45 @@ pub async fn replay_offline(dir: &Path) -> Result<ReplayReport, ReplayError> {
     if !dir.join("db").exists() {
         return Err(ReplayError::NotADataDir(dir.display().to_string()));
     }
-    let store = Arc::new(SledStore::open(SledStoreConfig::new(dir))?);
-    let report = replay(store.as_ref()).await;
+    let store: Arc<dyn EventStore> = Arc::new(SledStore::open(SledStoreConfig::new(dir))?);
+    let report = replay(store.clone()).await;
     store.close().await;
     report
 }
 
 /// Folds the whole log from seq 1, checking every stored snapshot on the way.
-pub async fn replay(store: &dyn EventStore) -> Result<ReplayReport, ReplayError> {
+pub async fn replay(store: Arc<dyn EventStore>) -> Result<ReplayReport, ReplayError> {
     let snapshot_seqs = store.snapshot_seqs().await?;
     let mut pending = snapshot_seqs.iter().copied().peekable();
     let mut checks = Vec::new();
     let mut projections = Projections::default();
     let started = Instant::now();
     let mut compare_seconds = 0.0;
-    // A snapshot at seq 0 (an empty log) is checked before the first event.
+    let until = store.head().seq;
+    let mut pages = read_ahead(store.clone(), 0, until);
     loop {
+        // Compare every snapshot the fold has reached (one at seq 0 first).
         while let Some(&seq) = pending.peek() {
             if seq > projections.applied_seq() {
                 break;
             }
             pending.next();
             let compared = Instant::now();
-            checks.push(check(store, seq, &projections).await?);
+            checks.push(check(store.as_ref(), seq, &projections).await?);
             compare_seconds += compared.elapsed().as_secs_f64();
         }
-        let next = pending.peek().copied().unwrap_or(u64::MAX);
-        let after = projections.applied_seq();
-        let limit = READ_BATCH.min((next - after).try_into().unwrap_or(READ_BATCH));
-        let events = store.read(after, limit.max(1)).await?;
-        if events.is_empty() {
+        let Some(page) = pages.recv().await else {
             break;
-        }
-        for event in &events {
-            projections.apply(event);
+        };
+        let next_snapshot = pending.peek().copied().unwrap_or(u64::MAX);
+        for event in page? {
+            projections.apply(&event);
+            if event.seq == next_snapshot {
+                let compared = Instant::now();
+                pending.next();
+                checks.push(check(store.as_ref(), event.seq, &projections).await?);
+                compare_seconds += compared.elapsed().as_secs_f64();
+            }
         }
     }
     for seq in pending {
@@ -193,7 +196,8 @@ mod tests {
     #[tokio::test]
     async fn replay_names_the_part_of_a_snapshot_that_differs() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(SledStoreConfig::new(dir.path())).unwrap();
+        let store: Arc<dyn EventStore> =
+            Arc::new(SledStore::open(SledStoreConfig::new(dir.path())).unwrap());
         for text in ["1", "2", "3"] {
             store
                 .append(request("cluster/x", ExpectedVersion::Any, &[text]))
@@ -220,7 +224,7 @@ mod tests {
         parts.push(("ghost".into(), parts[1].1.clone()));
         store.save_snapshot(3, parts).await.unwrap();
 
-        let report = replay(&store).await.unwrap();
+        let report = replay(store.clone()).await.unwrap();
         assert_eq!(report.events, 3);
         assert_eq!(report.snapshots.len(), 2);
         assert_eq!(report.snapshots[0].verdict, "same");

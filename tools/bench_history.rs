@@ -1494,7 +1494,7 @@ async fn run(args: Args) {
 
     // 5. Replay.
     let begun = Instant::now();
-    let report = replay::replay(store.as_ref() as &dyn EventStore)
+    let report = replay::replay(store.clone() as Arc<dyn EventStore>)
         .await
         .expect("the replay");
     let replay_wall = begun.elapsed();

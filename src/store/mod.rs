@@ -33,6 +33,7 @@
 //! **Architecture Invariant:** the store knows nothing of clusters, manifests or
 //! payload types. It moves envelopes with opaque payload bytes.
 
+pub mod read_ahead;
 mod sled_indexes;
 mod sled_snapshots;
 pub mod sled_store;
