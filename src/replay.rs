@@ -93,7 +93,7 @@ pub async fn replay(store: Arc<dyn EventStore>) -> Result<ReplayReport, ReplayEr
         let Some(page) = pages.recv().await else {
             break;
         };
-        let next_snapshot = pending.peek().copied().unwrap_or(u64::MAX);
+        let mut next_snapshot = pending.peek().copied().unwrap_or(u64::MAX);
         for event in page? {
             projections.apply(&event);
             if event.seq == next_snapshot {
@@ -101,6 +101,7 @@ pub async fn replay(store: Arc<dyn EventStore>) -> Result<ReplayReport, ReplayEr
                 pending.next();
                 checks.push(check(store.as_ref(), event.seq, &projections).await?);
                 compare_seconds += compared.elapsed().as_secs_f64();
+                next_snapshot = pending.peek().copied().unwrap_or(u64::MAX);
             }
         }
     }
@@ -198,39 +199,44 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn EventStore> =
             Arc::new(SledStore::open(SledStoreConfig::new(dir.path())).unwrap());
-        for text in ["1", "2", "3"] {
+        for text in ["1", "2", "3", "4"] {
             store
                 .append(request("cluster/x", ExpectedVersion::Any, &[text]))
                 .await
                 .unwrap();
         }
-        let mut state = Projections::default();
-        for event in store.read(0, 10).await.unwrap() {
-            state.apply(&event);
-            if event.seq == 2 {
-                store
-                    .save_snapshot(2, state.snapshot_parts())
-                    .await
-                    .unwrap();
+        // True snapshots at seqs 1 and 2, all in one page of the replay, so
+        // each must be compared at its own seq, not at the page's end.
+        let fold = |until: u64| {
+            let store = store.clone();
+            async move {
+                let mut state = Projections::default();
+                for event in store.read(0, until as usize).await.unwrap() {
+                    state.apply(&event);
+                }
+                state
             }
+        };
+        for seq in [1, 2] {
+            let parts = fold(seq).await.snapshot_parts();
+            store.save_snapshot(seq, parts).await.unwrap();
         }
-        // A snapshot at seq 3 that claims the state of seq 2.
-        let mut stale = Projections::default();
-        for event in store.read(0, 2).await.unwrap() {
-            stale.apply(&event);
-        }
-        let mut parts = stale.snapshot_parts();
-        parts[0] = state.snapshot_parts()[0].clone();
+        // A snapshot at seq 3 whose cluster part holds the state of seq 2.
+        let mut parts = fold(2).await.snapshot_parts();
+        parts[0] = fold(3).await.snapshot_parts()[0].clone();
         parts.push(("ghost".into(), parts[1].1.clone()));
         store.save_snapshot(3, parts).await.unwrap();
 
         let report = replay(store.clone()).await.unwrap();
-        assert_eq!(report.events, 3);
-        assert_eq!(report.snapshots.len(), 2);
-        assert_eq!(report.snapshots[0].verdict, "same");
-        assert_eq!(report.snapshots[1].verdict, "different");
+        assert_eq!(report.events, 4);
+        let verdicts: Vec<(u64, &str)> = report
+            .snapshots
+            .iter()
+            .map(|check| (check.seq, check.verdict.as_str()))
+            .collect();
+        assert_eq!(verdicts, [(1, "same"), (2, "same"), (3, "different")]);
         assert_eq!(
-            report.snapshots[1].details,
+            report.snapshots[2].details,
             vec![
                 "\"ghost\": only in the snapshot".to_string(),
                 "\"x\": differs".to_string()
