@@ -18,3 +18,4 @@ pub mod reconcile;
 pub mod replay;
 pub mod schema;
 pub mod store;
+pub mod webhook;
