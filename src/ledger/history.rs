@@ -308,8 +308,8 @@ impl Ledger {
     ) -> Result<ClusterDiff, LedgerError> {
         let from_seq = self.resolve_point(from).await?;
         let to_seq = self.resolve_point(to).await?;
-        let from_state = self.cluster_at_or_absent(name, from, from_seq).await?;
-        let to_state = self.cluster_at_or_absent(name, to, to_seq).await?;
+        let from_state = self.cluster_at_or_absent(name, from_seq).await?;
+        let to_state = self.cluster_at_or_absent(name, to_seq).await?;
         if from_state.stream_version == 0 && to_state.stream_version == 0 {
             return Err(LedgerError::ClusterNotFoundAt {
                 name: name.to_string(),
@@ -336,12 +336,7 @@ impl Ledger {
 
     /// Like `cluster_at`, but a cluster that did not exist yet is an empty
     /// state (stream version 0) rather than an error.
-    async fn cluster_at_or_absent(
-        &self,
-        name: &str,
-        point: Point,
-        seq: u64,
-    ) -> Result<ClusterAt, LedgerError> {
+    async fn cluster_at_or_absent(&self, name: &str, seq: u64) -> Result<ClusterAt, LedgerError> {
         match self.cluster_at(name, Point::Seq(seq)).await {
             Err(LedgerError::ClusterNotFoundAt { .. }) => Ok(ClusterAt {
                 seq,
@@ -350,10 +345,6 @@ impl Ledger {
                 observed: None,
                 stream_version: 0,
             }),
-            Err(LedgerError::PointAfterHead { seq, head }) => {
-                tracing::debug!(%point, seq, head, "point past the head");
-                Err(LedgerError::PointAfterHead { seq, head })
-            }
             other => other,
         }
     }
