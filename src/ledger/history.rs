@@ -15,9 +15,11 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{request_cause, CommandContext, Ledger, LedgerError, MAX_CONFLICT_RETRIES};
+use super::{
+    command_event, request_cause, CommandContext, Ledger, LedgerError, MAX_CONFLICT_RETRIES,
+};
 use crate::event::payload::{self, Payload};
-use crate::event::{Cause, Event, NewEvent};
+use crate::event::{Cause, Event};
 use crate::model::{
     change_subject, cluster_stream, describe_change, diff, reconcile_stream, Change, ChangeOp,
     CloudResource, ClusterDeletionCancelled, ClusterDeletionRequested, ClusterPaused,
@@ -534,7 +536,7 @@ fn rollback_request(
         to_seq,
         requested: to.to_string(),
     });
-    let first = new_event(
+    let first = command_event(
         payload::encode_lifecycle(&requested),
         request_cause(context),
         context,
@@ -549,21 +551,21 @@ fn rollback_request(
         .partition(|command| matches!(command, Lifecycle::ClusterDeletionCancelled(_)));
     let mut events = vec![first];
     for command in before {
-        events.push(new_event(
+        events.push(command_event(
             payload::encode_lifecycle(command),
             caused.clone(),
             context,
         ));
     }
     for change in &outcome.changes {
-        events.push(new_event(
+        events.push(command_event(
             payload::encode_change(change),
             caused.clone(),
             context,
         ));
     }
     for command in after {
-        events.push(new_event(
+        events.push(command_event(
             payload::encode_lifecycle(command),
             caused.clone(),
             context,
@@ -574,18 +576,6 @@ fn rollback_request(
         expected: ExpectedVersion::Exact(version),
         events,
         idempotency: None,
-    }
-}
-
-fn new_event(encoded: payload::EncodedPayload, cause: Cause, context: &CommandContext) -> NewEvent {
-    NewEvent {
-        id: Uuid::now_v7(),
-        event_type: encoded.event_type.to_string(),
-        schema: encoded.schema,
-        actor: context.actor.clone(),
-        cause,
-        correlation: context.correlation,
-        payload: encoded.bytes,
     }
 }
 
