@@ -380,7 +380,13 @@ impl Ledger {
             let events: Vec<NewEvent> = outcome
                 .changes
                 .iter()
-                .map(|change| new_event(change, context))
+                .map(|change| {
+                    command_event(
+                        payload::encode_change(change),
+                        request_cause(context),
+                        context,
+                    )
+                })
                 .collect();
             if options.dry_run {
                 // A plan that the real apply would refuse is no plan.
@@ -514,16 +520,11 @@ impl Ledger {
                     stream_version: current.stream_version,
                 });
             }
-            let encoded = payload::encode_lifecycle(&command);
-            let event = NewEvent {
-                id: Uuid::now_v7(),
-                event_type: encoded.event_type.to_string(),
-                schema: encoded.schema,
-                actor: context.actor.clone(),
-                cause: request_cause(context),
-                correlation: context.correlation,
-                payload: encoded.bytes,
-            };
+            let event = command_event(
+                payload::encode_lifecycle(&command),
+                request_cause(context),
+                context,
+            );
             let request = AppendRequest {
                 stream: stream.clone(),
                 expected: ExpectedVersion::Exact(current.stream_version),
@@ -720,14 +721,18 @@ async fn catch_up(store: &Arc<dyn EventStore>, state: &mut Projections) -> Resul
     Ok(())
 }
 
-fn new_event(change: &Change, context: &CommandContext) -> NewEvent {
-    let encoded = payload::encode_change(change);
+/// A command's event: the context's actor and correlation, with `cause`.
+fn command_event(
+    encoded: payload::EncodedPayload,
+    cause: Cause,
+    context: &CommandContext,
+) -> NewEvent {
     NewEvent {
         id: Uuid::now_v7(),
         event_type: encoded.event_type.to_string(),
         schema: encoded.schema,
         actor: context.actor.clone(),
-        cause: request_cause(context),
+        cause,
         correlation: context.correlation,
         payload: encoded.bytes,
     }

@@ -14,7 +14,8 @@ use uuid::Uuid;
 use crate::event::{payload, Actor, Cause, Event};
 use crate::ledger::EventPage;
 use crate::model::{
-    describe_change, Change, CloudResource, FieldError, Lifecycle, Manifest, ReconcileEvent,
+    describe_change, describe_lifecycle, Change, CloudResource, FieldError, Lifecycle, Manifest,
+    ReconcileEvent,
 };
 use crate::projection::{ClusterState, ObservedCluster};
 use crate::store::VerifyReport;
@@ -86,55 +87,42 @@ impl EventView {
 
 /// The one-line summary of an event of this type with this payload.
 pub fn summary_of(event_type: &str, data: &serde_json::Value) -> String {
-    {
-        let tagged = serde_json::json!({ event_type: data.clone() });
-        if let Ok(change) = serde_json::from_value::<Change>(tagged.clone()) {
-            let description = describe_change(&change);
-            return format!("{} {}", description.op.symbol(), description.summary);
+    let tagged = serde_json::json!({ event_type: data.clone() });
+    if let Ok(change) = serde_json::from_value::<Change>(tagged.clone()) {
+        let description = describe_change(&change);
+        return format!("{} {}", description.op.symbol(), description.summary);
+    }
+    if let Ok(lifecycle) = serde_json::from_value::<Lifecycle>(tagged.clone()) {
+        let description = describe_lifecycle(&lifecycle);
+        return format!("{} {}", description.op.symbol(), description.summary);
+    }
+    match serde_json::from_value::<ReconcileEvent>(tagged) {
+        Ok(ReconcileEvent::ActionStarted(started)) => {
+            format!("{} (attempt {})", started.action, started.attempt)
         }
-        match serde_json::from_value::<Lifecycle>(tagged.clone()) {
-            Ok(Lifecycle::ClusterPaused(_)) => return "~ paused: no provider calls".into(),
-            Ok(Lifecycle::ClusterResumed(_)) => return "~ resumed".into(),
-            Ok(Lifecycle::ClusterDeletionRequested(_)) => return "- tear the cluster down".into(),
-            Ok(Lifecycle::ClusterDeletionCancelled(_)) => {
-                return "+ deletion called off: the cluster is wanted again".into()
-            }
-            Ok(Lifecycle::RollbackRequested(rollback)) => {
-                return format!(
-                    "~ roll back to seq {} (asked: {})",
-                    rollback.to_seq, rollback.requested
-                )
-            }
-            Err(_) => {}
+        Ok(ReconcileEvent::ActionSucceeded(done)) => {
+            format!("{} -> {}", done.action, done.provider_id)
         }
-        match serde_json::from_value::<ReconcileEvent>(tagged) {
-            Ok(ReconcileEvent::ActionStarted(started)) => {
-                format!("{} (attempt {})", started.action, started.attempt)
-            }
-            Ok(ReconcileEvent::ActionSucceeded(done)) => {
-                format!("{} -> {}", done.action, done.provider_id)
-            }
-            Ok(ReconcileEvent::ActionFailed(failed)) => format!(
-                "{}: {}{}",
-                failed.action,
-                failed.error,
-                if failed.retryable { " (retryable)" } else { "" }
-            ),
-            Ok(ReconcileEvent::DriftDetected(drift)) => format!(
-                "{}: expected {}, found {}",
-                drift.resource,
-                drift.expected.map_or("nothing".into(), |r| r.provider_id),
-                drift.actual.map_or("nothing".into(), |r| r.provider_id)
-            ),
-            Ok(ReconcileEvent::ConditionChanged(changed)) => format!(
-                "{:?}={} ({})",
-                changed.condition,
-                if changed.status { "True" } else { "False" },
-                changed.reason
-            ),
-            Ok(ReconcileEvent::ClusterDeleted(_)) => "every resource is gone".into(),
-            Err(_) => String::new(),
-        }
+        Ok(ReconcileEvent::ActionFailed(failed)) => format!(
+            "{}: {}{}",
+            failed.action,
+            failed.error,
+            if failed.retryable { " (retryable)" } else { "" }
+        ),
+        Ok(ReconcileEvent::DriftDetected(drift)) => format!(
+            "{}: expected {}, found {}",
+            drift.resource,
+            drift.expected.map_or("nothing".into(), |r| r.provider_id),
+            drift.actual.map_or("nothing".into(), |r| r.provider_id)
+        ),
+        Ok(ReconcileEvent::ConditionChanged(changed)) => format!(
+            "{:?}={} ({})",
+            changed.condition,
+            if changed.status { "True" } else { "False" },
+            changed.reason
+        ),
+        Ok(ReconcileEvent::ClusterDeleted(_)) => "every resource is gone".into(),
+        Err(_) => String::new(),
     }
 }
 
@@ -258,6 +246,15 @@ pub struct PlannedChange {
 }
 
 impl PlannedChange {
+    pub fn from_lifecycle(lifecycle: &Lifecycle) -> PlannedChange {
+        let description = describe_lifecycle(lifecycle);
+        PlannedChange {
+            op: description.op.symbol().to_string(),
+            event_type: payload::lifecycle_type(lifecycle).to_string(),
+            summary: description.summary,
+        }
+    }
+
     pub fn from_change(change: &Change) -> PlannedChange {
         let description = describe_change(change);
         PlannedChange {

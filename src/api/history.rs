@@ -17,7 +17,6 @@ use super::{
     with_state, ApiState,
 };
 use crate::config::Role;
-use crate::event::payload;
 use crate::event::Actor;
 use crate::ledger::{ClusterAt, DiffEntry, Point, RollbackOutcome};
 
@@ -94,29 +93,12 @@ pub struct RollbackResponse {
 
 impl RollbackResponse {
     fn from_outcome(outcome: &RollbackOutcome) -> RollbackResponse {
-        let mut changes: Vec<PlannedChange> = outcome
+        let changes = outcome
             .changes
             .iter()
             .map(PlannedChange::from_change)
+            .chain(outcome.lifecycle.iter().map(PlannedChange::from_lifecycle))
             .collect();
-        for command in &outcome.lifecycle {
-            let event_type = payload::lifecycle_type(command).to_string();
-            let (op, summary) = match command {
-                crate::model::Lifecycle::ClusterDeletionCancelled(_) => {
-                    ("+", "call the deletion off: the cluster is wanted again")
-                }
-                crate::model::Lifecycle::ClusterDeletionRequested(_) => {
-                    ("-", "tear the cluster down")
-                }
-                crate::model::Lifecycle::ClusterPaused(_) => ("~", "pause: no provider calls"),
-                _ => ("~", "resume"),
-            };
-            changes.push(PlannedChange {
-                op: op.into(),
-                event_type,
-                summary: summary.into(),
-            });
-        }
         RollbackResponse {
             cluster: outcome.cluster.clone(),
             to_seq: outcome.to_seq,

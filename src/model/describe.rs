@@ -2,6 +2,7 @@
 //! `+` creates, `~` changes, `-` destroys.
 
 use super::change::Change;
+use super::cloud::Lifecycle;
 use super::manifest::{FirewallRule, Pool, Subnet};
 
 /// What a change does to the resource it names.
@@ -76,6 +77,29 @@ pub fn change_subject(change: &Change) -> String {
         Change::PoolScaled(scaled) => format!("pool/{}", scaled.pool),
         Change::PoolTemplateChanged(changed) => format!("pool/{}", changed.pool),
     }
+}
+
+/// Describes a lifecycle command for a plan or a history line.
+pub fn describe_lifecycle(lifecycle: &Lifecycle) -> ChangeDescription {
+    let (op, summary) = match lifecycle {
+        Lifecycle::ClusterPaused(_) => (ChangeOp::Update, "pause: no provider calls".into()),
+        Lifecycle::ClusterResumed(_) => (ChangeOp::Update, "resume".into()),
+        Lifecycle::ClusterDeletionRequested(_) => {
+            (ChangeOp::Destroy, "tear the cluster down".into())
+        }
+        Lifecycle::ClusterDeletionCancelled(_) => (
+            ChangeOp::Create,
+            "call the deletion off: the cluster is wanted again".into(),
+        ),
+        Lifecycle::RollbackRequested(rollback) => (
+            ChangeOp::Update,
+            format!(
+                "roll back to seq {} (asked: {})",
+                rollback.to_seq, rollback.requested
+            ),
+        ),
+    };
+    ChangeDescription { op, summary }
 }
 
 /// Describes a change for a plan or a history line.

@@ -1123,7 +1123,8 @@ impl Writer {
 /// import of 1,000,000 events grew past 6 GiB (24 KiB per event) in
 /// `cargo bench --bench history`. Flushing this thread's deferred garbage and
 /// pinning a few times after each batch lets the collector keep up; with it
-/// the same import stayed under 300 MiB.
+/// the bench's import of 1,002,504 events ran to the end, its process growing
+/// from 740 to 1,068 MiB (docs/PERFORMANCE.md).
 fn release_sled_garbage() {
     for _ in 0..64 {
         crossbeam_epoch::pin().flush();
