@@ -6,4 +6,5 @@
 //!   `t=...,v1=...` header with its 5-minute window, bearer tokens; all
 //!   compared in constant time.
 
+pub mod action;
 pub mod signature;

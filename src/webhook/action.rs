@@ -1,0 +1,72 @@
+//! What a delivery asks of the ledger: receivers turn a payload into a list of
+//! `PlannedHookAction`s (pure functions, no IO), and the inbox carries them out
+//! in order, each with its own idempotency key.
+
+use std::collections::BTreeMap;
+
+use crate::model::Manifest;
+
+/// One command a webhook delivery asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HookAction {
+    /// Declare or update a cluster (GitHub: one manifest file; generic: `apply`).
+    Apply { manifest: Box<Manifest> },
+    /// Set a pool's replica count.
+    Scale {
+        cluster: String,
+        pool: String,
+        replicas: i64,
+    },
+    /// Grow a pool by `by` replicas, never past `max` (Alertmanager rules).
+    /// At or above `max` already, it does nothing.
+    ScaleBy {
+        cluster: String,
+        pool: String,
+        by: i64,
+        max: i64,
+    },
+    Pause {
+        cluster: String,
+    },
+    Resume {
+        cluster: String,
+    },
+    /// Take the desired state back to a point (a seq, an RFC 3339 time or `now`).
+    Rollback {
+        cluster: String,
+        to: String,
+    },
+    /// Mark a cluster for deletion (GitHub with `prune`: its file was removed).
+    RequestDeletion {
+        cluster: String,
+    },
+    /// Delete one machine and let the reconciler create it again. `machine`
+    /// is a machine name (`workers-2`), its provider id, or its address.
+    ReplaceMachine {
+        cluster: String,
+        machine: String,
+    },
+}
+
+/// An action with what makes it safe to run twice and what explains it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlannedHookAction {
+    pub action: HookAction,
+    /// Appended to `hook/<name>/` to make the action's idempotency key. The
+    /// inbox runs an action whose key was used before as "already done", so
+    /// two deliveries that must not act twice share a key (Alertmanager:
+    /// `alert/<rule>/<fingerprint>/<startsAt>`); otherwise `<delivery>/<n>`.
+    pub key: String,
+    /// Facts that explain the action, recorded in the cause of every event it
+    /// writes (GitHub: `commit`, `pusher`, `repository`, `file`).
+    pub details: BTreeMap<String, String>,
+}
+
+/// A part of a payload that could not be acted on, while the rest was (a
+/// GitHub push with one invalid manifest file among good ones).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    /// What was skipped: a file path, an alert fingerprint.
+    pub subject: String,
+    pub reason: String,
+}
