@@ -146,7 +146,9 @@ enum CauseMatch {
 impl CauseMatch {
     fn matches(&self, cause: &Cause) -> bool {
         match (self, cause) {
-            (CauseMatch::Event(seq), Cause::Event { seq: cause_seq, .. }) => seq == cause_seq,
+            (CauseMatch::Event(seq), cause) => {
+                cause.causing_event().map(|(cause_seq, _)| cause_seq) == Some(*seq)
+            }
             (
                 CauseMatch::Origin(text),
                 Cause::Request {
@@ -155,7 +157,10 @@ impl CauseMatch {
                     ..
                 },
             ) => request_id == text || idempotency_key.as_ref() == Some(text),
-            (CauseMatch::Origin(text), Cause::Webhook { delivery, .. }) => delivery == text,
+            (
+                CauseMatch::Origin(text),
+                Cause::Webhook { delivery, .. } | Cause::WebhookDelivery { delivery, .. },
+            ) => delivery == text,
             _ => false,
         }
     }
@@ -386,7 +391,7 @@ pub struct Trace {
 
 /// The event an event's `Cause::Event` names, if it is in the log before it.
 async fn cause_of(store: &dyn EventStore, event: &Event) -> Result<Option<Arc<Event>>, StoreError> {
-    let Cause::Event { seq, id } = event.cause else {
+    let Some((seq, id)) = event.cause.causing_event() else {
         return Ok(None);
     };
     // A cause always comes first; a link that does not is not followed, so

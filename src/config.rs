@@ -44,7 +44,13 @@
 //! [providers.exec.ref]        # a plugin provider, `provider: exec:ref`
 //! command = ["python3", "tools/plugins/reference_plugin.py", "--state-dir", "ref-cloud"]
 //! timeout_seconds = 30
+//!
+//! [hooks.deploys]             # a webhook receiver, `POST /v1/hooks/deploys`
+//! type = "generic"            # github | alertmanager | generic
+//! secret = "a long random string"   # required, at least 16 characters
 //! ```
+//!
+//! The settings of each receiver type are in docs/webhooks.md.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -265,6 +271,8 @@ pub struct Config {
     /// The simulated cloud, the `sim` provider (state in `<data_dir>/sim`).
     pub sim: SimConfig,
     pub providers: ProvidersConfig,
+    /// Webhook receivers, `[hooks.<name>]` (see `webhook` and docs/webhooks.md).
+    pub hooks: BTreeMap<String, crate::webhook::HookConfig>,
 }
 
 impl Default for Config {
@@ -283,6 +291,7 @@ impl Default for Config {
             snapshots: SnapshotSettings::default(),
             sim: SimConfig::default(),
             providers: ProvidersConfig::default(),
+            hooks: BTreeMap::new(),
         }
     }
 }
@@ -398,6 +407,7 @@ impl Config {
                 ConfigError::Invalid(format!("providers.exec.{name}.{message}"))
             })?;
         }
+        crate::webhook::check_hooks(&self.hooks).map_err(ConfigError::Invalid)?;
         if self.max_body_bytes == 0 {
             return Err(ConfigError::Invalid(
                 "max_body_bytes: must be positive".into(),

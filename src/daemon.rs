@@ -125,7 +125,17 @@ pub async fn start(
         tracing::info!("reconcilers are disabled ([reconcile] enabled = false)");
     }
 
+    // The webhook workers stop with the reconcilers: before the follower and
+    // the store, after the last request.
+    let inbox = crate::webhook::inbox::Inbox::start(
+        ledger.clone(),
+        &config.hooks,
+        metrics.clone(),
+        reconcile_stop.clone(),
+        &reconcile_tasks,
+    );
     let state = ApiState {
+        inbox,
         ledger,
         auth: Arc::new(Auth::new(config.tokens.clone())),
         metrics,

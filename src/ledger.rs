@@ -117,6 +117,9 @@ pub struct CommandContext {
     pub idempotency_key: Option<String>,
     /// Free text: why the change is made.
     pub reason: Option<String>,
+    /// When set, what the command's events carry as their cause instead of
+    /// the request (a webhook delivery: `Cause::WebhookDelivery`).
+    pub cause: Option<Cause>,
 }
 
 impl CommandContext {
@@ -130,6 +133,7 @@ impl CommandContext {
             correlation: request_id,
             idempotency_key: None,
             reason: None,
+            cause: None,
         }
     }
 }
@@ -491,6 +495,11 @@ impl Ledger {
 
     /// Appends a lifecycle command (pause, resume, deletion request) unless the
     /// cluster is already in the state it asks for.
+    ///
+    /// With an idempotency key, a command that ran before under the same key
+    /// answers with what it appended then (or nothing, if it found the cluster
+    /// already in that state), and the key is recorded even when nothing is
+    /// appended, so that a retry never acts on a state that changed since.
     pub async fn lifecycle(
         &self,
         name: &str,
@@ -498,6 +507,19 @@ impl Ledger {
         context: &CommandContext,
     ) -> Result<LifecycleOutcome, LedgerError> {
         let stream = cluster_stream(name);
+        let idempotency = context.idempotency_key.as_ref().map(|key| Idempotency {
+            key: key.clone(),
+            digest: lifecycle_digest(name, &command),
+        });
+        if let Some(idempotency) = &idempotency {
+            if let Some(outcome) = self.replay_idempotent(name, idempotency).await? {
+                return Ok(LifecycleOutcome {
+                    cluster: name.to_string(),
+                    event: outcome.events.into_iter().next(),
+                    stream_version: outcome.stream_version,
+                });
+            }
+        }
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -513,23 +535,27 @@ impl Ledger {
                 // Written by `rollback` together with its changes, never alone.
                 Lifecycle::RollbackRequested(_) => false,
             };
-            if already {
+            if already && idempotency.is_none() {
                 return Ok(LifecycleOutcome {
                     cluster: name.to_string(),
                     event: None,
                     stream_version: current.stream_version,
                 });
             }
-            let event = command_event(
-                payload::encode_lifecycle(&command),
-                request_cause(context),
-                context,
-            );
+            let events = if already {
+                Vec::new()
+            } else {
+                vec![command_event(
+                    payload::encode_lifecycle(&command),
+                    request_cause(context),
+                    context,
+                )]
+            };
             let request = AppendRequest {
                 stream: stream.clone(),
                 expected: ExpectedVersion::Exact(current.stream_version),
-                events: vec![event],
-                idempotency: None,
+                events,
+                idempotency: idempotency.clone(),
             };
             match self.store.append(request).await {
                 Ok(appended) => {
@@ -738,7 +764,12 @@ fn command_event(
     }
 }
 
+/// The cause of a command's own events: the context's `cause` when set,
+/// otherwise the request.
 fn request_cause(context: &CommandContext) -> Cause {
+    if let Some(cause) = &context.cause {
+        return cause.clone();
+    }
     Cause::Request {
         request_id: context.request_id.clone(),
         idempotency_key: context.idempotency_key.clone(),
@@ -757,6 +788,20 @@ pub fn changes_of(events: &[Arc<Event>]) -> Vec<Change> {
             }
         })
         .collect()
+}
+
+/// What an idempotency key of a lifecycle command is bound to: the cluster
+/// and the command.
+fn lifecycle_digest(name: &str, command: &Lifecycle) -> [u8; 32] {
+    let encoded = payload::encode_lifecycle(command);
+    let mut hasher = Sha256::new();
+    hasher.update(b"lifecycle\n");
+    hasher.update(name.as_bytes());
+    hasher.update(b"\n");
+    hasher.update(encoded.event_type.as_bytes());
+    hasher.update(b"\n");
+    hasher.update(&encoded.bytes);
+    hasher.finalize().into()
 }
 
 /// What an idempotency key of an apply is bound to: the normalized manifest.

@@ -23,6 +23,23 @@ pub struct ActionLabels {
     pub outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeliveryLabels {
+    /// The receiver's name; `unknown` for a name no receiver has (so that
+    /// made-up names cannot grow the label set).
+    pub hook: String,
+    /// `accepted`, `duplicate`, or why it was refused: `unauthorized`,
+    /// `too_large`, `malformed`, `unknown_hook`, `conflict`, `failed`.
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeliveryOutcomeLabels {
+    pub hook: String,
+    /// `done`, `ignored`, `partial` or `failed`.
+    pub outcome: &'static str,
+}
+
 /// What the reconcilers report.
 #[derive(Clone)]
 pub struct ReconcileMetrics {
@@ -56,6 +73,10 @@ pub struct Metrics {
     /// `GET /v1/watch` streams open now.
     pub watch_streams: Gauge,
     pub reconcile: ReconcileMetrics,
+    /// Webhook deliveries answered, by receiver and result.
+    pub webhook_deliveries: Family<DeliveryLabels, Counter>,
+    /// Webhook deliveries processed, by receiver and outcome.
+    pub webhook_outcomes: Family<DeliveryOutcomeLabels, Counter>,
 }
 
 impl Metrics {
@@ -150,12 +171,26 @@ impl Metrics {
             "DriftDetected events written",
             reconcile.drift_detected.clone(),
         );
+        let webhook_deliveries = Family::<DeliveryLabels, Counter>::default();
+        registry.register(
+            "webhook_deliveries",
+            "Webhook deliveries answered, by receiver and result (accepted, duplicate, or the reason for refusal)",
+            webhook_deliveries.clone(),
+        );
+        let webhook_outcomes = Family::<DeliveryOutcomeLabels, Counter>::default();
+        registry.register(
+            "webhook_outcomes",
+            "Webhook deliveries processed, by receiver and outcome",
+            webhook_outcomes.clone(),
+        );
         Metrics {
             registry,
             http_responses,
             applies_changed,
             watch_streams,
             reconcile,
+            webhook_deliveries,
+            webhook_outcomes,
         }
     }
 

@@ -182,7 +182,9 @@ impl CloudEventView {
         let (causekind, cause) = match &event.cause {
             Cause::None => ("none", None),
             Cause::Request { request_id, .. } => ("request", Some(request_id.clone())),
-            Cause::Webhook { hook, delivery } => ("webhook", Some(format!("{hook}/{delivery}"))),
+            Cause::Webhook { hook, delivery } | Cause::WebhookDelivery { hook, delivery, .. } => {
+                ("webhook", Some(format!("{hook}/{delivery}")))
+            }
             Cause::Event { id, .. } => ("event", Some(id.to_string())),
         };
         let actorkind = serde_json::to_value(event.actor.kind)

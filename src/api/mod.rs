@@ -9,6 +9,8 @@
 //! - `auth.rs`: bearer tokens and roles.
 //! - `watch.rs`: `GET /v1/watch`, the live stream (Server-Sent Events).
 //! - `export.rs`: `GET /v1/export`, the streamed NDJSON backup.
+//! - `hooks.rs`: `POST /v1/hooks/{name}` (webhook deliveries, authenticated
+//!   by the receiver's own secret, not by bearer tokens) and the listings.
 //!
 //! **Architecture Invariant:** only `api` (and later `webhook`) knows HTTP, and
 //! it never touches sled: everything goes through the `Ledger`.
@@ -19,6 +21,7 @@ mod commands;
 pub mod dto;
 mod export;
 pub mod history;
+pub mod hooks;
 pub mod problem;
 mod watch;
 
@@ -57,6 +60,8 @@ pub struct ApiState {
     pub sim: Arc<crate::provider::sim::SimCloud>,
     /// The longest silence on a `GET /v1/watch` stream before a heartbeat.
     pub watch_heartbeat: std::time::Duration,
+    /// The webhook receivers and their workers.
+    pub inbox: Arc<crate::webhook::inbox::Inbox>,
 }
 
 /// Manifests up to this size are parsed on the request's own task.
@@ -206,6 +211,8 @@ pub fn routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Error = I
         .unify()
         .or(export::route(&state))
         .unify()
+        .or(hooks::routes(&state))
+        .unify()
         .recover(recover)
         .unify()
         .with(warp::log::custom(move |info| {
@@ -258,15 +265,20 @@ const MAX_DRAINED_BODY_BYTES: u64 = 16 * 1024 * 1024;
 fn limited_body(limit: u64) -> impl Filter<Extract = (Bytes,), Error = Rejection> + Clone {
     warp::header::optional::<u64>("content-length")
         .and(warp::body::stream())
-        .and_then(move |length: Option<u64>, body| collect_body(body, length, limit))
+        .and_then(move |length: Option<u64>, body| async move {
+            collect_body(body, length, limit)
+                .await
+                .map_err(warp::reject::custom)
+        })
 }
 
-async fn collect_body<S, B>(body: S, length: Option<u64>, limit: u64) -> Result<Bytes, Rejection>
+/// Reads a body up to `limit` bytes; beyond that, a 413 error.
+async fn collect_body<S, B>(body: S, length: Option<u64>, limit: u64) -> Result<Bytes, ApiError>
 where
     S: futures_util::Stream<Item = Result<B, warp::Error>>,
     B: Buf,
 {
-    let too_large = || warp::reject::custom(body_too_large(limit));
+    let too_large = || body_too_large(limit);
     if length.is_some_and(|length| length > MAX_DRAINED_BODY_BYTES) {
         return Err(too_large());
     }
@@ -274,9 +286,8 @@ where
     let mut collected = BytesMut::new();
     let mut received: u64 = 0;
     while let Some(chunk) = body.next().await {
-        let mut chunk = chunk.map_err(|error| {
-            warp::reject::custom(ApiError::bad_request("bad_body", error.to_string()))
-        })?;
+        let mut chunk =
+            chunk.map_err(|error| ApiError::bad_request("bad_body", error.to_string()))?;
         received += chunk.remaining() as u64;
         if received > MAX_DRAINED_BODY_BYTES {
             return Err(too_large());

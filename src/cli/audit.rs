@@ -48,6 +48,18 @@ pub fn describe_origin(origin: &Cause) -> String {
             text
         }
         Cause::Webhook { hook, delivery } => format!("webhook {hook}, delivery {delivery}"),
+        Cause::WebhookDelivery {
+            hook,
+            delivery,
+            details,
+            ..
+        } => {
+            let mut text = format!("webhook {hook}, delivery {delivery}");
+            for (name, value) in details {
+                text.push_str(&format!(", {name} {value:?}"));
+            }
+            text
+        }
         Cause::Event { seq, id } => {
             format!("event {id} at seq {seq} (not in the log, or past the trace's limit)")
         }

@@ -69,6 +69,31 @@ pub enum Cause {
     Webhook { hook: String, delivery: String },
     /// Another event of the log.
     Event { seq: u64, id: Uuid },
+    /// A change a webhook delivery asked for: the delivery, the
+    /// `WebhookReceived` event that recorded it, and facts from the payload
+    /// that explain the change (GitHub: commit, pusher, repository, file).
+    WebhookDelivery {
+        hook: String,
+        delivery: String,
+        received_seq: u64,
+        received_id: Uuid,
+        details: std::collections::BTreeMap<String, String>,
+    },
+}
+
+impl Cause {
+    /// The event this cause names (seq, id), which trace walks to.
+    pub fn causing_event(&self) -> Option<(u64, Uuid)> {
+        match self {
+            Cause::Event { seq, id } => Some((*seq, *id)),
+            Cause::WebhookDelivery {
+                received_seq,
+                received_id,
+                ..
+            } => Some((*received_seq, *received_id)),
+            Cause::None | Cause::Request { .. } | Cause::Webhook { .. } => None,
+        }
+    }
 }
 
 /// An event as the log stores it. Everything but `payload` is the envelope.

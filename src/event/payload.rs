@@ -11,7 +11,7 @@
 //! old schema into the new type here (upcasting).
 
 use crate::event::{from_bincode, to_bincode, DecodeError};
-use crate::model::{Change, Lifecycle, ReconcileEvent};
+use crate::model::{Change, Lifecycle, ReconcileEvent, WebhookEvent};
 
 /// A decoded payload.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +22,8 @@ pub enum Payload {
     Lifecycle(Lifecycle),
     /// An intent, outcome, drift or condition (stream `reconcile/<name>`).
     Reconcile(Box<ReconcileEvent>),
+    /// A webhook delivery received or processed (stream `hook/<name>`).
+    Webhook(Box<WebhookEvent>),
     /// A type this build does not know (written by a newer build).
     Unknown { event_type: String, schema: u16 },
 }
@@ -110,12 +112,19 @@ payload_family!(ReconcileEvent, |event| Payload::Reconcile(Box::new(event)), REC
     ClusterDeleted => 1,
 });
 
+payload_family!(WebhookEvent, |event| Payload::Webhook(Box::new(event)), WEBHOOK_TYPES,
+    webhook_type, encode_webhook, decode_webhook, webhook_json, {
+    WebhookReceived => 1,
+    WebhookProcessed => 1,
+});
+
 /// Every event type name this build writes, for docs and filters.
 pub fn event_types() -> impl Iterator<Item = &'static str> {
     CHANGE_TYPES
         .iter()
         .chain(LIFECYCLE_TYPES)
         .chain(RECONCILE_TYPES)
+        .chain(WEBHOOK_TYPES)
         .copied()
 }
 
@@ -124,6 +133,7 @@ pub fn decode(event_type: &str, schema: u16, bytes: &[u8]) -> Result<Payload, De
     decode_change(event_type, schema, bytes)
         .or_else(|| decode_lifecycle(event_type, schema, bytes))
         .or_else(|| decode_reconcile(event_type, schema, bytes))
+        .or_else(|| decode_webhook(event_type, schema, bytes))
         .unwrap_or_else(|| {
             Ok(Payload::Unknown {
                 event_type: event_type.to_string(),
@@ -142,6 +152,7 @@ pub fn to_json(
         Payload::Change(change) => change_json(&change),
         Payload::Lifecycle(lifecycle) => lifecycle_json(&lifecycle),
         Payload::Reconcile(event) => reconcile_json(&event),
+        Payload::Webhook(event) => webhook_json(&event),
         Payload::Unknown { .. } => return Ok(serde_json::Value::Null),
     };
     json.map_err(|error| DecodeError::Bincode(error.to_string()))

@@ -37,6 +37,7 @@ mod diff;
 mod manifest;
 mod parse;
 mod validate;
+mod webhook;
 
 #[cfg(test)]
 pub(crate) mod arbitrary;
@@ -48,3 +49,4 @@ pub use diff::*;
 pub use manifest::*;
 pub use parse::*;
 pub use validate::*;
+pub use webhook::*;

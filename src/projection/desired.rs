@@ -136,7 +136,7 @@ impl DesiredState {
                 self.apply_lifecycle(name, &lifecycle, event);
                 return;
             }
-            Ok(Payload::Unknown { .. } | Payload::Reconcile(_)) => return,
+            Ok(Payload::Unknown { .. } | Payload::Reconcile(_) | Payload::Webhook(_)) => return,
             Err(_) => {
                 self.skipped_events += 1;
                 return;

@@ -26,7 +26,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::StoreError;
-use crate::event::{Cause, Event};
+use crate::event::Event;
 
 const ID_PREFIX: u8 = b'd';
 const TIME_PREFIX: u8 = b't';
@@ -80,7 +80,7 @@ pub(super) fn stage(batch: &mut sled::Batch, event: &Event) {
         key_with_seq(TIME_PREFIX, &micros(event.time).to_be_bytes(), event.seq),
         &[][..],
     );
-    if let Cause::Event { seq: cause, .. } = event.cause {
+    if let Some((cause, _)) = event.cause.causing_event() {
         batch.insert(
             key_with_seq(CAUSE_PREFIX, &cause.to_be_bytes(), event.seq),
             &[][..],

@@ -1,0 +1,317 @@
+//! Webhook routes: `POST /v1/hooks/{name}` takes deliveries; `GET /v1/hooks`
+//! and `GET /v1/hooks/{name}/deliveries` list receivers and what came of
+//! their deliveries.
+//!
+//! A delivery is checked in this order, each failure answered at once and
+//! counted in `cairn_webhook_deliveries_total{hook, result}`: unknown
+//! receiver (404), body over `max_body_bytes` (413), signature or token
+//! (401), payload (400, naming the field). Log lines carry the receiver and
+//! the reason, never the secret or the body.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::{Filter, Reply};
+
+use super::problem::{self, ApiError};
+use super::{authenticated, check_known_parameters, collect_body, query_limit, with_state, ApiState};
+use crate::config::Role;
+use crate::event::{Actor, Event};
+use crate::metrics::DeliveryLabels;
+use crate::model::{ActionReport, DeliveryOutcome, SkippedReport};
+use crate::webhook::inbox::{DeliveryRecord, InboxError, ProcessedDelivery, Receipt};
+use crate::webhook::receivers;
+
+/// The answer to a delivery.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveryResponse {
+    pub hook: String,
+    pub delivery: String,
+    /// `accepted` (recorded now, processing follows) or `duplicate`.
+    pub status: String,
+    /// The `WebhookReceived` event.
+    pub event_id: uuid::Uuid,
+    pub seq: u64,
+    /// Where to follow what the delivery caused.
+    pub trace: String,
+    /// For a duplicate that was processed: what came of the first delivery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<OutcomeView>,
+}
+
+/// A `WebhookProcessed`, as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutcomeView {
+    pub outcome: DeliveryOutcome,
+    pub summary: String,
+    pub actions: Vec<ActionReport>,
+    pub skipped: Vec<SkippedReport>,
+    pub event_id: uuid::Uuid,
+    pub seq: u64,
+    pub time: chrono::DateTime<chrono::Utc>,
+}
+
+impl OutcomeView {
+    fn from_processed(processed: &ProcessedDelivery) -> OutcomeView {
+        OutcomeView {
+            outcome: processed.processed.outcome,
+            summary: processed.processed.summary.clone(),
+            actions: processed.processed.actions.clone(),
+            skipped: processed.processed.skipped.clone(),
+            event_id: processed.event.id,
+            seq: processed.event.seq,
+            time: processed.event.time,
+        }
+    }
+}
+
+/// `GET /v1/hooks`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HookList {
+    pub hooks: Vec<HookView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HookView {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The path deliveries are posted to.
+    pub path: String,
+    /// The receiver's settings, without its secret.
+    pub settings: serde_json::Value,
+}
+
+/// `GET /v1/hooks/{name}/deliveries`, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeliveryList {
+    pub deliveries: Vec<DeliveryView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveryView {
+    pub delivery: String,
+    pub event: String,
+    pub received: chrono::DateTime<chrono::Utc>,
+    pub seq: u64,
+    pub event_id: uuid::Uuid,
+    pub trace: String,
+    /// None while the delivery waits to be processed.
+    pub outcome: Option<OutcomeView>,
+}
+
+impl DeliveryView {
+    fn from_record(record: &DeliveryRecord) -> DeliveryView {
+        DeliveryView {
+            delivery: record.payload.delivery.clone(),
+            event: record.payload.event.clone(),
+            received: record.received.time,
+            seq: record.received.seq,
+            event_id: record.received.id,
+            trace: trace_link(&record.received),
+            outcome: record.processed.as_ref().map(OutcomeView::from_processed),
+        }
+    }
+}
+
+fn trace_link(event: &Event) -> String {
+    format!("/v1/events/{}/trace", event.id)
+}
+
+pub(super) fn routes(
+    state: &ApiState,
+) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
+    let deliver = warp::path!("v1" / "hooks" / String)
+        .and(warp::post())
+        .and(with_state(state))
+        .and(warp::header::headers_cloned())
+        .and(warp::header::optional::<u64>("content-length"))
+        .and(warp::body::stream())
+        .then(
+            |name: String, state: ApiState, headers, length: Option<u64>, body| async move {
+                let limit = state.max_body_bytes;
+                let body = collect_body(body, length, limit).await;
+                deliver(name, state, headers, body).await
+            },
+        );
+    let list = warp::path!("v1" / "hooks")
+        .and(warp::get())
+        .and(authenticated(state, Role::Read))
+        .and(with_state(state))
+        .map(|_actor: Actor, state: ApiState| {
+            let hooks = state
+                .inbox
+                .hooks()
+                .map(|(name, config)| {
+                    let mut settings =
+                        serde_json::to_value(&config.receiver).unwrap_or_default();
+                    let kind = config.receiver.kind().to_string();
+                    if let Some(object) = settings.as_object_mut() {
+                        object.remove("type");
+                    }
+                    HookView {
+                        name: name.clone(),
+                        kind,
+                        path: format!("/v1/hooks/{name}"),
+                        settings,
+                    }
+                })
+                .collect();
+            warp::reply::json(&HookList { hooks }).into_response()
+        });
+    let deliveries = warp::path!("v1" / "hooks" / String / "deliveries")
+        .and(warp::get())
+        .and(authenticated(state, Role::Read))
+        .and(with_state(state))
+        .and(warp::query::<HashMap<String, String>>())
+        .then(
+            |name: String, _actor: Actor, state: ApiState, query: HashMap<String, String>| async move {
+                let result = async {
+                    check_known_parameters(&query, &["limit"])?;
+                    let limit = query_limit(&query)?;
+                    let records = state
+                        .inbox
+                        .deliveries(&name, limit)
+                        .await
+                        .map_err(inbox_error)?;
+                    let deliveries = records.iter().map(DeliveryView::from_record).collect();
+                    Ok(warp::reply::json(&DeliveryList { deliveries }))
+                }
+                .await;
+                problem::respond(result)
+            },
+        );
+    deliver.or(list).unify().or(deliveries).unify()
+}
+
+/// Checks, records and answers one delivery.
+async fn deliver(
+    name: String,
+    state: ApiState,
+    headers: warp::http::HeaderMap,
+    body: Result<Bytes, ApiError>,
+) -> Response {
+    let inbox = state.inbox.clone();
+    let count = |hook: &str, result: &'static str| {
+        inbox
+            .metrics()
+            .webhook_deliveries
+            .get_or_create(&DeliveryLabels {
+                hook: hook.to_string(),
+                result,
+            })
+            .inc();
+    };
+    let Some(config) = inbox.hook(&name) else {
+        count("unknown", "unknown_hook");
+        tracing::warn!(hook = %name, reason = "unknown_hook", "webhook delivery refused");
+        return ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_hook",
+            format!("no webhook receiver named {name:?}"),
+        )
+        .into_response();
+    };
+    let body = match body {
+        Ok(body) => body,
+        Err(error) => {
+            let reason = if error.status == StatusCode::PAYLOAD_TOO_LARGE {
+                "too_large"
+            } else {
+                "malformed"
+            };
+            count(&name, reason);
+            tracing::warn!(hook = %name, reason, "webhook delivery refused");
+            return error.into_response();
+        }
+    };
+    let header = |header_name: &str| headers.get(header_name).and_then(|value| value.to_str().ok());
+    let now = chrono::Utc::now().timestamp();
+    let delivery = match receivers::check(config, header, &body, now) {
+        Ok(delivery) => delivery,
+        Err(refusal) => {
+            count(&name, refusal.label());
+            tracing::warn!(hook = %name, reason = refusal.label(), detail = %refusal, "webhook delivery refused");
+            let error = match refusal {
+                receivers::Refusal::Unauthorized(error) => ApiError::unauthorized(error.to_string()),
+                receivers::Refusal::Malformed(error) => {
+                    ApiError::bad_request("malformed_payload", error.to_string())
+                }
+            };
+            return error.into_response();
+        }
+    };
+    let delivery_id = delivery.id.clone();
+    match inbox.receive(&name, delivery).await {
+        Ok(Receipt::Accepted { received }) => {
+            count(&name, "accepted");
+            tracing::info!(hook = %name, delivery = %delivery_id, seq = received.seq, "webhook delivery recorded");
+            let response = response(&name, &delivery_id, "accepted", &received, None);
+            warp::reply::with_status(warp::reply::json(&response), StatusCode::ACCEPTED)
+                .into_response()
+        }
+        Ok(Receipt::Duplicate {
+            received,
+            processed,
+        }) => {
+            count(&name, "duplicate");
+            tracing::info!(hook = %name, delivery = %delivery_id, "webhook redelivery answered with the first outcome");
+            let outcome = processed.as_ref().map(OutcomeView::from_processed);
+            let response = response(&name, &delivery_id, "duplicate", &received, outcome);
+            warp::reply::json(&response).into_response()
+        }
+        Err(error) => {
+            let reason = match &error {
+                InboxError::DeliveryReused { .. } => "conflict",
+                InboxError::TooLarge { .. } => "too_large",
+                _ => "failed",
+            };
+            count(&name, reason);
+            tracing::warn!(hook = %name, delivery = %delivery_id, reason, %error, "webhook delivery not recorded");
+            inbox_error(error).into_response()
+        }
+    }
+}
+
+fn response(
+    hook: &str,
+    delivery: &str,
+    status: &str,
+    received: &Arc<Event>,
+    outcome: Option<OutcomeView>,
+) -> DeliveryResponse {
+    DeliveryResponse {
+        hook: hook.to_string(),
+        delivery: delivery.to_string(),
+        status: status.to_string(),
+        event_id: received.id,
+        seq: received.seq,
+        trace: trace_link(received),
+        outcome,
+    }
+}
+
+fn inbox_error(error: InboxError) -> ApiError {
+    match error {
+        InboxError::UnknownHook(name) => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_hook",
+            format!("no webhook receiver named {name:?}"),
+        ),
+        error @ InboxError::DeliveryReused { .. } => {
+            ApiError::new(StatusCode::CONFLICT, "delivery_reused", error.to_string())
+        }
+        error @ InboxError::TooLarge { .. } => {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", error.to_string())
+        }
+        InboxError::Store(error) => error.into(),
+    }
+}

@@ -1,0 +1,759 @@
+//! The durable inbox: a delivery is recorded in the log before anything acts
+//! on it, and acted on exactly once, across redeliveries and crashes.
+//!
+//! # Contract
+//!
+//! - `Inbox::receive` appends `WebhookReceived` to stream `hook/<name>` under
+//!   the idempotency key `hook/<name>/delivery/<id>`, bound to the digest of
+//!   the body. The same delivery again answers with the first record and,
+//!   once there is one, its `WebhookProcessed`; the same id with another body
+//!   is `InboxError::DeliveryReused`. Keys never expire.
+//! - One worker per receiver reads the receiver's stream in order and
+//!   processes each `WebhookReceived` that has no `WebhookProcessed` yet (the
+//!   cause index answers that). Processing in log order means that every
+//!   delivery recorded before the newest processed one was processed too;
+//!   at start-up the worker looks back from the end of the stream for that
+//!   point and goes on from there.
+//! - Each action runs under the idempotency key `hook/<name>/action/<key>`
+//!   (see `PlannedHookAction::key`). After a crash mid-delivery, the actions
+//!   that had run find their keys used and count as `already_done`;
+//!   `WebhookProcessed` itself is appended under `hook/<name>/processed/<id>`.
+//! - A rollback has no key: rolling back to the same point twice changes
+//!   nothing the second time, unless the cluster changed in between.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+use super::action::{HookAction, PlannedHookAction, Skipped};
+use super::HookConfig;
+use crate::event::payload::{self, Payload};
+use crate::event::{Actor, ActorKind, Cause, Event, NewEvent};
+use crate::ledger::{ApplyOptions, CommandContext, Ledger, LedgerError, Point};
+use crate::metrics::{DeliveryOutcomeLabels, Metrics};
+use crate::model::{
+    hook_stream, ActionReport, ActionResult, DeliveryOutcome, SkippedReport, WebhookEvent,
+    WebhookProcessed, WebhookReceived,
+};
+use crate::store::{AppendRequest, ExpectedVersion, Idempotency, StoreError};
+
+/// How long a worker waits before it retries after the store failed it.
+const STORE_RETRY: Duration = Duration::from_secs(1);
+
+/// How many events of a receiver's stream one read takes.
+const PAGE: usize = 256;
+
+/// A delivery that passed its receiver's checks, ready to record.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub id: String,
+    /// What the sender says it is (see `WebhookReceived::event`).
+    pub event: String,
+    /// SHA-256 of the body as received.
+    pub digest: [u8; 32],
+    /// What the receiver read from the body, as JSON.
+    pub request: String,
+}
+
+impl Delivery {
+    pub fn digest_of(body: &[u8]) -> [u8; 32] {
+        Sha256::digest(body).into()
+    }
+}
+
+/// What `receive` did.
+#[derive(Debug, Clone)]
+pub enum Receipt {
+    /// Recorded now; the worker will process it.
+    Accepted { received: Arc<Event> },
+    /// Recorded before: the first record, and its outcome once there is one.
+    Duplicate {
+        received: Arc<Event>,
+        processed: Option<ProcessedDelivery>,
+    },
+}
+
+/// A `WebhookProcessed` event, decoded.
+#[derive(Debug, Clone)]
+pub struct ProcessedDelivery {
+    pub event: Arc<Event>,
+    pub processed: WebhookProcessed,
+}
+
+/// One delivery as `cairn hooks deliveries` shows it.
+#[derive(Debug, Clone)]
+pub struct DeliveryRecord {
+    pub received: Arc<Event>,
+    pub payload: WebhookReceived,
+    pub processed: Option<ProcessedDelivery>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InboxError {
+    #[error("no webhook receiver named {0:?}")]
+    UnknownHook(String),
+    /// Deterministic: a delivery id is bound to the body it first came with.
+    #[error("delivery {delivery:?} was received before with a different body")]
+    DeliveryReused { delivery: String },
+    /// The recorded request does not fit one event.
+    #[error("the delivery is {size} bytes once recorded, over the limit of {limit} bytes")]
+    TooLarge { size: usize, limit: usize },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The receivers and their workers.
+pub struct Inbox {
+    ledger: Arc<Ledger>,
+    hooks: BTreeMap<String, Receiver>,
+    metrics: Arc<Metrics>,
+}
+
+struct Receiver {
+    config: Arc<HookConfig>,
+    /// Wakes the receiver's worker after a new delivery is recorded.
+    wake: Arc<Notify>,
+}
+
+impl Inbox {
+    /// Starts one worker per receiver on `tracker`; each first processes what
+    /// was recorded but not processed before the last stop.
+    pub fn start(
+        ledger: Arc<Ledger>,
+        hooks: &BTreeMap<String, HookConfig>,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+        tracker: &TaskTracker,
+    ) -> Arc<Inbox> {
+        let hooks: BTreeMap<String, Receiver> = hooks
+            .iter()
+            .map(|(name, config)| {
+                let receiver = Receiver {
+                    config: Arc::new(config.clone()),
+                    wake: Arc::new(Notify::new()),
+                };
+                (name.clone(), receiver)
+            })
+            .collect();
+        let inbox = Arc::new(Inbox {
+            ledger,
+            hooks,
+            metrics,
+        });
+        for name in inbox.hooks.keys() {
+            let worker = Worker {
+                inbox: inbox.clone(),
+                hook: name.clone(),
+                shutdown: shutdown.clone(),
+            };
+            tracker.spawn(worker.run());
+        }
+        inbox
+    }
+
+    /// The configured receivers, by name.
+    pub fn hooks(&self) -> impl Iterator<Item = (&String, &HookConfig)> {
+        self.hooks
+            .iter()
+            .map(|(name, receiver)| (name, receiver.config.as_ref()))
+    }
+
+    pub fn hook(&self, name: &str) -> Option<&HookConfig> {
+        self.hooks.get(name).map(|receiver| receiver.config.as_ref())
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Records a delivery (fsynced when this returns) and wakes the worker.
+    pub async fn receive(&self, hook: &str, delivery: Delivery) -> Result<Receipt, InboxError> {
+        let receiver = self
+            .hooks
+            .get(hook)
+            .ok_or_else(|| InboxError::UnknownHook(hook.to_string()))?;
+        let received = WebhookReceived {
+            hook: hook.to_string(),
+            delivery: delivery.id.clone(),
+            digest: hex::encode(delivery.digest),
+            kind: receiver.config.receiver.kind().to_string(),
+            event: delivery.event,
+            request: delivery.request,
+        };
+        let encoded = payload::encode_webhook(&WebhookEvent::WebhookReceived(received));
+        let id = Uuid::now_v7();
+        let event = NewEvent {
+            id,
+            event_type: encoded.event_type.to_string(),
+            schema: encoded.schema,
+            actor: hook_actor(hook),
+            cause: Cause::Webhook {
+                hook: hook.to_string(),
+                delivery: delivery.id.clone(),
+            },
+            // The delivery starts a causal chain of its own.
+            correlation: id,
+            payload: encoded.bytes,
+        };
+        let request = AppendRequest {
+            stream: hook_stream(hook),
+            expected: ExpectedVersion::Any,
+            events: vec![event],
+            idempotency: Some(Idempotency {
+                key: delivery_key(hook, &delivery.id),
+                digest: delivery.digest,
+            }),
+        };
+        let appended = match self.ledger.store().append(request).await {
+            Ok(appended) => appended,
+            Err(StoreError::IdempotencyKeyReused { .. }) => {
+                return Err(InboxError::DeliveryReused {
+                    delivery: delivery.id,
+                })
+            }
+            Err(StoreError::EventTooLarge { size, limit, .. }) => {
+                return Err(InboxError::TooLarge { size, limit })
+            }
+            Err(error) => return Err(error.into()),
+        };
+        let received = appended
+            .events
+            .into_iter()
+            .next()
+            .ok_or(StoreError::InvalidRequest(
+                "the store answered a delivery with no event".into(),
+            ))?;
+        if appended.deduplicated {
+            let processed = processed_of(&self.ledger, &received).await?;
+            return Ok(Receipt::Duplicate {
+                received,
+                processed,
+            });
+        }
+        receiver.wake.notify_one();
+        Ok(Receipt::Accepted { received })
+    }
+
+    /// A receiver's deliveries, newest first, with their outcomes.
+    pub async fn deliveries(
+        &self,
+        hook: &str,
+        limit: usize,
+    ) -> Result<Vec<DeliveryRecord>, InboxError> {
+        if !self.hooks.contains_key(hook) {
+            return Err(InboxError::UnknownHook(hook.to_string()));
+        }
+        let store = self.ledger.store();
+        let stream = hook_stream(hook);
+        let mut end = store.stream_version(&stream).await?;
+        let mut records = Vec::new();
+        while end > 0 && records.len() < limit {
+            let start = end.saturating_sub(PAGE as u64);
+            let page = store
+                .read_stream(&stream, start, (end - start) as usize)
+                .await?;
+            for event in page.iter().rev() {
+                let Some(WebhookEvent::WebhookReceived(payload)) = decode(event) else {
+                    continue;
+                };
+                let processed = processed_of(&self.ledger, event).await?;
+                records.push(DeliveryRecord {
+                    received: event.clone(),
+                    payload,
+                    processed,
+                });
+                if records.len() == limit {
+                    break;
+                }
+            }
+            end = start;
+        }
+        Ok(records)
+    }
+}
+
+/// A receiver's worker: processes its deliveries in log order.
+struct Worker {
+    inbox: Arc<Inbox>,
+    hook: String,
+    shutdown: CancellationToken,
+}
+
+impl Worker {
+    async fn run(self) {
+        let wake = self.inbox.hooks[&self.hook].wake.clone();
+        let mut cursor = loop {
+            match self.start_cursor().await {
+                Ok(cursor) => break cursor,
+                Err(error) => {
+                    tracing::warn!(hook = %self.hook, %error, "webhook worker cannot read its stream; retrying");
+                    if self.pause(STORE_RETRY).await {
+                        return;
+                    }
+                }
+            }
+        };
+        loop {
+            if let Err(error) = self.process_from(&mut cursor).await {
+                tracing::warn!(hook = %self.hook, %error, "webhook worker stopped on a store error; retrying");
+                if self.pause(STORE_RETRY).await {
+                    return;
+                }
+                continue;
+            }
+            tokio::select! {
+                _ = wake.notified() => {}
+                _ = self.shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Sleeps, or returns true at once when the daemon shuts down.
+    async fn pause(&self, duration: Duration) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep(duration) => false,
+            _ = self.shutdown.cancelled() => true,
+        }
+    }
+
+    /// The stream version after which deliveries may be unprocessed: that of
+    /// the delivery the newest `WebhookProcessed` answers (deliveries are
+    /// processed in log order, so every one before it was processed).
+    async fn start_cursor(&self) -> Result<u64, StoreError> {
+        let store = self.inbox.ledger.store();
+        let stream = hook_stream(&self.hook);
+        let mut end = store.stream_version(&stream).await?;
+        while end > 0 {
+            let start = end.saturating_sub(PAGE as u64);
+            let page = store
+                .read_stream(&stream, start, (end - start) as usize)
+                .await?;
+            for event in page.iter().rev() {
+                if event.event_type != "WebhookProcessed" {
+                    continue;
+                }
+                let Some((seq, _)) = event.cause.causing_event() else {
+                    continue;
+                };
+                let answered = store.read(seq - 1, 1).await?;
+                if let Some(received) = answered.first() {
+                    return Ok(received.version);
+                }
+            }
+            end = start;
+        }
+        Ok(0)
+    }
+
+    /// Processes every unprocessed delivery after `cursor`, moving it on.
+    async fn process_from(&self, cursor: &mut u64) -> Result<(), StoreError> {
+        let store = self.inbox.ledger.store().clone();
+        let stream = hook_stream(&self.hook);
+        loop {
+            let page = store.read_stream(&stream, *cursor, PAGE).await?;
+            if page.is_empty() {
+                return Ok(());
+            }
+            for event in page {
+                if self.shutdown.is_cancelled() {
+                    return Ok(());
+                }
+                if let Some(WebhookEvent::WebhookReceived(received)) = decode(&event) {
+                    if processed_of(&self.inbox.ledger, &event).await?.is_none() {
+                        self.process(&event, received).await?;
+                    }
+                }
+                *cursor = event.version;
+            }
+        }
+    }
+
+    /// Plans and runs one delivery's actions, then records the outcome.
+    async fn process(&self, event: &Arc<Event>, received: WebhookReceived) -> Result<(), StoreError> {
+        let config = self.inbox.hooks[&self.hook].config.clone();
+        let processed = match super::receivers::plan(&config, &received).await {
+            Err(reason) => WebhookProcessed {
+                delivery: received.delivery.clone(),
+                outcome: DeliveryOutcome::Failed,
+                summary: reason,
+                actions: Vec::new(),
+                skipped: Vec::new(),
+            },
+            Ok(plan) => self.run_plan(event, &received, plan).await?,
+        };
+        tracing::info!(
+            hook = %self.hook,
+            delivery = %received.delivery,
+            outcome = processed.outcome.as_str(),
+            summary = %processed.summary,
+            "webhook delivery processed"
+        );
+        self.inbox
+            .metrics
+            .webhook_outcomes
+            .get_or_create(&DeliveryOutcomeLabels {
+                hook: self.hook.clone(),
+                outcome: processed.outcome.as_str(),
+            })
+            .inc();
+        let encoded = payload::encode_webhook(&WebhookEvent::WebhookProcessed(processed));
+        let request = AppendRequest {
+            stream: hook_stream(&self.hook),
+            expected: ExpectedVersion::Any,
+            events: vec![NewEvent {
+                id: Uuid::now_v7(),
+                event_type: encoded.event_type.to_string(),
+                schema: encoded.schema,
+                actor: hook_actor(&self.hook),
+                cause: Cause::Event {
+                    seq: event.seq,
+                    id: event.id,
+                },
+                correlation: event.correlation,
+                payload: encoded.bytes,
+            }],
+            idempotency: Some(Idempotency {
+                key: format!("hook/{}/processed/{}", self.hook, received.delivery),
+                digest: Sha256::digest(received.delivery.as_bytes()).into(),
+            }),
+        };
+        self.inbox.ledger.store().append(request).await?;
+        Ok(())
+    }
+
+    async fn run_plan(
+        &self,
+        event: &Arc<Event>,
+        received: &WebhookReceived,
+        plan: DeliveryPlan,
+    ) -> Result<WebhookProcessed, StoreError> {
+        let mut actions = Vec::new();
+        for planned in plan.actions {
+            let context = CommandContext {
+                actor: hook_actor(&self.hook),
+                request_id: received.delivery.clone(),
+                correlation: event.correlation,
+                idempotency_key: Some(format!("hook/{}/action/{}", self.hook, planned.key)),
+                reason: None,
+                cause: Some(Cause::WebhookDelivery {
+                    hook: self.hook.clone(),
+                    delivery: received.delivery.clone(),
+                    received_seq: event.seq,
+                    received_id: event.id,
+                    details: planned.details.clone(),
+                }),
+            };
+            let result = match run_action(&self.inbox.ledger, &planned.action, &context).await {
+                Ok(result) => result,
+                Err(LedgerError::Store(StoreError::IdempotencyKeyReused { .. })) => {
+                    ActionResult::AlreadyDone
+                }
+                // The store failing is no outcome of the delivery: stop, and
+                // process it again once the store works.
+                Err(LedgerError::Store(error)) if !error_is_deterministic(&error) => {
+                    return Err(error)
+                }
+                Err(error) => ActionResult::Failed {
+                    error: error.to_string(),
+                },
+            };
+            actions.push(ActionReport {
+                action: describe(&planned.action),
+                key: planned.key,
+                result,
+            });
+        }
+        let skipped: Vec<SkippedReport> = plan
+            .skipped
+            .into_iter()
+            .map(|skipped| SkippedReport {
+                subject: skipped.subject,
+                reason: skipped.reason,
+            })
+            .collect();
+        let (outcome, summary) = summarize(&actions, &skipped, plan.ignored);
+        Ok(WebhookProcessed {
+            delivery: received.delivery.clone(),
+            outcome,
+            summary,
+            actions,
+            skipped,
+        })
+    }
+}
+
+/// Whether a store error would happen again on retry whatever the state of
+/// the disk (the request itself is wrong), as opposed to the store failing.
+fn error_is_deterministic(error: &StoreError) -> bool {
+    matches!(
+        error,
+        StoreError::WrongExpectedVersion { .. }
+            | StoreError::IdempotencyKeyReused { .. }
+            | StoreError::EventTooLarge { .. }
+            | StoreError::InvalidRequest(_)
+            | StoreError::ImportRejected { .. }
+    )
+}
+
+/// What a receiver asks for one delivery.
+#[derive(Debug, Default)]
+pub struct DeliveryPlan {
+    pub actions: Vec<PlannedHookAction>,
+    pub skipped: Vec<Skipped>,
+    /// Why the delivery as a whole asks for nothing (a ping, another branch).
+    pub ignored: Option<String>,
+}
+
+/// Runs one action through the ledger.
+async fn run_action(
+    ledger: &Ledger,
+    action: &HookAction,
+    context: &CommandContext,
+) -> Result<ActionResult, LedgerError> {
+    let appended = |events: usize, deduplicated: bool| {
+        if deduplicated {
+            ActionResult::AlreadyDone
+        } else if events == 0 {
+            ActionResult::Unchanged
+        } else {
+            ActionResult::Applied {
+                events: events as u64,
+            }
+        }
+    };
+    match action {
+        HookAction::Apply { manifest } => {
+            let outcome = ledger
+                .apply((**manifest).clone(), ApplyOptions::default(), context)
+                .await?;
+            Ok(appended(outcome.events.len(), outcome.deduplicated))
+        }
+        HookAction::Scale {
+            cluster,
+            pool,
+            replicas,
+        } => {
+            let outcome = ledger
+                .scale(cluster, pool, *replicas, None, context)
+                .await?;
+            Ok(appended(outcome.events.len(), outcome.deduplicated))
+        }
+        HookAction::ScaleBy {
+            cluster,
+            pool,
+            by,
+            max,
+        } => scale_by(ledger, cluster, pool, *by, *max, context).await,
+        HookAction::Pause { cluster } => {
+            let outcome = ledger.pause(cluster, context).await?;
+            Ok(appended(usize::from(outcome.event.is_some()), false))
+        }
+        HookAction::Resume { cluster } => {
+            let outcome = ledger.resume(cluster, context).await?;
+            Ok(appended(usize::from(outcome.event.is_some()), false))
+        }
+        HookAction::RequestDeletion { cluster } => {
+            let outcome = ledger.request_deletion(cluster, context).await?;
+            Ok(appended(usize::from(outcome.event.is_some()), false))
+        }
+        HookAction::Rollback { cluster, to } => {
+            let point: Point = to.parse().map_err(|error: String| {
+                LedgerError::Invalid(vec![crate::model::FieldError::new("to", error)])
+            })?;
+            let outcome = ledger.rollback(cluster, point, false, context).await?;
+            Ok(appended(outcome.events.len(), false))
+        }
+        HookAction::ReplaceMachine { cluster, machine } => {
+            // MERGE-PENDING: ledger.replace_machine lands with branch replace-machine.
+            let _ = (cluster, machine);
+            Err(LedgerError::ClusterNotFound(String::new()))
+        }
+    }
+}
+
+/// Grows a pool by `by`, never past `max`: read, compute, and scale pinned to
+/// the version read (retrying if another change came in between).
+async fn scale_by(
+    ledger: &Ledger,
+    cluster: &str,
+    pool: &str,
+    by: i64,
+    max: i64,
+    context: &CommandContext,
+) -> Result<ActionResult, LedgerError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        ledger.wait_applied(ledger.store().head().seq).await?;
+        let state = ledger
+            .cluster(cluster)
+            .ok_or_else(|| LedgerError::ClusterNotFound(cluster.to_string()))?;
+        let Some(current) = state
+            .manifest
+            .spec
+            .pools
+            .iter()
+            .find(|candidate| candidate.name == pool)
+            .map(|pool| pool.replicas)
+        else {
+            return Err(LedgerError::PoolNotFound {
+                cluster: cluster.to_string(),
+                pool: pool.to_string(),
+            });
+        };
+        // At or over the maximum, the scale still runs (to the same count),
+        // so that its key is recorded and a repeat never acts later.
+        let target = if current >= max {
+            current
+        } else {
+            current.saturating_add(by).min(max)
+        };
+        match ledger
+            .scale(cluster, pool, target, Some(state.stream_version), context)
+            .await
+        {
+            Ok(outcome) => {
+                return Ok(if outcome.deduplicated {
+                    ActionResult::AlreadyDone
+                } else if outcome.events.is_empty() {
+                    ActionResult::Unchanged
+                } else {
+                    ActionResult::Applied {
+                        events: outcome.events.len() as u64,
+                    }
+                })
+            }
+            Err(LedgerError::VersionMismatch { .. }) if attempt < 8 => {}
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+/// An action in words, for the outcome and the CLI.
+pub fn describe(action: &HookAction) -> String {
+    match action {
+        HookAction::Apply { manifest } => format!("apply cluster {}", manifest.metadata.name),
+        HookAction::Scale {
+            cluster,
+            pool,
+            replicas,
+        } => format!("scale {cluster}/{pool} to {replicas}"),
+        HookAction::ScaleBy {
+            cluster,
+            pool,
+            by,
+            max,
+        } => format!("scale {cluster}/{pool} by +{by} up to {max}"),
+        HookAction::Pause { cluster } => format!("pause {cluster}"),
+        HookAction::Resume { cluster } => format!("resume {cluster}"),
+        HookAction::Rollback { cluster, to } => format!("roll {cluster} back to {to}"),
+        HookAction::RequestDeletion { cluster } => format!("delete cluster {cluster}"),
+        HookAction::ReplaceMachine { cluster, machine } => {
+            format!("replace machine {machine} of {cluster}")
+        }
+    }
+}
+
+/// The outcome of a delivery from its action results.
+fn summarize(
+    actions: &[ActionReport],
+    skipped: &[SkippedReport],
+    ignored: Option<String>,
+) -> (DeliveryOutcome, String) {
+    if actions.is_empty() && skipped.is_empty() {
+        let reason = ignored.unwrap_or_else(|| "nothing to do".to_string());
+        return (DeliveryOutcome::Ignored, reason);
+    }
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for report in actions {
+        let name = match report.result {
+            ActionResult::Applied { .. } => "applied",
+            ActionResult::Unchanged => "unchanged",
+            ActionResult::AlreadyDone => "already done",
+            ActionResult::Failed { .. } => "failed",
+        };
+        *counts.entry(name).or_default() += 1;
+    }
+    if !skipped.is_empty() {
+        counts.insert("skipped", skipped.len());
+    }
+    let failed = counts.get("failed").copied().unwrap_or(0);
+    let worked = actions.len() - failed;
+    let outcome = if failed == 0 && skipped.is_empty() {
+        DeliveryOutcome::Done
+    } else if worked > 0 {
+        DeliveryOutcome::Partial
+    } else if failed == 0 {
+        // Only skipped parts: nothing was acted on.
+        DeliveryOutcome::Ignored
+    } else {
+        DeliveryOutcome::Failed
+    };
+    let parts: Vec<String> = counts
+        .iter()
+        .map(|(name, count)| format!("{count} {name}"))
+        .collect();
+    let noun = if actions.len() == 1 { "action" } else { "actions" };
+    let mut summary = format!("{} {noun}: {}", actions.len(), parts.join(", "));
+    if let Some(first_failure) = actions.iter().find_map(|report| match &report.result {
+        ActionResult::Failed { error } => Some(format!("{}: {error}", report.action)),
+        _ => None,
+    }) {
+        summary.push_str(&format!(" (first failure: {first_failure})"));
+    }
+    (outcome, summary)
+}
+
+fn hook_actor(hook: &str) -> Actor {
+    Actor {
+        kind: ActorKind::Webhook,
+        name: hook.to_string(),
+    }
+}
+
+fn delivery_key(hook: &str, delivery: &str) -> String {
+    format!("hook/{hook}/delivery/{delivery}")
+}
+
+fn decode(event: &Event) -> Option<WebhookEvent> {
+    match payload::decode(&event.event_type, event.schema, &event.payload) {
+        Ok(Payload::Webhook(webhook)) => Some(*webhook),
+        _ => None,
+    }
+}
+
+/// The `WebhookProcessed` that answers a `WebhookReceived`, if there is one.
+async fn processed_of(
+    ledger: &Ledger,
+    received: &Event,
+) -> Result<Option<ProcessedDelivery>, StoreError> {
+    let store = ledger.store();
+    let mut after = received.seq;
+    loop {
+        let seqs = store.caused_by(received.seq, after, 64).await?;
+        let Some(&last) = seqs.last() else {
+            return Ok(None);
+        };
+        for seq in seqs {
+            let Some(event) = store.read(seq - 1, 1).await?.into_iter().next() else {
+                continue;
+            };
+            if event.stream != received.stream {
+                continue;
+            }
+            if let Some(WebhookEvent::WebhookProcessed(processed)) = decode(&event) {
+                return Ok(Some(ProcessedDelivery { event, processed }));
+            }
+        }
+        after = last;
+    }
+}
+
+#[cfg(test)]
+mod tests;
