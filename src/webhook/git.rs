@@ -48,7 +48,9 @@ const REPOSITORY_ENV: [&str; 6] = [
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GitError {
     /// The git program is not installed, or not on the daemon's `PATH`.
-    #[error("the git program {program:?} was not found: install git or put it on the daemon's PATH")]
+    #[error(
+        "the git program {program:?} was not found: install git or put it on the daemon's PATH"
+    )]
     GitMissing { program: String },
     /// The git program could not be started for another reason.
     #[error("cannot run {program:?}: {message}")]
@@ -138,9 +140,7 @@ impl GitSource {
         if remote.is_empty() || remote.starts_with('-') {
             return Err(GitError::InvalidRemote(remote.clone()));
         }
-        self.run(&["fetch", "--quiet", remote])
-            .await
-            .map(drop)
+        self.run(&["fetch", "--quiet", remote]).await.map(drop)
     }
 
     /// The manifest files (`.yaml`, `.yml`, `.json`) under the directory
@@ -192,7 +192,10 @@ impl GitSource {
         }
         let output = self.run(&args).await?;
         let mut removed = Vec::new();
-        for name in output.split(|byte| *byte == 0).filter(|name| !name.is_empty()) {
+        for name in output
+            .split(|byte| *byte == 0)
+            .filter(|name| !name.is_empty())
+        {
             if let Some(name) = manifest_name(name, "diff-tree")? {
                 removed.push(name);
             }
@@ -237,12 +240,18 @@ impl GitSource {
         }
         let output = self.run(&args).await?;
         let mut entries = Vec::new();
-        for line in output.split(|byte| *byte == 0).filter(|line| !line.is_empty()) {
+        for line in output
+            .split(|byte| *byte == 0)
+            .filter(|line| !line.is_empty())
+        {
             let unreadable = || GitError::Output {
                 command: "ls-tree".to_string(),
                 problem: format!("cannot read {:?}", String::from_utf8_lossy(line)),
             };
-            let tab = line.iter().position(|byte| *byte == b'\t').ok_or_else(unreadable)?;
+            let tab = line
+                .iter()
+                .position(|byte| *byte == b'\t')
+                .ok_or_else(unreadable)?;
             let (meta, name) = (&line[..tab], &line[tab + 1..]);
             let Some(name) = manifest_name(name, "ls-tree")? else {
                 continue;
@@ -385,7 +394,12 @@ mod tests {
         let output = std::process::Command::new("git")
             .arg("-C")
             .arg(dir)
-            .args(["-c", "init.defaultBranch=main", "-c", "commit.gpgsign=false"])
+            .args([
+                "-c",
+                "init.defaultBranch=main",
+                "-c",
+                "commit.gpgsign=false",
+            ])
             .args(args)
             .env("GIT_CONFIG_NOSYSTEM", "1")
             .env("GIT_CONFIG_GLOBAL", "/dev/null")
@@ -509,7 +523,13 @@ mod tests {
             path: "clusters".to_string(),
             prune: true,
         };
-        let plan = plan_push(&settings, &push(&first, &second), "d1", &at_second, &removed);
+        let plan = plan_push(
+            &settings,
+            &push(&first, &second),
+            "d1",
+            &at_second,
+            &removed,
+        );
         let deletions: Vec<&HookAction> = plan
             .actions
             .iter()
@@ -557,19 +577,34 @@ mod tests {
         commit(&author, "first");
         git(
             &author,
-            &["push", "--quiet", remote.to_str().unwrap(), "HEAD:refs/heads/main"],
+            &[
+                "push",
+                "--quiet",
+                remote.to_str().unwrap(),
+                "HEAD:refs/heads/main",
+            ],
         );
         let local = temp.path().join("local");
         git(
             temp.path(),
-            &["clone", "--quiet", remote.to_str().unwrap(), local.to_str().unwrap()],
+            &[
+                "clone",
+                "--quiet",
+                remote.to_str().unwrap(),
+                local.to_str().unwrap(),
+            ],
         );
 
         write(&author, "b.yaml", &manifest_yaml("beta", 2));
         let second = commit(&author, "second");
         git(
             &author,
-            &["push", "--quiet", remote.to_str().unwrap(), "HEAD:refs/heads/main"],
+            &[
+                "push",
+                "--quiet",
+                remote.to_str().unwrap(),
+                "HEAD:refs/heads/main",
+            ],
         );
 
         let source = GitSource::new(&local, Some("origin".to_string()), TIMEOUT);
@@ -665,8 +700,12 @@ mod tests {
         let script = temp.path().join("slow-git");
         std::fs::write(&script, "#!/bin/sh\nexec sleep 30\n").unwrap();
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let source = GitSource::new(temp.path(), Some("origin".to_string()), Duration::from_millis(200))
-            .with_program(&script);
+        let source = GitSource::new(
+            temp.path(),
+            Some("origin".to_string()),
+            Duration::from_millis(200),
+        )
+        .with_program(&script);
         let started = std::time::Instant::now();
         assert!(matches!(
             source.fetch().await,

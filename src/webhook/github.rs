@@ -471,9 +471,10 @@ pub(crate) mod tests {
         plan.actions
             .iter()
             .map(|planned| match &planned.action {
-                HookAction::Apply { manifest } => {
-                    (manifest.metadata.name.clone(), planned.details["file"].clone())
-                }
+                HookAction::Apply { manifest } => (
+                    manifest.metadata.name.clone(),
+                    planned.details["file"].clone(),
+                ),
                 HookAction::RequestDeletion { cluster } => {
                     (format!("delete {cluster}"), planned.details["file"].clone())
                 }
@@ -536,7 +537,11 @@ pub(crate) mod tests {
     /// The push fixture without the field `field` of the object at `parent`.
     fn without(parent: &str, field: &str) -> Vec<u8> {
         let mut document: serde_json::Value = serde_json::from_str(PUSH).unwrap();
-        let object = document.pointer_mut(parent).unwrap().as_object_mut().unwrap();
+        let object = document
+            .pointer_mut(parent)
+            .unwrap()
+            .as_object_mut()
+            .unwrap();
         object.remove(field).unwrap();
         serde_json::to_vec(&document).unwrap()
     }
@@ -579,10 +584,7 @@ pub(crate) mod tests {
                 .to_string(),
             "`hook_id`: invalid type: string \"7\", expected u64"
         );
-        assert!(matches!(
-            parse("push", b"{"),
-            Err(PayloadError::Syntax(_))
-        ));
+        assert!(matches!(parse("push", b"{"), Err(PayloadError::Syntax(_))));
     }
 
     #[test]
@@ -601,7 +603,9 @@ pub(crate) mod tests {
 
         let mut tag = push();
         tag.git_ref = "refs/tags/main".to_string();
-        assert!(plan_push(&settings, &tag, "d", &files, &[]).ignored.is_some());
+        assert!(plan_push(&settings, &tag, "d", &files, &[])
+            .ignored
+            .is_some());
 
         let body = edited("/after", "0".repeat(40).into());
         let GithubEvent::Push(deleted) = parse("push", &body).unwrap() else {
@@ -630,7 +634,13 @@ pub(crate) mod tests {
             ),
         ];
         let push = push();
-        let plan = plan_push(&settings("clusters/", false), &push, "delivery-1", &files, &[]);
+        let plan = plan_push(
+            &settings("clusters/", false),
+            &push,
+            "delivery-1",
+            &files,
+            &[],
+        );
         assert_eq!(plan.ignored, None);
         assert_eq!(plan.skipped, vec![]);
         assert_eq!(
@@ -641,7 +651,11 @@ pub(crate) mod tests {
                 ("a", "clusters/eu/a.yaml"),
             ])
         );
-        let keys: Vec<&str> = plan.actions.iter().map(|action| action.key.as_str()).collect();
+        let keys: Vec<&str> = plan
+            .actions
+            .iter()
+            .map(|action| action.key.as_str())
+            .collect();
         assert_eq!(keys, ["delivery-1/0", "delivery-1/1", "delivery-1/2"]);
         assert_eq!(
             plan.actions[0].details,
@@ -656,7 +670,11 @@ pub(crate) mod tests {
         let HookAction::Apply { manifest } = &plan.actions[2].action else {
             panic!("expected an apply");
         };
-        let workers = manifest.spec.pools.iter().find(|pool| pool.name == "workers");
+        let workers = manifest
+            .spec
+            .pools
+            .iter()
+            .find(|pool| pool.name == "workers");
         assert_eq!(workers.unwrap().replicas, 3);
 
         // The root holds every manifest file, at any depth.
@@ -715,7 +733,11 @@ pub(crate) mod tests {
         let plan = plan_push(&settings("", true), &push(), "d", &after, &removed);
         assert_eq!(
             applied(&plan),
-            pairs(&[("a", "a.yaml"), ("delete b", "b.yaml"), ("delete c", "c.yaml")])
+            pairs(&[
+                ("a", "a.yaml"),
+                ("delete b", "b.yaml"),
+                ("delete c", "c.yaml")
+            ])
         );
         assert_eq!(plan.actions[2].key, "d/2");
         assert_eq!(plan.skipped, vec![]);
@@ -727,13 +749,11 @@ pub(crate) mod tests {
             vec![
                 Skipped {
                     subject: "b.yaml".to_string(),
-                    reason: "the file was removed, but prune is off: cluster b is kept"
-                        .to_string(),
+                    reason: "the file was removed, but prune is off: cluster b is kept".to_string(),
                 },
                 Skipped {
                     subject: "c.yaml".to_string(),
-                    reason: "the file was removed, but prune is off: cluster c is kept"
-                        .to_string(),
+                    reason: "the file was removed, but prune is off: cluster c is kept".to_string(),
                 },
             ]
         );
@@ -770,7 +790,9 @@ pub(crate) mod tests {
         assert_eq!(applied(&plan), pairs(&[("a", "a.yaml")]));
         let subjects: Vec<&str> = plan.skipped.iter().map(|s| s.subject.as_str()).collect();
         assert_eq!(subjects, ["b.yaml", "old-b.yaml", "x.yaml"]);
-        assert!(plan.skipped[1].reason.contains("while b.yaml does not parse"));
+        assert!(plan.skipped[1]
+            .reason
+            .contains("while b.yaml does not parse"));
         assert!(plan.skipped[2].reason.contains("its cluster is unknown"));
     }
 

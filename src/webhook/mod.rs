@@ -18,6 +18,7 @@
 //!   of Alertmanager's webhook payload (version 4), `delivery_id`, and `plan`.
 
 pub mod action;
+pub mod alertmanager;
 pub mod git;
 pub mod github;
 pub mod payload;

@@ -13,14 +13,22 @@ pub enum PayloadError {
     Syntax(String),
     /// A field is missing, has the wrong type, or holds a value that is not
     /// allowed (a commit id that is not hex).
-    #[error("`{field}`: {reason}")]
+    #[error("{}", display_field(field, reason))]
     Field {
-        /// Where the problem is, e.g. `alerts[2].fingerprint`; `` for the
-        /// whole document.
+        /// Where the problem is, e.g. `alerts[2].fingerprint`; the empty
+        /// string for the whole body.
         field: String,
         /// What is wrong there.
         reason: String,
     },
+}
+
+fn display_field(field: &str, reason: &str) -> String {
+    if field.is_empty() {
+        format!("the body: {reason}")
+    } else {
+        format!("`{field}`: {reason}")
+    }
 }
 
 impl PayloadError {
@@ -33,18 +41,22 @@ impl PayloadError {
     }
 }
 
-/// Deserializes `body` as `T`. The first problem found is returned, at its
-/// path; a missing field is reported at the path of the field itself rather
-/// than at the object that lacks it.
+/// Deserializes `body`, a JSON object, as `T`. A syntax error comes first,
+/// then a document that is not an object; otherwise the first typing problem
+/// is returned at its path, a missing field at the path of the field itself
+/// rather than of the object that lacks it.
 pub fn from_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, PayloadError> {
-    let mut deserializer = serde_json::Deserializer::from_slice(body);
-    let value: T = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|error| PayloadError::Syntax(error.to_string()))?;
+    if !value.is_object() {
+        return Err(PayloadError::field(
+            "",
+            format!("expected a JSON object, found {}", kind(&value)),
+        ));
+    }
+    serde_path_to_error::deserialize(value).map_err(|error| {
         let path = format_path(error.path());
-        let inner = error.into_inner();
-        if inner.is_syntax() || inner.is_eof() || inner.is_io() {
-            return PayloadError::Syntax(inner.to_string());
-        }
-        let message = without_position(&inner.to_string());
+        let message = error.into_inner().to_string();
         match message
             .strip_prefix("missing field `")
             .and_then(|rest| rest.strip_suffix('`'))
@@ -52,11 +64,18 @@ pub fn from_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, PayloadError> {
             Some(field) => PayloadError::field(join(&path, field), "missing field"),
             None => PayloadError::field(path, message),
         }
-    })?;
-    deserializer
-        .end()
-        .map_err(|error| PayloadError::Syntax(error.to_string()))?;
-    Ok(value)
+    })
+}
+
+fn kind(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
 }
 
 /// Whether `text` is a commit id: 40 (SHA-1) or 64 (SHA-256) hex digits.
@@ -69,14 +88,6 @@ pub fn is_commit_id(text: &str) -> bool {
 /// `before` of a new branch, the `after` of a deleted one).
 pub fn is_zero_commit(commit: &str) -> bool {
     !commit.is_empty() && commit.bytes().all(|byte| byte == b'0')
-}
-
-/// Removes serde_json's ` at line L column C` suffix: the path says where.
-fn without_position(message: &str) -> String {
-    match message.rsplit_once(" at line ") {
-        Some((text, position)) if position.contains(" column ") => text.to_string(),
-        _ => message.to_string(),
-    }
 }
 
 fn join(path: &str, field: &str) -> String {
@@ -129,7 +140,10 @@ mod tests {
         let wrong = from_json::<Outer>(br#"{"items": [{"id": 7, "count": 1}]}"#).unwrap_err();
         assert_eq!(
             wrong,
-            PayloadError::field("items[0].id", "invalid type: integer `7`, expected a string")
+            PayloadError::field(
+                "items[0].id",
+                "invalid type: integer `7`, expected a string"
+            )
         );
         assert!(matches!(
             from_json::<Outer>(b"{\"items\": ["),
@@ -139,6 +153,10 @@ mod tests {
             from_json::<Outer>(b"{\"items\": []} trailing"),
             Err(PayloadError::Syntax(_))
         ));
+        assert_eq!(
+            from_json::<Outer>(b"[1]").unwrap_err().to_string(),
+            "the body: expected a JSON object, found an array"
+        );
         assert_eq!(
             from_json::<Outer>(b"{}").unwrap_err().to_string(),
             "`items`: missing field"
