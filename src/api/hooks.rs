@@ -18,7 +18,9 @@ use warp::reply::Response;
 use warp::{Filter, Reply};
 
 use super::problem::{self, ApiError};
-use super::{authenticated, check_known_parameters, collect_body, query_limit, with_state, ApiState};
+use super::{
+    authenticated, check_known_parameters, collect_body, query_limit, with_state, ApiState,
+};
 use crate::config::Role;
 use crate::event::{Actor, Event};
 use crate::metrics::DeliveryLabels;
@@ -151,8 +153,7 @@ pub(super) fn routes(
                 .inbox
                 .hooks()
                 .map(|(name, config)| {
-                    let mut settings =
-                        serde_json::to_value(&config.receiver).unwrap_or_default();
+                    let mut settings = serde_json::to_value(&config.receiver).unwrap_or_default();
                     let kind = config.receiver.kind().to_string();
                     if let Some(object) = settings.as_object_mut() {
                         object.remove("type");
@@ -233,7 +234,11 @@ async fn deliver(
             return error.into_response();
         }
     };
-    let header = |header_name: &str| headers.get(header_name).and_then(|value| value.to_str().ok());
+    let header = |header_name: &str| {
+        headers
+            .get(header_name)
+            .and_then(|value| value.to_str().ok())
+    };
     let now = chrono::Utc::now().timestamp();
     let delivery = match receivers::check(config, header, &body, now) {
         Ok(delivery) => delivery,
@@ -241,7 +246,9 @@ async fn deliver(
             count(&name, refusal.label());
             tracing::warn!(hook = %name, reason = refusal.label(), detail = %refusal, "webhook delivery refused");
             let error = match refusal {
-                receivers::Refusal::Unauthorized(error) => ApiError::unauthorized(error.to_string()),
+                receivers::Refusal::Unauthorized(error) => {
+                    ApiError::unauthorized(error.to_string())
+                }
                 receivers::Refusal::Malformed(error) => {
                     ApiError::bad_request("malformed_payload", error.to_string())
                 }
@@ -309,9 +316,11 @@ fn inbox_error(error: InboxError) -> ApiError {
         error @ InboxError::DeliveryReused { .. } => {
             ApiError::new(StatusCode::CONFLICT, "delivery_reused", error.to_string())
         }
-        error @ InboxError::TooLarge { .. } => {
-            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", error.to_string())
-        }
+        error @ InboxError::TooLarge { .. } => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            error.to_string(),
+        ),
         InboxError::Store(error) => error.into(),
     }
 }

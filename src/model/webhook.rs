@@ -94,13 +94,17 @@ pub struct ActionReport {
 #[serde(rename_all = "snake_case", rename_all_fields = "camelCase")]
 pub enum ActionResult {
     /// It appended this many events.
-    Applied { events: u64 },
+    Applied {
+        events: u64,
+    },
     /// The desired state already was what the action asks for.
     Unchanged,
     /// An earlier delivery (or an earlier attempt of this one, before a
     /// crash) already ran an action with the same key.
     AlreadyDone,
-    Failed { error: String },
+    Failed {
+        error: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -10,7 +10,9 @@ use crate::model::Manifest;
 #[derive(Debug, Clone, PartialEq)]
 pub enum HookAction {
     /// Declare or update a cluster (GitHub: one manifest file; generic: `apply`).
-    Apply { manifest: Box<Manifest> },
+    Apply {
+        manifest: Box<Manifest>,
+    },
     /// Set a pool's replica count.
     Scale {
         cluster: String,

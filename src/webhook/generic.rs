@@ -69,50 +69,50 @@ impl GenericAction {
 /// the whole manifest, so that a bad request is refused before it is recorded.
 pub fn parse(body: &[u8]) -> Result<GenericRequest, PayloadError> {
     let value: serde_json::Value = serde_json::from_slice(body)
-        .map_err(|error| PayloadError::new("", format!("not JSON: {error}")))?;
+        .map_err(|error| PayloadError::field("", format!("not JSON: {error}")))?;
     let serde_json::Value::Object(mut object) = value else {
-        return Err(PayloadError::new("", "expected a JSON object"));
+        return Err(PayloadError::field("", "expected a JSON object"));
     };
     let id = match object.remove("id") {
         Some(serde_json::Value::String(id)) => id,
-        Some(_) => return Err(PayloadError::new("id", "expected a string")),
-        None => return Err(PayloadError::new("id", "missing: the delivery id")),
+        Some(_) => return Err(PayloadError::field("id", "expected a string")),
+        None => return Err(PayloadError::field("id", "missing: the delivery id")),
     };
-    super::check_delivery_id(&id).map_err(|reason| PayloadError::new("id", reason))?;
+    super::check_delivery_id(&id).map_err(|reason| PayloadError::field("id", reason))?;
     let reason = match object.remove("reason") {
         None | Some(serde_json::Value::Null) => None,
         Some(serde_json::Value::String(reason)) if reason.len() <= 1024 => Some(reason),
         Some(serde_json::Value::String(_)) => {
-            return Err(PayloadError::new("reason", "over 1024 bytes"))
+            return Err(PayloadError::field("reason", "over 1024 bytes"))
         }
-        Some(_) => return Err(PayloadError::new("reason", "expected a string")),
+        Some(_) => return Err(PayloadError::field("reason", "expected a string")),
     };
     if !object.contains_key("action") {
-        return Err(PayloadError::new(
+        return Err(PayloadError::field(
             "action",
             "missing: one of apply, scale, pause, resume, rollback",
         ));
     }
     let action: GenericAction = serde_json::from_value(serde_json::Value::Object(object))
-        .map_err(|error| PayloadError::new("", error.to_string()))?;
+        .map_err(|error| PayloadError::field("", error.to_string()))?;
     match &action {
         GenericAction::Apply { manifest } => {
             let bytes = serde_json::to_vec(manifest).expect("a JSON value serializes");
             parse_manifest(&bytes, ManifestFormat::Json)
-                .map_err(|error| PayloadError::new("manifest", error.to_string()))?;
+                .map_err(|error| PayloadError::field("manifest", error.to_string()))?;
         }
         GenericAction::Scale { cluster, .. }
         | GenericAction::Pause { cluster }
         | GenericAction::Resume { cluster }
         | GenericAction::Rollback { cluster, .. } => {
             if !is_dns_label(cluster) {
-                return Err(PayloadError::new("cluster", "not a DNS label"));
+                return Err(PayloadError::field("cluster", "not a DNS label"));
             }
         }
     }
     if let GenericAction::Rollback { to, .. } = &action {
         to.parse::<crate::ledger::Point>()
-            .map_err(|error| PayloadError::new("to", error.to_string()))?;
+            .map_err(|error| PayloadError::field("to", error.to_string()))?;
     }
     Ok(GenericRequest { id, reason, action })
 }
@@ -123,7 +123,7 @@ pub fn plan(request: &GenericRequest, delivery: &str) -> Result<PlannedHookActio
         GenericAction::Apply { manifest } => {
             let bytes = serde_json::to_vec(manifest).expect("a JSON value serializes");
             let manifest = parse_manifest(&bytes, ManifestFormat::Json)
-                .map_err(|error| PayloadError::new("manifest", error.to_string()))?;
+                .map_err(|error| PayloadError::field("manifest", error.to_string()))?;
             HookAction::Apply {
                 manifest: Box::new(manifest),
             }
@@ -180,7 +180,10 @@ mod tests {
         assert_eq!(planned.details["reason"], "load");
         // What the inbox records reads back the same.
         let recorded = serde_json::to_string(&request).unwrap();
-        assert_eq!(serde_json::from_str::<GenericRequest>(&recorded).unwrap(), request);
+        assert_eq!(
+            serde_json::from_str::<GenericRequest>(&recorded).unwrap(),
+            request
+        );
     }
 
     #[test]

@@ -165,7 +165,9 @@ impl Inbox {
     }
 
     pub fn hook(&self, name: &str) -> Option<&HookConfig> {
-        self.hooks.get(name).map(|receiver| receiver.config.as_ref())
+        self.hooks
+            .get(name)
+            .map(|receiver| receiver.config.as_ref())
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -375,7 +377,11 @@ impl Worker {
     }
 
     /// Plans and runs one delivery's actions, then records the outcome.
-    async fn process(&self, event: &Arc<Event>, received: WebhookReceived) -> Result<(), StoreError> {
+    async fn process(
+        &self,
+        event: &Arc<Event>,
+        received: WebhookReceived,
+    ) -> Result<(), StoreError> {
         let config = self.inbox.hooks[&self.hook].config.clone();
         let processed = match super::receivers::plan(&config, &received).await {
             Err(reason) => WebhookProcessed {
@@ -699,7 +705,11 @@ fn summarize(
         .iter()
         .map(|(name, count)| format!("{count} {name}"))
         .collect();
-    let noun = if actions.len() == 1 { "action" } else { "actions" };
+    let noun = if actions.len() == 1 {
+        "action"
+    } else {
+        "actions"
+    };
     let mut summary = format!("{} {noun}: {}", actions.len(), parts.join(", "));
     if let Some(first_failure) = actions.iter().find_map(|report| match &report.result {
         ActionResult::Failed { error } => Some(format!("{}: {error}", report.action)),

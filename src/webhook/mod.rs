@@ -24,18 +24,34 @@
 //! - `signature.rs`: GitHub's `X-Hub-Signature-256`, the generic
 //!   `t=...,v1=...` header with its 5-minute window, bearer tokens; all
 //!   compared in constant time.
-//! - `generic.rs`: the generic change request.
+//! - `action.rs`: `HookAction`, `PlannedHookAction` and `Skipped`, what a
+//!   receiver hands to the inbox.
+//! - `payload.rs`: `PayloadError` and the JSON reading shared by receivers,
+//!   whose errors name the field at fault (`alerts[2].fingerprint`).
+//! - `generic.rs` (pure): the generic change request.
+//! - `github.rs` (pure): `GithubSettings`, `parse` of `ping` and `push`
+//!   deliveries, `plan_push` from the manifest files at the pushed commit.
+//! - `git.rs` (IO): `GitSource` runs the git program on the local clone:
+//!   fetch, the manifest files at a commit, the files a push removed.
+//! - `alertmanager.rs` (pure): `AlertmanagerSettings` and its rules, `parse`
+//!   of Alertmanager's webhook payload (version 4), `delivery_id`, and `plan`.
 //! - `receivers.rs`: the dispatch on the receiver type (check, plan).
-//! - `inbox.rs`: recording, the workers, recovery, running actions.
+//! - `inbox.rs` (IO): recording, the workers, recovery, running actions.
 //!
 //! **Architecture Invariant:** nothing here knows HTTP (the route is in
 //! `api::hooks`) or sled (everything goes through the `Ledger` and its store).
 
 pub mod action;
+pub mod alertmanager;
 pub mod generic;
+pub mod git;
+pub mod github;
 pub mod inbox;
+pub mod payload;
 pub mod receivers;
 pub mod signature;
+
+pub use payload::PayloadError;
 
 use std::collections::BTreeMap;
 
@@ -43,25 +59,6 @@ use serde::{Deserialize, Serialize};
 
 /// The longest delivery id accepted.
 pub const MAX_DELIVERY_ID_LEN: usize = 128;
-
-/// A payload that cannot be acted on, with the field where it went wrong.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{}{reason}", if field.is_empty() { String::new() } else { format!("{field}: ") })]
-pub struct PayloadError {
-    /// The JSON path of the field (`alerts[2].fingerprint`), or empty for the
-    /// body as a whole.
-    pub field: String,
-    pub reason: String,
-}
-
-impl PayloadError {
-    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> PayloadError {
-        PayloadError {
-            field: field.into(),
-            reason: reason.into(),
-        }
-    }
-}
 
 /// Delivery ids become parts of idempotency keys and log lines: 1 to 128 of
 /// `A-Z a-z 0-9 . _ : -`.
@@ -89,13 +86,26 @@ pub struct HookConfig {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum ReceiverConfig {
+    Github(github::GithubSettings),
+    Alertmanager(alertmanager::AlertmanagerSettings),
     Generic(GenericSettings),
 }
 
 impl ReceiverConfig {
     pub fn kind(&self) -> &'static str {
         match self {
+            ReceiverConfig::Github(_) => "github",
+            ReceiverConfig::Alertmanager(_) => "alertmanager",
             ReceiverConfig::Generic(_) => "generic",
+        }
+    }
+
+    /// Refuses settings that are well-typed but unusable.
+    fn check(&self) -> Result<(), String> {
+        match self {
+            ReceiverConfig::Github(settings) => settings.validate(),
+            ReceiverConfig::Alertmanager(settings) => alertmanager::validate(settings),
+            ReceiverConfig::Generic(_) => Ok(()),
         }
     }
 }
@@ -133,6 +143,10 @@ impl<'de> Deserialize<'de> for HookConfig {
         let rest = toml::Value::Table(table.into_iter().collect());
         let settings_error = |error: toml::de::Error| D::Error::custom(error.message().to_string());
         let receiver = match kind.as_str() {
+            "github" => ReceiverConfig::Github(rest.try_into().map_err(settings_error)?),
+            "alertmanager" => {
+                ReceiverConfig::Alertmanager(rest.try_into().map_err(settings_error)?)
+            }
             "generic" => ReceiverConfig::Generic(rest.try_into().map_err(settings_error)?),
             other => {
                 return Err(D::Error::custom(format!(
@@ -156,6 +170,9 @@ pub fn check_hooks(hooks: &BTreeMap<String, HookConfig>) -> Result<(), String> {
                 crate::config::MIN_SECRET_LEN
             ));
         }
+        hook.receiver
+            .check()
+            .map_err(|message| format!("hooks.{name}: {message}"))?;
     }
     Ok(())
 }
