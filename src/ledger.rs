@@ -9,6 +9,9 @@
 //!   are visible before it answers (read-your-writes).
 //! - `Ledger::apply` diffs a manifest against the projection and appends the
 //!   changes with optimistic concurrency and an optional idempotency key.
+//! - `Ledger::lifecycle` appends a lifecycle command (pause, resume, deletion
+//!   request, machine replacement) unless the cluster is already so;
+//!   `replace_machine` first resolves the machine in the observed projection.
 //!
 //! - `history.rs`: time travel (a cluster at a point, diffs between points)
 //!   and rollback as a forward change.
@@ -35,8 +38,9 @@ use uuid::Uuid;
 use crate::event::payload::{self, Payload};
 use crate::event::{Actor, ActorKind, Cause, Event, NewEvent};
 use crate::model::{
-    cluster_stream, diff, reconcile_stream, validate, Change, ClusterDeletionRequested,
-    ClusterPaused, ClusterResumed, FieldError, Lifecycle, Manifest, ReconcileEvent,
+    cluster_stream, diff, reconcile_stream, validate, Change, CloudResource,
+    ClusterDeletionRequested, ClusterPaused, ClusterResumed, FieldError, Lifecycle,
+    MachineReplacementRequested, Manifest, ReconcileEvent, ResourceKind,
 };
 use crate::projection::{ClusterState, ObservedCluster, Projections};
 use crate::store::{
@@ -80,6 +84,10 @@ pub enum LedgerError {
     ClusterDeleting(String),
     #[error("cluster {cluster} has no pool named {pool}")]
     PoolNotFound { cluster: String, pool: String },
+    /// No machine the reconcilers know of in the cluster goes by that name,
+    /// provider id or address.
+    #[error("cluster {cluster} has no machine named {machine} (by name, provider id or address)")]
+    MachineNotFound { cluster: String, machine: String },
     /// One change of the manifest would be a stored event over the size limit.
     #[error(
         "the {event_type} event this manifest needs is {size} bytes, over the limit of \
@@ -534,6 +542,9 @@ impl Ledger {
                 Lifecycle::ClusterDeletionCancelled(_) => !current.deletion_requested,
                 // Written by `rollback` together with its changes, never alone.
                 Lifecycle::RollbackRequested(_) => false,
+                Lifecycle::MachineReplacementRequested(ref replacement) => {
+                    current.replacements.get(&replacement.machine) == Some(&replacement.provider_id)
+                }
             };
             if already && idempotency.is_none() {
                 return Ok(LifecycleOutcome {
@@ -597,6 +608,44 @@ impl Ledger {
     ) -> Result<LifecycleOutcome, LedgerError> {
         let command = Lifecycle::ClusterDeletionRequested(ClusterDeletionRequested {});
         self.lifecycle(name, command, context).await
+    }
+
+    /// Asks for one machine to be replaced: `machine` is its name
+    /// (`workers-2`), its provider id or its private address, resolved in
+    /// the observed projection to the machine's name and current provider
+    /// id, which the `MachineReplacementRequested` event records. A repeat
+    /// request for the same incarnation of the machine appends nothing.
+    pub async fn replace_machine(
+        &self,
+        cluster: &str,
+        machine: &str,
+        context: &CommandContext,
+    ) -> Result<LifecycleOutcome, LedgerError> {
+        self.wait_applied(self.store.head().seq).await?;
+        let (desired, observed) = self.read(|projections| {
+            (
+                projections.desired.cluster(cluster).cloned(),
+                projections.observed.cluster(cluster).cloned(),
+            )
+        });
+        let desired = desired.ok_or_else(|| LedgerError::ClusterNotFound(cluster.to_string()))?;
+        if desired.deletion_requested {
+            return Err(LedgerError::ClusterDeleting(cluster.to_string()));
+        }
+        let resolved = observed
+            .as_ref()
+            .and_then(|observed| resolve_machine(observed, machine));
+        let Some((name, provider_id)) = resolved else {
+            return Err(LedgerError::MachineNotFound {
+                cluster: cluster.to_string(),
+                machine: machine.to_string(),
+            });
+        };
+        let command = Lifecycle::MachineReplacementRequested(MachineReplacementRequested {
+            machine: name,
+            provider_id,
+        });
+        self.lifecycle(cluster, command, context).await
     }
 
     /// Refuses a change whose stored event would be over the store's limit,
@@ -747,6 +796,32 @@ async fn catch_up(store: &Arc<dyn EventStore>, state: &mut Projections) -> Resul
     Ok(())
 }
 
+/// The name and provider id of the observed machine that `machine` names:
+/// by name first, then by provider id, then by private address.
+fn resolve_machine(observed: &ObservedCluster, machine: &str) -> Option<(String, String)> {
+    let machines: Vec<&CloudResource> = observed
+        .resources
+        .values()
+        .filter(|resource| resource.key().kind == ResourceKind::Machine)
+        .collect();
+    let matchers: [fn(&CloudResource, &str) -> bool; 3] = [
+        |resource, machine| resource.spec.name() == machine,
+        |resource, machine| resource.provider_id == machine,
+        |resource, machine| resource.address.as_deref() == Some(machine),
+    ];
+    matchers.iter().find_map(|matches| {
+        machines
+            .iter()
+            .find(|resource| matches(resource, machine))
+            .map(|resource| {
+                (
+                    resource.spec.name().to_string(),
+                    resource.provider_id.clone(),
+                )
+            })
+    })
+}
+
 /// A command's event: the context's actor and correlation, with `cause`.
 fn command_event(
     encoded: payload::EncodedPayload,
@@ -810,4 +885,64 @@ fn apply_digest(manifest: &Manifest) -> [u8; 32] {
     hasher.update(b"apply\n");
     hasher.update(serde_json::to_vec(manifest).expect("a manifest always serializes"));
     hasher.finalize().into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{MachineSpec, ResourceSpec, SubnetSpec};
+
+    fn machine(name: &str, provider_id: &str, address: &str) -> CloudResource {
+        CloudResource {
+            provider_id: provider_id.into(),
+            cluster: "c".into(),
+            token: format!("c/machine/{name}/0"),
+            spec: ResourceSpec::Machine(MachineSpec {
+                name: name.into(),
+                pool: "workers".into(),
+                role: "worker".into(),
+                machine_type: "m5.large".into(),
+                image: "ubuntu-24.04".into(),
+                subnet: "a".into(),
+                kubernetes_version: "1.31.2".into(),
+            }),
+            address: Some(address.into()),
+        }
+    }
+
+    #[test]
+    fn a_machine_is_found_by_name_provider_id_or_address() {
+        let mut observed = ObservedCluster::default();
+        for resource in [
+            machine("workers-0", "sim-m-1", "10.0.1.4"),
+            machine("workers-1", "sim-m-2", "10.0.2.5"),
+        ] {
+            observed.resources.insert(resource.key(), resource);
+        }
+        let subnet = CloudResource {
+            provider_id: "sim-subnet-3".into(),
+            cluster: "c".into(),
+            token: "c/subnet/a/0".into(),
+            spec: ResourceSpec::Subnet(SubnetSpec {
+                name: "a".into(),
+                cidr: "10.0.1.0/24".into(),
+                zone: None,
+            }),
+            address: None,
+        };
+        observed.resources.insert(subnet.key(), subnet);
+        let found = |reference: &str| resolve_machine(&observed, reference);
+        let workers_1 = Some(("workers-1".to_string(), "sim-m-2".to_string()));
+        assert_eq!(found("workers-1"), workers_1);
+        assert_eq!(found("sim-m-2"), workers_1);
+        assert_eq!(found("10.0.2.5"), workers_1);
+        assert_eq!(
+            found("10.0.1.4"),
+            Some(("workers-0".to_string(), "sim-m-1".to_string()))
+        );
+        // Only machines are replaced, and an unknown reference finds nothing.
+        assert_eq!(found("a"), None);
+        assert_eq!(found("sim-subnet-3"), None);
+        assert_eq!(found("workers-7"), None);
+    }
 }

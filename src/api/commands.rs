@@ -1,5 +1,5 @@
-//! Cluster commands beyond apply (pause, resume, delete, scale) and the
-//! simulated cloud's admin endpoints.
+//! Cluster commands beyond apply (pause, resume, delete, scale, replace a
+//! machine) and the simulated cloud's admin endpoints.
 
 use bytes::Bytes;
 use warp::http::StatusCode;
@@ -18,11 +18,13 @@ use crate::ledger::LifecycleOutcome;
 use crate::provider::sim::SimError;
 
 /// Which lifecycle command a route carries out.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum LifecycleCommand {
     Pause,
     Resume,
     Delete,
+    /// Replace the machine named by its name, provider id or address.
+    ReplaceMachine(String),
 }
 
 pub(super) fn routes(
@@ -42,7 +44,7 @@ pub(super) fn routes(
             .and(with_state(state))
             .and(warp::header::headers_cloned())
             .then(move |name, actor, state, headers| {
-                lifecycle_handler(name, command, actor, state, headers)
+                lifecycle_handler(name, command.clone(), actor, state, headers)
             })
     };
     let pause = lifecycle("pause", LifecycleCommand::Pause);
@@ -54,6 +56,15 @@ pub(super) fn routes(
         .and(warp::header::headers_cloned())
         .then(|name, actor, state, headers| {
             lifecycle_handler(name, LifecycleCommand::Delete, actor, state, headers)
+        });
+    let replace_machine = warp::path!("v1" / "clusters" / String / "machines" / String / "replace")
+        .and(warp::post())
+        .and(authenticated(state, Role::Write))
+        .and(with_state(state))
+        .and(warp::header::headers_cloned())
+        .then(|name, machine, actor, state, headers| {
+            let command = LifecycleCommand::ReplaceMachine(machine);
+            lifecycle_handler(name, command, actor, state, headers)
         });
     let scale = warp::path!("v1" / "clusters" / String / "pools" / String / "scale")
         .and(warp::post())
@@ -79,6 +90,8 @@ pub(super) fn routes(
         .unify()
         .or(scale)
         .unify()
+        .or(replace_machine)
+        .unify()
         .or(sim_resources)
         .unify()
         .or(sim_delete)
@@ -95,10 +108,17 @@ async fn lifecycle_handler(
     let result = async {
         check_cluster_name(&name)?;
         let context = command_context(actor, &headers)?;
-        let outcome: LifecycleOutcome = match command {
+        let outcome: LifecycleOutcome = match &command {
             LifecycleCommand::Pause => state.ledger.pause(&name, &context).await?,
             LifecycleCommand::Resume => state.ledger.resume(&name, &context).await?,
             LifecycleCommand::Delete => state.ledger.request_deletion(&name, &context).await?,
+            LifecycleCommand::ReplaceMachine(machine) => {
+                check_machine_reference(machine)?;
+                state
+                    .ledger
+                    .replace_machine(&name, machine, &context)
+                    .await?
+            }
         };
         let response = LifecycleResponse {
             cluster: outcome.cluster,
@@ -120,6 +140,25 @@ async fn lifecycle_handler(
     }
     .await;
     problem::respond(result)
+}
+
+/// The most bytes a machine reference in a path may have; names, provider
+/// ids and addresses are far shorter.
+const MAX_MACHINE_REFERENCE_BYTES: usize = 253;
+
+/// A machine reference is a name, a provider id or an address: printable
+/// ASCII without spaces, and not too long.
+fn check_machine_reference(machine: &str) -> Result<(), ApiError> {
+    let printable = machine.bytes().all(|byte| byte.is_ascii_graphic());
+    if machine.is_empty() || machine.len() > MAX_MACHINE_REFERENCE_BYTES || !printable {
+        return Err(ApiError::bad_request(
+            "bad_path",
+            format!(
+                "machine {machine:?} in the path is not a machine name, provider id or address"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 async fn scale_handler(

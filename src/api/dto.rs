@@ -308,6 +308,10 @@ pub struct ClusterView {
     pub updated_by: Actor,
     pub paused: bool,
     pub deletion_requested: bool,
+    /// Machines asked to be replaced: name -> the provider id the request
+    /// named (spent once the machine has another one).
+    #[serde(default)]
+    pub replacements: std::collections::BTreeMap<String, String>,
     pub desired: Manifest,
     pub observed: ObservedView,
     pub conditions: Vec<ConditionView>,
@@ -324,6 +328,7 @@ impl ClusterView {
             updated_by: state.updated_by.clone(),
             paused: state.paused,
             deletion_requested: state.deletion_requested,
+            replacements: state.replacements.clone(),
             desired: state.manifest.clone(),
             observed: ObservedView::from_observed(observed),
             conditions: ConditionView::from_observed(observed),
@@ -462,7 +467,7 @@ impl ConditionView {
     }
 }
 
-/// What a pause, resume or delete did.
+/// What a pause, resume, delete or machine replacement did.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LifecycleResponse {

@@ -166,6 +166,11 @@ impl From<LedgerError> for ApiError {
             LedgerError::PoolNotFound { .. } => {
                 ApiError::new(StatusCode::NOT_FOUND, "pool_not_found", error.to_string())
             }
+            LedgerError::MachineNotFound { .. } => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "machine_not_found",
+                error.to_string(),
+            ),
             LedgerError::ClusterDeleting(_) => {
                 ApiError::new(StatusCode::CONFLICT, "cluster_deleting", error.to_string())
             }

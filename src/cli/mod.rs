@@ -97,6 +97,8 @@ pub enum Command {
     Pause(LifecycleArgs),
     /// Let the reconcilers act on a paused cluster again.
     Resume(LifecycleArgs),
+    /// Replace a broken machine: the reconcilers delete it at once and create it again.
+    ReplaceMachine(ReplaceMachineArgs),
     /// Delete a cluster: its resources are torn down, its history stays.
     #[command(subcommand)]
     Delete(DeleteCommand),
@@ -159,6 +161,16 @@ pub struct ScaleArgs {
 #[derive(Debug, Args)]
 pub struct LifecycleArgs {
     pub name: String,
+    /// Why; recorded in the event's cause.
+    #[arg(long)]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ReplaceMachineArgs {
+    pub cluster: String,
+    /// The machine's name (`workers-2`), provider id (`sim-m-000042`) or private address.
+    pub machine: String,
     /// Why; recorded in the event's cause.
     #[arg(long)]
     pub reason: Option<String>,
@@ -491,6 +503,28 @@ pub async fn run_client(global: &GlobalArgs, command: Command) -> Result<(), Fai
             let response: LifecycleResponse = client.post(&path, &[], &headers, Vec::new()).await?;
             output::print_lifecycle(&response, "resumed", "not paused", format);
         }
+        Command::ReplaceMachine(args) => {
+            check_names(&[&args.cluster])?;
+            check_machine_reference(&args.machine)?;
+            let path = format!(
+                "/v1/clusters/{}/machines/{}/replace",
+                args.cluster, args.machine
+            );
+            let headers = reason_header(args.reason);
+            let response: LifecycleResponse = client.post(&path, &[], &headers, Vec::new()).await?;
+            output::print_lifecycle(
+                &response,
+                &format!(
+                    "replacement of machine {} requested; the reconcilers replace it",
+                    args.machine
+                ),
+                &format!(
+                    "the replacement of machine {} was already requested",
+                    args.machine
+                ),
+                format,
+            );
+        }
         Command::Delete(DeleteCommand::Cluster(args)) => {
             check_names(&[&args.name])?;
             let headers = reason_header(args.reason);
@@ -649,6 +683,18 @@ fn check_names(names: &[&str]) -> Result<(), Failure> {
             "{name:?} is not a cluster or pool name (a DNS label: lowercase letters, digits and -)"
         ))),
     }
+}
+
+/// A machine reference goes into a URL path as it is: a name, provider id or
+/// address made of letters, digits and `-._:~` only.
+fn check_machine_reference(machine: &str) -> Result<(), Failure> {
+    let safe = |character: char| character.is_ascii_alphanumeric() || "-._:~".contains(character);
+    if machine.is_empty() || !machine.chars().all(safe) {
+        return Err(Failure::Other(format!(
+            "{machine:?} is not a machine name, provider id or address (letters, digits and -._:~)"
+        )));
+    }
+    Ok(())
 }
 
 fn report_verify(view: &VerifyView, format: OutputFormat) -> Result<(), Failure> {

@@ -18,7 +18,7 @@ use crate::model::{Change, Lifecycle, ReconcileEvent, WebhookEvent};
 pub enum Payload {
     /// A desired-state change from a manifest diff (stream `cluster/<name>`).
     Change(Box<Change>),
-    /// Pause, resume, deletion request (stream `cluster/<name>`).
+    /// Pause, resume, deletion request, machine replacement (stream `cluster/<name>`).
     Lifecycle(Lifecycle),
     /// An intent, outcome, drift or condition (stream `reconcile/<name>`).
     Reconcile(Box<ReconcileEvent>),
@@ -100,6 +100,7 @@ payload_family!(Lifecycle, Payload::Lifecycle, LIFECYCLE_TYPES, lifecycle_type,
     ClusterDeletionRequested => 1,
     RollbackRequested => 1,
     ClusterDeletionCancelled => 1,
+    MachineReplacementRequested => 1,
 });
 
 payload_family!(ReconcileEvent, |event| Payload::Reconcile(Box::new(event)), RECONCILE_TYPES,
@@ -161,7 +162,7 @@ pub fn to_json(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::PoolScaled;
+    use crate::model::{MachineReplacementRequested, PoolScaled};
 
     #[test]
     fn change_round_trips_under_its_type_name() {
@@ -180,6 +181,25 @@ mod tests {
         assert_eq!(
             to_json("PoolScaled", 1, &encoded.bytes).unwrap(),
             serde_json::json!({"pool": "workers", "from": 3, "to": 5})
+        );
+    }
+
+    #[test]
+    fn a_machine_replacement_round_trips_under_its_type_name() {
+        let lifecycle = Lifecycle::MachineReplacementRequested(MachineReplacementRequested {
+            machine: "workers-2".into(),
+            provider_id: "sim-m-000042".into(),
+        });
+        let encoded = encode_lifecycle(&lifecycle);
+        assert_eq!(encoded.event_type, "MachineReplacementRequested");
+        assert_eq!(encoded.schema, 1);
+        assert_eq!(
+            decode(encoded.event_type, encoded.schema, &encoded.bytes).unwrap(),
+            Payload::Lifecycle(lifecycle)
+        );
+        assert_eq!(
+            to_json("MachineReplacementRequested", 1, &encoded.bytes).unwrap(),
+            serde_json::json!({"machine": "workers-2", "providerId": "sim-m-000042"})
         );
     }
 

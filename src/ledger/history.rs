@@ -680,7 +680,9 @@ fn lifecycle_subject(lifecycle: &Lifecycle) -> Option<&'static str> {
         Lifecycle::ClusterDeletionRequested(_) | Lifecycle::ClusterDeletionCancelled(_) => {
             Some("deletionRequested")
         }
-        Lifecycle::RollbackRequested(_) => None,
+        // A replacement changes no desired value a diff compares: the
+        // observed side shows the machine going and coming back.
+        Lifecycle::RollbackRequested(_) | Lifecycle::MachineReplacementRequested(_) => None,
     }
 }
 
@@ -788,6 +790,7 @@ mod tests {
             correlation: Uuid::nil(),
             paused,
             deletion_requested: deleting,
+            replacements: Default::default(),
         }
     }
 
@@ -822,6 +825,24 @@ mod tests {
         );
         let already_going = rollback_plan(Some(&state(3, false, true)), None);
         assert_eq!(names(&already_going.unwrap()), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn a_rollback_plan_never_undoes_a_machine_replacement() {
+        // The target had no replacement requested and the current state has
+        // one (or the other way round): a replacement is done or spent, not
+        // a desired value to restore, so the plan does not mention it.
+        let mut replaced = state(3, false, false);
+        replaced
+            .replacements
+            .insert("w-1".into(), "sim-m-000042".into());
+        let plain = state(3, false, false);
+        let forward = rollback_plan(Some(&replaced), Some(&plain));
+        assert_eq!(names(&forward.unwrap()), Vec::<&str>::new());
+        let backward = rollback_plan(Some(&plain), Some(&replaced));
+        assert_eq!(names(&backward.unwrap()), Vec::<&str>::new());
+        let scaled = rollback_plan(Some(&replaced), Some(&state(2, false, false)));
+        assert_eq!(names(&scaled.unwrap()), vec!["PoolScaled"]);
     }
 
     #[test]

@@ -305,6 +305,7 @@ pub enum Lifecycle {
     ClusterDeletionRequested(ClusterDeletionRequested),
     RollbackRequested(RollbackRequested),
     ClusterDeletionCancelled(ClusterDeletionCancelled),
+    MachineReplacementRequested(MachineReplacementRequested),
 }
 
 /// A user asked to take the desired state back to what it was at `to_seq`.
@@ -323,6 +324,21 @@ pub struct RollbackRequested {
 /// before it): the cluster is wanted again.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ClusterDeletionCancelled {}
+
+/// An operator (or an alert) asked to replace one machine, named and
+/// resolved to the provider id it had when the request was made. The
+/// reconciler deletes that machine at once, without the one-per-pool rule of
+/// a rolling change (it is broken already), and the normal create rule then
+/// makes a new one under the same name. A request that names a provider id
+/// the machine no longer has does nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MachineReplacementRequested {
+    /// The machine's name, `<pool>-<index>` (`workers-2`).
+    pub machine: String,
+    /// The provider id of the machine to replace (`sim-m-000042`).
+    pub provider_id: String,
+}
 
 /// What reconcilers write.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -98,6 +98,13 @@ pub fn describe_lifecycle(lifecycle: &Lifecycle) -> ChangeDescription {
                 rollback.to_seq, rollback.requested
             ),
         ),
+        Lifecycle::MachineReplacementRequested(replacement) => (
+            ChangeOp::Update,
+            format!(
+                "replace machine {} ({})",
+                replacement.machine, replacement.provider_id
+            ),
+        ),
     };
     ChangeDescription { op, summary }
 }
@@ -187,5 +194,17 @@ mod tests {
         }));
         assert_eq!(description.op.symbol(), '~');
         assert_eq!(description.summary, "pool workers replicas 3 -> 5");
+    }
+
+    #[test]
+    fn a_machine_replacement_names_the_machine_and_its_provider_id() {
+        let description = describe_lifecycle(&Lifecycle::MachineReplacementRequested(
+            crate::model::MachineReplacementRequested {
+                machine: "workers-2".into(),
+                provider_id: "sim-123".into(),
+            },
+        ));
+        assert_eq!(description.op.symbol(), '~');
+        assert_eq!(description.summary, "replace machine workers-2 (sim-123)");
     }
 }

@@ -1,7 +1,8 @@
 //! The desired-state projection: what the log says each cluster should look like.
 //!
-//! It folds `cluster/<name>` streams (manifest changes and lifecycle commands)
-//! and the `ClusterDeleted` event of `reconcile/<name>`, which ends a cluster.
+//! It folds `cluster/<name>` streams (manifest changes and lifecycle commands,
+//! machine replacement requests among them) and the `ClusterDeleted` event of
+//! `reconcile/<name>`, which ends a cluster.
 
 use std::collections::BTreeMap;
 
@@ -39,6 +40,12 @@ pub struct ClusterState {
     pub paused: bool,
     /// Deletion was requested; the reconciler is tearing resources down.
     pub deletion_requested: bool,
+    /// Machines asked to be replaced: machine name -> the provider id the
+    /// request named. A newer request for the same machine overwrites the
+    /// older one; an entry whose provider id the machine no longer has is
+    /// spent (the planner ignores it).
+    #[serde(default)]
+    pub replacements: BTreeMap<String, String>,
 }
 
 /// Desired state of every cluster, folded from the log.
@@ -155,6 +162,8 @@ impl DesiredState {
         let declared_seq = existing.map_or(event.seq, |cluster| cluster.declared_seq);
         let paused = existing.is_some_and(|cluster| cluster.paused);
         let deletion_requested = existing.is_some_and(|cluster| cluster.deletion_requested);
+        let replacements =
+            existing.map_or_else(BTreeMap::new, |cluster| cluster.replacements.clone());
         self.clusters.insert(
             name.to_string(),
             ClusterState {
@@ -168,6 +177,7 @@ impl DesiredState {
                 correlation: event.correlation,
                 paused,
                 deletion_requested,
+                replacements,
             },
         );
     }
@@ -187,6 +197,11 @@ impl DesiredState {
             Lifecycle::ClusterResumed(_) => cluster.paused = false,
             Lifecycle::ClusterDeletionRequested(_) => cluster.deletion_requested = true,
             Lifecycle::ClusterDeletionCancelled(_) => cluster.deletion_requested = false,
+            Lifecycle::MachineReplacementRequested(replacement) => {
+                cluster
+                    .replacements
+                    .insert(replacement.machine.clone(), replacement.provider_id.clone());
+            }
             Lifecycle::RollbackRequested(_) => {}
         }
         cluster.updated_seq = event.seq;
@@ -254,6 +269,38 @@ mod tests {
             }
             appended
         }
+
+        fn append_lifecycle(&mut self, cluster: &str, lifecycle: &Lifecycle) -> Event {
+            let encoded = payload::encode_lifecycle(lifecycle);
+            let stream = format!("{CLUSTER_STREAM_PREFIX}{cluster}");
+            let version = self.versions.entry(stream.clone()).or_default();
+            *version += 1;
+            let seq = self.events.len() as u64 + 1;
+            let new = NewEvent {
+                id: Uuid::from_u128(seq as u128),
+                event_type: encoded.event_type.to_string(),
+                schema: encoded.schema,
+                actor: Actor {
+                    kind: ActorKind::User,
+                    name: "operator".into(),
+                },
+                cause: Cause::None,
+                correlation: Uuid::from_u128(1000 + seq as u128),
+                payload: encoded.bytes,
+            };
+            let time = Utc.timestamp_opt(1_700_000_000 + seq as i64, 0).unwrap();
+            let event = Event::seal(new, &stream, seq, *version, time, self.head);
+            self.head = event.hash;
+            self.events.push(event.clone());
+            event
+        }
+    }
+
+    fn replacement(machine: &str, provider_id: &str) -> Lifecycle {
+        Lifecycle::MachineReplacementRequested(crate::model::MachineReplacementRequested {
+            machine: machine.into(),
+            provider_id: provider_id.into(),
+        })
     }
 
     fn manifests() -> impl Strategy<Value = Vec<Manifest>> {
@@ -312,5 +359,62 @@ mod tests {
         }
         assert_eq!(log.events.len(), 1);
         assert!(log.append_diff(&state, &manifest).is_empty());
+    }
+
+    #[test]
+    fn a_replacement_request_is_folded_and_a_newer_one_overwrites_it() {
+        let manifest: Manifest = crate::model::parse_manifest(
+            include_bytes!("../../docs/examples/prod-eu.yaml"),
+            crate::model::ManifestFormat::Yaml,
+        )
+        .unwrap();
+        let name = manifest.metadata.name.clone();
+        let mut log = MemoryLog::new();
+        let mut state = DesiredState::default();
+        for event in log.append_diff(&state, &manifest) {
+            state.apply(&event);
+        }
+        assert!(state.cluster(&name).unwrap().replacements.is_empty());
+
+        let first = log.append_lifecycle(&name, &replacement("workers-2", "sim-m-1"));
+        state.apply(&first);
+        let other = log.append_lifecycle(&name, &replacement("workers-3", "sim-m-7"));
+        state.apply(&other);
+        let newer = log.append_lifecycle(&name, &replacement("workers-2", "sim-m-9"));
+        state.apply(&newer);
+
+        let cluster = state.cluster(&name).unwrap();
+        let expected: BTreeMap<String, String> = [
+            ("workers-2".to_string(), "sim-m-9".to_string()),
+            ("workers-3".to_string(), "sim-m-7".to_string()),
+        ]
+        .into();
+        assert_eq!(cluster.replacements, expected);
+        // The request is the cluster's latest desired change: the
+        // reconciler's actions name it as their cause.
+        assert_eq!(cluster.updated_id, newer.id);
+        assert_eq!(cluster.updated_seq, newer.seq);
+        assert_eq!(cluster.correlation, newer.correlation);
+        assert_eq!(cluster.stream_version, newer.version);
+        assert_eq!(cluster.manifest, manifest);
+        assert_eq!(state.skipped_events, 0);
+
+        // A later manifest change keeps the requests, and a replay agrees.
+        let mut scaled = manifest.clone();
+        scaled.spec.pools[1].replicas += 1;
+        for event in log.append_diff(&state, &scaled) {
+            state.apply(&event);
+        }
+        assert_eq!(state.cluster(&name).unwrap().replacements, expected);
+        assert_eq!(DesiredState::replay(&log.events), state);
+    }
+
+    #[test]
+    fn a_replacement_request_for_an_unknown_cluster_is_skipped() {
+        let mut log = MemoryLog::new();
+        let mut state = DesiredState::default();
+        state.apply(&log.append_lifecycle("ghost", &replacement("workers-0", "sim-m-1")));
+        assert!(state.cluster("ghost").is_none());
+        assert_eq!(state.skipped_events, 1);
     }
 }

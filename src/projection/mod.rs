@@ -3,7 +3,7 @@
 //! # Layout
 //!
 //! - `desired.rs`: `DesiredState`, what each cluster should look like (manifest
-//!   changes, pause, deletion request).
+//!   changes, pause, deletion request, machines asked to be replaced).
 //! - `observed.rs`: `ObservedState`, what the reconcilers know the cloud holds
 //!   (resources with provider ids, actions in flight, attempts, drift,
 //!   conditions).

@@ -25,7 +25,8 @@ use serde::{Deserialize, Serialize};
 use super::{ClusterState, ObservedCluster, Projections};
 
 /// The encoding of snapshot parts. Bump on any change to the stored types.
-pub const SNAPSHOT_FORMAT: u32 = 1;
+/// Format 2: `ClusterState::replacements`.
+pub const SNAPSHOT_FORMAT: u32 = 2;
 
 /// The name of the header part.
 pub const HEADER_PART: &str = "";
@@ -202,8 +203,8 @@ mod tests {
     use crate::model::arbitrary::manifest_strategy;
     use crate::model::{
         diff, ClusterDeleted, ClusterDeletionCancelled, ClusterDeletionRequested, ClusterPaused,
-        ClusterResumed, ConditionChanged, ConditionType, Lifecycle, Manifest, ReconcileEvent,
-        RollbackRequested,
+        ClusterResumed, ConditionChanged, ConditionType, Lifecycle, MachineReplacementRequested,
+        Manifest, ReconcileEvent, RollbackRequested,
     };
 
     const NAMES: [&str; 3] = ["alpha", "beta", "gamma"];
@@ -225,7 +226,7 @@ mod tests {
                 manifest_strategy("gamma"),
             ]
             .prop_map(|manifest| Step::Apply(Box::new(manifest))),
-            2 => (0..3usize, 0..5u8).prop_map(|(cluster, kind)| Step::Lifecycle(cluster, kind)),
+            2 => (0..3usize, 0..7u8).prop_map(|(cluster, kind)| Step::Lifecycle(cluster, kind)),
             2 => (0..3usize, 0..4usize, any::<bool>())
                 .prop_map(|(cluster, condition, status)| Step::Condition(cluster, condition, status)),
             1 => (0..3usize).prop_map(Step::Deleted),
@@ -280,6 +281,12 @@ mod tests {
                         1 => Lifecycle::ClusterResumed(ClusterResumed {}),
                         2 => Lifecycle::ClusterDeletionRequested(ClusterDeletionRequested {}),
                         3 => Lifecycle::ClusterDeletionCancelled(ClusterDeletionCancelled {}),
+                        5 | 6 => {
+                            Lifecycle::MachineReplacementRequested(MachineReplacementRequested {
+                                machine: "workers-0".into(),
+                                provider_id: format!("sim-m-{kind}"),
+                            })
+                        }
                         _ => Lifecycle::RollbackRequested(RollbackRequested {
                             to_seq: 1,
                             requested: "1".into(),

@@ -11,13 +11,24 @@
 //!      one machine to a rolling change.
 //!    - A subnet whose spec changed is deleted together with the machines in
 //!      it (they cannot outlive it), and created again on a later pass.
+//!    - A machine asked to be replaced (`MachineReplacementRequested`, whose
+//!      provider id is the one observed under that name) is deleted at once,
+//!      whatever the rest of its pool looks like: it is broken already, so
+//!      the one-per-pool rule of rolling changes does not hold it back. A
+//!      pool losing a machine that way is not whole, so no rolling
+//!      replacement of the same pool starts in the same pass. A request
+//!      naming a provider id that is no longer observed does nothing (the
+//!      machine was replaced already, or is gone).
 //! 2. Creations, in dependency order (network, subnets, firewall rules,
 //!    machines), of desired resources the observed state lacks. Machines wait
-//!    for a subnet that is being replaced.
+//!    for a subnet that is being replaced. A replaced machine is created
+//!    again by this rule on a later pass, with its next incarnation's token.
 //!
 //! With drift policy `report`, a resource with unrepaired drift is left alone:
 //! no create for one that vanished, no delete for one that appeared or
-//! changed. A cluster whose deletion was requested has no desired resources.
+//! changed. A resource with an action in flight is left alone too, until the
+//! action is resolved; both hold a requested replacement back. A cluster
+//! whose deletion was requested has no desired resources.
 //!
 //! Tokens are `<cluster>/<kind>/<name>/<incarnation>` for a create (retries
 //! reuse it; the incarnation grows each time a resource under that key is
@@ -38,6 +49,9 @@ pub struct PlanInput<'a> {
     /// None when nothing should exist (deletion requested).
     pub desired: Option<&'a Manifest>,
     pub observed: &'a ObservedCluster,
+    /// Machines asked to be replaced: name -> the provider id to replace
+    /// (`ClusterState::replacements`).
+    pub replacements: &'a BTreeMap<String, String>,
 }
 
 /// One action with the token and attempt number its `ActionStarted` records.
@@ -198,17 +212,24 @@ pub fn plan(input: PlanInput<'_>) -> Vec<PlannedAction> {
         .map(|(key, _)| key.name.as_str())
         .collect();
     let mut mismatched_machines = Vec::new();
+    // Machines deleted because a replacement of exactly them was requested.
+    let mut replaced: BTreeSet<&ResourceKey> = BTreeSet::new();
     for (key, resource) in &observed.resources {
         if busy(key) {
             continue;
         }
         let in_stale_subnet = matches!(&resource.spec, ResourceSpec::Machine(machine)
             if stale_subnets.contains(machine.subnet.as_str()));
+        let replacement_requested = key.kind == ResourceKind::Machine
+            && input.replacements.get(&key.name) == Some(&resource.provider_id);
+        if replacement_requested {
+            replaced.insert(key);
+        }
         match wanted.get(key) {
             None => {
                 deletions.insert(key, &resource.provider_id);
             }
-            Some(_) if in_stale_subnet => {
+            Some(_) if in_stale_subnet || replacement_requested => {
                 deletions.insert(key, &resource.provider_id);
             }
             Some(spec) if *spec != resource.spec => match &resource.spec {
@@ -223,12 +244,13 @@ pub fn plan(input: PlanInput<'_>) -> Vec<PlannedAction> {
         }
     }
 
-    // Rolling replacement: one machine per pool, only while the pool is whole.
+    // Rolling replacement: one machine per pool, only while the pool is
+    // whole (a machine being replaced on request is as good as missing).
     let mut replacing_pools = BTreeSet::new();
     for (key, resource, machine) in mismatched_machines {
         let pool_whole = wanted.iter().all(|(wanted_key, spec)| match spec {
             ResourceSpec::Machine(wanted_machine) if wanted_machine.pool == machine.pool => {
-                observed.resources.contains_key(wanted_key)
+                observed.resources.contains_key(wanted_key) && !replaced.contains(wanted_key)
             }
             _ => true,
         });

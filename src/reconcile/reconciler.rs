@@ -455,6 +455,7 @@ impl Reconciler {
             cluster: name,
             desired: (!desired.deletion_requested).then_some(&desired.manifest),
             observed,
+            replacements: &desired.replacements,
         }
     }
 

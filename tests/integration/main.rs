@@ -14,4 +14,5 @@ mod durability;
 mod harness;
 mod history;
 mod reconcile;
+mod replace_machine;
 mod watch;

@@ -15,7 +15,7 @@ use crate::harness::{
 
 /// How long a cluster may take to converge in these tests; far above what
 /// it takes, so that only a stuck reconciler fails.
-const CONVERGE_DEADLINE: Duration = Duration::from_secs(90);
+pub(crate) const CONVERGE_DEADLINE: Duration = Duration::from_secs(90);
 
 /// Runs the command line client against the daemon and insists it succeeds.
 pub(crate) fn cli(daemon: &Daemon, arguments: &[&str]) -> ProcessOutput {
@@ -89,7 +89,7 @@ pub(crate) async fn cluster_view(
     (answer.status == 200).then_some(answer.body)
 }
 
-fn condition(view: &Value, condition: &str) -> Option<(String, String)> {
+pub(crate) fn condition(view: &Value, condition: &str) -> Option<(String, String)> {
     view["conditions"].as_array()?.iter().find_map(|c| {
         (c["type"] == condition).then(|| {
             (
@@ -132,7 +132,7 @@ pub(crate) async fn sim_resources(
 }
 
 /// Machine name -> (pool, provider id), panicking on a duplicate name.
-fn sim_machines(resources: &[Value]) -> BTreeMap<String, (String, String)> {
+pub(crate) fn sim_machines(resources: &[Value]) -> BTreeMap<String, (String, String)> {
     let mut machines = BTreeMap::new();
     for resource in resources {
         let Some(machine) = resource["spec"].get("machine") else {

@@ -20,6 +20,8 @@
 //!   incarnations: {machine/workers-0: 1}
 //!   drift: [machine/workers-1]
 //!   inFlight: [machine/workers-3]      # a create started without an outcome
+//!                                      # (a delete, for a resource listed above)
+//! replacements: {workers-0: sim-m-4}   # machines asked to be replaced
 //! ```
 //!
 //! A resource the desired state does not have gets a made-up spec (a worker
@@ -47,6 +49,9 @@ struct Case {
     deletion_requested: bool,
     #[serde(default)]
     observed: CompactObserved,
+    /// Machine name -> the provider id a replacement request named.
+    #[serde(default)]
+    replacements: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -67,7 +72,8 @@ struct CompactObserved {
     incarnations: BTreeMap<String, u32>,
     #[serde(default)]
     drift: Vec<String>,
-    /// Creates started without an outcome (a crash in between).
+    /// Actions started without an outcome (a crash in between): the create
+    /// of a resource not observed, the delete of one that is.
     #[serde(default, rename = "inFlight")]
     in_flight: Vec<String>,
 }
@@ -231,10 +237,23 @@ fn build_observed(
     }
     for key in compact.in_flight {
         let key = parse_key(&key);
-        let token = super::create_token(CLUSTER, &observed, &key);
-        let spec = observed_spec(wanted, &key, &Detailed::default());
+        let (action, token) = match observed.resources.get(&key) {
+            Some(resource) => (
+                Action::Delete {
+                    key: key.clone(),
+                    provider_id: resource.provider_id.clone(),
+                },
+                format!("{CLUSTER}/{key}/{}/delete", observed.incarnation(&key)),
+            ),
+            None => (
+                Action::Create {
+                    spec: observed_spec(wanted, &key, &Detailed::default()),
+                },
+                super::create_token(CLUSTER, &observed, &key),
+            ),
+        };
         let in_flight = InFlightAction {
-            action: Action::Create { spec },
+            action,
             token: token.clone(),
             attempt: 1,
             started_seq: 1,
@@ -284,6 +303,7 @@ fn run_case(path: &Path) -> Result<(), String> {
         cluster: CLUSTER,
         desired,
         observed: &observed,
+        replacements: &case.replacements,
     });
     let actual: String = actions.iter().map(|action| format!("{action}\n")).collect();
     if actual == expected {
