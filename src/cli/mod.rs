@@ -20,6 +20,7 @@
 mod audit;
 mod backup;
 mod client;
+mod hooks;
 mod output;
 pub mod sse;
 
@@ -111,6 +112,9 @@ pub enum Command {
     Rollback(RollbackArgs),
     /// Rebuild every projection from seq 1, offline, and compare with the stored snapshots.
     Replay(ReplayArgs),
+    /// Webhook receivers: list them, their deliveries, send a signed test one.
+    #[command(subcommand)]
+    Hooks(hooks::HooksCommand),
 }
 
 #[derive(Debug, Args)]
@@ -583,6 +587,7 @@ pub async fn run_client(global: &GlobalArgs, command: Command) -> Result<(), Fai
         }
         Command::Export(args) => backup::export(&client, args).await?,
         Command::Import(args) => backup::import(args, format).await?,
+        Command::Hooks(command) => hooks::run(&client, command, format).await?,
     }
     Ok(())
 }

@@ -455,7 +455,23 @@ impl Worker {
                     details: planned.details.clone(),
                 }),
             };
-            let result = match run_action(&self.inbox.ledger, &planned.action, &context).await {
+            let key = context.idempotency_key.as_deref().unwrap_or_default();
+            // An action whose key was used ran before (an earlier delivery, or
+            // this one before a crash): it is not run again, whatever the
+            // state is now.
+            let ran_before = self
+                .inbox
+                .ledger
+                .store()
+                .idempotency_record(key)
+                .await?
+                .is_some();
+            let result = if ran_before {
+                Ok(ActionResult::AlreadyDone)
+            } else {
+                run_action(&self.inbox.ledger, &planned.action, &context).await
+            };
+            let result = match result {
                 Ok(result) => result,
                 Err(LedgerError::Store(StoreError::IdempotencyKeyReused { .. })) => {
                     ActionResult::AlreadyDone
@@ -576,9 +592,8 @@ async fn run_action(
             Ok(appended(outcome.events.len(), false))
         }
         HookAction::ReplaceMachine { cluster, machine } => {
-            // MERGE-PENDING: ledger.replace_machine lands with branch replace-machine.
-            let _ = (cluster, machine);
-            Err(LedgerError::ClusterNotFound(String::new()))
+            let outcome = ledger.replace_machine(cluster, machine, context).await?;
+            Ok(appended(usize::from(outcome.event.is_some()), false))
         }
     }
 }
