@@ -777,6 +777,13 @@ mod tests {
                 seq: 1,
                 id: Uuid::nil(),
             },
+            Cause::WebhookDelivery {
+                hook: "github".into(),
+                delivery: "d-1".into(),
+                received_seq: 1,
+                received_id: Uuid::nil(),
+                details: [("commit".to_string(), "abc".to_string())].into(),
+            },
         ] {
             let view = CloudEventView::from_event(&pool_scaled(2, cause.clone()));
             let text = serde_json::to_string(&view).unwrap();
@@ -788,7 +795,9 @@ mod tests {
                     assert_eq!(view.causekind, "none");
                     assert!(!text.contains("\"cause\""), "{text}");
                 }
-                Cause::Webhook { .. } => assert_eq!(view.cause.as_deref(), Some("github/d-1")),
+                Cause::Webhook { .. } | Cause::WebhookDelivery { .. } => {
+                    assert_eq!(view.cause.as_deref(), Some("github/d-1"))
+                }
                 Cause::Event { .. } => assert_eq!(view.cause, Some(Uuid::nil().to_string())),
                 Cause::Request { .. } => unreachable!(),
             }

@@ -190,15 +190,15 @@ mod tests {
     fn bad_requests_name_the_field() {
         let cases: &[(&[u8], &str)] = &[
             (b"[1]", "expected a JSON object"),
-            (b"{\"action\": \"pause\", \"cluster\": \"a\"}", "id: missing"),
-            (b"{\"id\": \"a b\", \"action\": \"pause\", \"cluster\": \"a\"}", "id:"),
-            (b"{\"id\": \"d\", \"cluster\": \"a\"}", "action: missing"),
+            (b"{\"action\": \"pause\", \"cluster\": \"a\"}", "`id`: missing"),
+            (b"{\"id\": \"a b\", \"action\": \"pause\", \"cluster\": \"a\"}", "`id`:"),
+            (b"{\"id\": \"d\", \"cluster\": \"a\"}", "`action`: missing"),
             (b"{\"id\": \"d\", \"action\": \"explode\"}", "unknown variant `explode`"),
             (b"{\"id\": \"d\", \"action\": \"scale\", \"cluster\": \"a\", \"pool\": \"w\"}", "missing field `replicas`"),
             (b"{\"id\": \"d\", \"action\": \"pause\", \"cluster\": \"a\", \"pool\": \"w\"}", "unknown field `pool`"),
-            (b"{\"id\": \"d\", \"action\": \"pause\", \"cluster\": \"Not_A_Label\"}", "cluster: not a DNS label"),
-            (b"{\"id\": \"d\", \"action\": \"rollback\", \"cluster\": \"a\", \"to\": \"yesterday\"}", "to:"),
-            (b"{\"id\": \"d\", \"action\": \"apply\", \"manifest\": {\"kind\": \"Cluster\"}}", "manifest:"),
+            (b"{\"id\": \"d\", \"action\": \"pause\", \"cluster\": \"Not_A_Label\"}", "`cluster`: not a DNS label"),
+            (b"{\"id\": \"d\", \"action\": \"rollback\", \"cluster\": \"a\", \"to\": \"yesterday\"}", "`to`:"),
+            (b"{\"id\": \"d\", \"action\": \"apply\", \"manifest\": {\"kind\": \"Cluster\"}}", "`manifest`:"),
         ];
         for (body, expected) in cases {
             let error = parse(body).unwrap_err().to_string();
