@@ -687,9 +687,24 @@ fn summarize(
     skipped: &[SkippedReport],
     ignored: Option<String>,
 ) -> (DeliveryOutcome, String) {
-    if actions.is_empty() && skipped.is_empty() {
-        let reason = ignored.unwrap_or_else(|| "nothing to do".to_string());
-        return (DeliveryOutcome::Ignored, reason);
+    if actions.is_empty() {
+        // A receiver that says why there is nothing to do (a ping, another
+        // branch, resolved alerts) was ignored; one that had parts to act on
+        // and could act on none of them (every file invalid) failed.
+        if let Some(reason) = ignored {
+            return (DeliveryOutcome::Ignored, reason);
+        }
+        if skipped.is_empty() {
+            return (DeliveryOutcome::Ignored, "nothing to do".to_string());
+        }
+        let first = &skipped[0];
+        let summary = format!(
+            "0 actions: {} skipped (first: {}: {})",
+            skipped.len(),
+            first.subject,
+            first.reason
+        );
+        return (DeliveryOutcome::Failed, summary);
     }
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
     for report in actions {
@@ -710,9 +725,6 @@ fn summarize(
         DeliveryOutcome::Done
     } else if worked > 0 {
         DeliveryOutcome::Partial
-    } else if failed == 0 {
-        // Only skipped parts: nothing was acted on.
-        DeliveryOutcome::Ignored
     } else {
         DeliveryOutcome::Failed
     };

@@ -13,6 +13,7 @@ mod cli;
 mod durability;
 mod harness;
 mod history;
+mod hooks;
 mod reconcile;
 mod replace_machine;
 mod watch;
