@@ -320,6 +320,45 @@ async fn generic_requests_change_state_once_and_bad_ones_change_nothing() {
     // The secret is in no log line.
     assert!(!daemon.standard_error_so_far().contains(GENERIC_SECRET));
 
+    // `cairn hooks send` signs with the secret from a config file.
+    let files = tempfile::tempdir().unwrap();
+    let config_path = files.path().join("cairn.toml");
+    std::fs::write(
+        &config_path,
+        format!("[hooks.deploys]\ntype = \"generic\"\nsecret = \"{GENERIC_SECRET}\"\n"),
+    )
+    .unwrap();
+    let payload_path = files.path().join("resume.json");
+    std::fs::write(
+        &payload_path,
+        r#"{"id": "resume-1", "action": "resume", "cluster": "web"}"#,
+    )
+    .unwrap();
+    let sent = cli(
+        &daemon,
+        &[
+            "hooks",
+            "send",
+            "deploys",
+            "-f",
+            payload_path.to_str().unwrap(),
+            "--config",
+            config_path.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        sent.standard_output
+            .starts_with("accepted delivery resume-1"),
+        "{}",
+        sent.all_output()
+    );
+    let view = wait_processed(&client, &daemon, "deploys", "resume-1").await;
+    assert_eq!(view["outcome"]["outcome"], "done", "{view}");
+    assert_eq!(
+        cluster_view(&client, &daemon, "web").await.unwrap()["paused"],
+        false
+    );
+
     // The command line lists the receiver and its deliveries.
     let listed = cli(&daemon, &["hooks", "list"]);
     assert!(

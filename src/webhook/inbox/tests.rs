@@ -27,6 +27,14 @@ fn skipped(subject: &str) -> SkippedReport {
     }
 }
 
+/// Actions, skipped parts, the receiver's reason to ignore, the outcome.
+type OutcomeCase = (
+    Vec<ActionReport>,
+    Vec<SkippedReport>,
+    Option<String>,
+    DeliveryOutcome,
+);
+
 #[test]
 fn the_outcome_follows_from_the_action_results() {
     let applied = || report(ActionResult::Applied { events: 1 });
@@ -35,12 +43,7 @@ fn the_outcome_follows_from_the_action_results() {
             error: "no cluster named web".into(),
         })
     };
-    let cases: Vec<(
-        Vec<ActionReport>,
-        Vec<SkippedReport>,
-        Option<String>,
-        DeliveryOutcome,
-    )> = vec![
+    let cases: Vec<OutcomeCase> = vec![
         (
             vec![],
             vec![],
