@@ -25,8 +25,9 @@ pub struct ActionLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DeliveryLabels {
-    /// The receiver's name; `unknown` for a name no receiver has (so that
-    /// made-up names cannot grow the label set).
+    /// The receiver's name; `_unknown` (no DNS label, so no receiver's name)
+    /// for a name no receiver has, so that made-up names cannot grow the
+    /// label set.
     pub hook: String,
     /// `accepted`, `duplicate`, or why it was refused: `unauthorized`,
     /// `too_large`, `malformed`, `unknown_hook`, `conflict`, `failed`.

@@ -212,7 +212,8 @@ async fn deliver(
             .inc();
     };
     let Some(config) = inbox.hook(&name) else {
-        count("unknown", "unknown_hook");
+        // Receiver names are DNS labels, so this one is no receiver's.
+        count("_unknown", "unknown_hook");
         tracing::warn!(hook = %name, reason = "unknown_hook", "webhook delivery refused");
         return ApiError::new(
             StatusCode::NOT_FOUND,

@@ -201,17 +201,7 @@ pub fn routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Error = I
         .unify()
         .or(verify)
         .unify()
-        .or(commands)
-        .unify()
-        .or(history_routes)
-        .unify()
-        .or(audit::routes(&state))
-        .unify()
-        .or(watch::routes(&state))
-        .unify()
-        .or(export::route(&state))
-        .unify()
-        .or(hooks::routes(&state))
+        .or(later_routes(&state, commands, history_routes))
         .unify()
         .recover(recover)
         .unify()
@@ -230,6 +220,31 @@ pub fn routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Error = I
                 "request"
             );
         }))
+}
+
+/// The routes of the modules, boxed: one long chain of `or` makes a type so
+/// deep that rustc's trait solver gives up on it in release builds.
+fn later_routes(
+    state: &ApiState,
+    commands: impl Filter<Extract = (Response,), Error = Rejection> + Clone + Send + Sync + 'static,
+    history_routes: impl Filter<Extract = (Response,), Error = Rejection>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+) -> warp::filters::BoxedFilter<(Response,)> {
+    commands
+        .or(history_routes)
+        .unify()
+        .or(audit::routes(state))
+        .unify()
+        .or(watch::routes(state))
+        .unify()
+        .or(export::route(state))
+        .unify()
+        .or(hooks::routes(state))
+        .unify()
+        .boxed()
 }
 
 fn with_state(state: &ApiState) -> impl Filter<Extract = (ApiState,), Error = Infallible> + Clone {

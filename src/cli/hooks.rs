@@ -89,26 +89,35 @@ pub(super) async fn run(
                 let _ = table.flush();
             }
         }
-        HooksCommand::Send(args) => {
-            let response = send(client, args).await?;
-            if !print_structured(&response, format) {
-                println!(
-                    "{} delivery {} to {} (event {} at seq {}); trace: {}",
-                    response.status,
-                    response.delivery,
-                    response.hook,
-                    response.event_id,
-                    response.seq,
-                    response.trace
-                );
-                if let Some(outcome) = &response.outcome {
-                    println!(
-                        "outcome: {} ({})",
-                        outcome.outcome.as_str(),
-                        outcome.summary
-                    );
-                }
-            }
+        HooksCommand::Send(args) => send_and_print(client, args, format).await?,
+    }
+    Ok(())
+}
+
+/// Sends a signed test delivery and prints the answer. `client` must carry
+/// no API token.
+pub(super) async fn send_and_print(
+    client: &Client,
+    args: SendArgs,
+    format: OutputFormat,
+) -> Result<(), Failure> {
+    let response = send(client, args).await?;
+    if !print_structured(&response, format) {
+        println!(
+            "{} delivery {} to {} (event {} at seq {}); trace: {}",
+            response.status,
+            response.delivery,
+            response.hook,
+            response.event_id,
+            response.seq,
+            response.trace
+        );
+        if let Some(outcome) = &response.outcome {
+            println!(
+                "outcome: {} ({})",
+                outcome.outcome.as_str(),
+                outcome.summary
+            );
         }
     }
     Ok(())

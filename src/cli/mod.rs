@@ -587,6 +587,12 @@ pub async fn run_client(global: &GlobalArgs, command: Command) -> Result<(), Fai
         }
         Command::Export(args) => backup::export(&client, args).await?,
         Command::Import(args) => backup::import(args, format).await?,
+        // A delivery carries the receiver's credentials, never the bearer
+        // token of the API (Alertmanager's would be a second Authorization).
+        Command::Hooks(hooks::HooksCommand::Send(args)) => {
+            let client = Client::new(&global.server, None)?;
+            hooks::send_and_print(&client, args, format).await?
+        }
         Command::Hooks(command) => hooks::run(&client, command, format).await?,
     }
     Ok(())

@@ -258,6 +258,22 @@ fn event_reason(event: &EventView) -> String {
             reason: Some(reason),
             ..
         } => reason.clone(),
+        // A webhook change: the sender's reason, or else what the delivery
+        // was (a GitHub push: its commit and pusher).
+        crate::event::Cause::WebhookDelivery {
+            hook,
+            delivery,
+            details,
+            ..
+        } => match (details.get("reason"), details.get("commit")) {
+            (Some(reason), _) => reason.clone(),
+            (None, Some(commit)) => format!(
+                "{hook}: commit {} by {}",
+                &commit[..commit.len().min(12)],
+                details.get("pusher").map_or("?", String::as_str)
+            ),
+            (None, None) => format!("{hook}: delivery {delivery}"),
+        },
         _ => String::new(),
     }
 }

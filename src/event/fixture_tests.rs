@@ -46,7 +46,12 @@ fn verified_events(name: &str) -> Vec<crate::event::Event> {
             .check(*seq, record)
             .unwrap_or_else(|error| panic!("{name} seq {seq}: {error}"));
         match payload::decode(&event.event_type, event.schema, &event.payload) {
-            Ok(Payload::Change(_) | Payload::Lifecycle(_) | Payload::Reconcile(_)) => {}
+            Ok(
+                Payload::Change(_)
+                | Payload::Lifecycle(_)
+                | Payload::Reconcile(_)
+                | Payload::Webhook(_),
+            ) => {}
             other => panic!("{name} seq {seq} ({}): {other:?}", event.event_type),
         }
         events.push(event);
@@ -179,5 +184,63 @@ fn history_fixture_log_still_decodes_verifies_and_replays() {
     let cluster = projections.desired.cluster("history").expect("restored");
     assert_eq!(cluster.manifest.spec.pools[0].replicas, 2);
     assert!(!cluster.deletion_requested);
+    assert_eq!(projections.desired.skipped_events, 0);
+}
+
+/// The fourth fixture: webhooks (see tools/write_fixture_hooks.rs): a generic
+/// delivery recorded, acted on and answered, and a machine replacement.
+#[test]
+fn hooks_fixture_log_still_decodes_verifies_and_replays() {
+    let events = verified_events("log-v1-hooks.hex");
+    let types: Vec<&str> = events
+        .iter()
+        .map(|event| event.event_type.as_str())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "ClusterDeclared",
+            "WebhookReceived",
+            "PoolScaled",
+            "WebhookProcessed",
+            "MachineReplacementRequested",
+        ]
+    );
+    let crate::event::Cause::WebhookDelivery {
+        hook,
+        delivery,
+        received_seq,
+        received_id,
+        details,
+    } = &events[2].cause
+    else {
+        panic!("the change names the delivery: {:?}", events[2].cause);
+    };
+    assert_eq!((hook.as_str(), delivery.as_str()), ("deploys", "fixture-1"));
+    assert_eq!((*received_seq, *received_id), (events[1].seq, events[1].id));
+    assert_eq!(details["reason"], "fixture");
+    assert_eq!(
+        events[3].cause,
+        crate::event::Cause::Event {
+            seq: events[1].seq,
+            id: events[1].id
+        }
+    );
+    match payload::decode(&events[3].event_type, events[3].schema, &events[3].payload) {
+        Ok(Payload::Webhook(processed)) => match *processed {
+            crate::model::WebhookEvent::WebhookProcessed(processed) => {
+                assert_eq!(processed.outcome, crate::model::DeliveryOutcome::Done);
+            }
+            other => panic!("{other:?}"),
+        },
+        other => panic!("{other:?}"),
+    }
+    let mut projections = crate::projection::Projections::default();
+    for event in &events {
+        projections.apply(event);
+    }
+    let cluster = projections.desired.cluster("hooks").expect("declared");
+    assert_eq!(cluster.manifest.spec.pools[0].replicas, 3);
+    assert_eq!(cluster.replacements["workers-1"], "sim-fixture-1");
     assert_eq!(projections.desired.skipped_events, 0);
 }

@@ -93,8 +93,9 @@ pub fn parse(body: &[u8]) -> Result<GenericRequest, PayloadError> {
             "missing: one of apply, scale, pause, resume, rollback",
         ));
     }
-    let action: GenericAction = serde_json::from_value(serde_json::Value::Object(object))
-        .map_err(|error| PayloadError::field("", error.to_string()))?;
+    // Through the shared reader, so that an error names its field.
+    let rest = serde_json::to_vec(&object).expect("a JSON object serializes");
+    let action: GenericAction = super::payload::from_json(&rest)?;
     match &action {
         GenericAction::Apply { manifest } => {
             let bytes = serde_json::to_vec(manifest).expect("a JSON value serializes");
@@ -194,7 +195,7 @@ mod tests {
             (b"{\"id\": \"a b\", \"action\": \"pause\", \"cluster\": \"a\"}", "`id`:"),
             (b"{\"id\": \"d\", \"cluster\": \"a\"}", "`action`: missing"),
             (b"{\"id\": \"d\", \"action\": \"explode\"}", "unknown variant `explode`"),
-            (b"{\"id\": \"d\", \"action\": \"scale\", \"cluster\": \"a\", \"pool\": \"w\"}", "missing field `replicas`"),
+            (b"{\"id\": \"d\", \"action\": \"scale\", \"cluster\": \"a\", \"pool\": \"w\"}", "`replicas`: missing field"),
             (b"{\"id\": \"d\", \"action\": \"pause\", \"cluster\": \"a\", \"pool\": \"w\"}", "unknown field `pool`"),
             (b"{\"id\": \"d\", \"action\": \"pause\", \"cluster\": \"Not_A_Label\"}", "`cluster`: not a DNS label"),
             (b"{\"id\": \"d\", \"action\": \"rollback\", \"cluster\": \"a\", \"to\": \"yesterday\"}", "`to`:"),

@@ -18,8 +18,10 @@
 //!   (see `PlannedHookAction::key`). After a crash mid-delivery, the actions
 //!   that had run find their keys used and count as `already_done`;
 //!   `WebhookProcessed` itself is appended under `hook/<name>/processed/<id>`.
-//! - A rollback has no key: rolling back to the same point twice changes
-//!   nothing the second time, unless the cluster changed in between.
+//! - A rollback's key is reported but not recorded by the ledger (a rollback
+//!   may append twice when it races a deletion): rolling back to the same
+//!   point twice changes nothing the second time, unless the cluster changed
+//!   in between.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -343,7 +345,7 @@ impl Worker {
                 let Some((seq, _)) = event.cause.causing_event() else {
                     continue;
                 };
-                let answered = store.read(seq - 1, 1).await?;
+                let answered = store.read(seq.saturating_sub(1), 1).await?;
                 if let Some(received) = answered.first() {
                     return Ok(received.version);
                 }
@@ -383,7 +385,14 @@ impl Worker {
         received: WebhookReceived,
     ) -> Result<(), StoreError> {
         let config = self.inbox.hooks[&self.hook].config.clone();
-        let processed = match super::receivers::plan(&config, &received).await {
+        // Planning may wait on git for minutes; a shutdown does not wait for
+        // it. The delivery stays unprocessed and the next start takes it up,
+        // as after a crash.
+        let planned = tokio::select! {
+            planned = super::receivers::plan(&config, &received) => planned,
+            _ = self.shutdown.cancelled() => return Ok(()),
+        };
+        let processed = match planned {
             Err(reason) => WebhookProcessed {
                 delivery: received.delivery.clone(),
                 outcome: DeliveryOutcome::Failed,

@@ -304,7 +304,7 @@ async fn generic_requests_change_state_once_and_bad_ones_change_nothing() {
     let metrics = get(&client, &daemon.url("/metrics")).await.body_text;
     for (labels, count) in [
         ("hook=\"deploys\",result=\"unauthorized\"", 3.0),
-        ("hook=\"unknown\",result=\"unknown_hook\"", 1.0),
+        ("hook=\"_unknown\",result=\"unknown_hook\"", 1.0),
         ("hook=\"deploys\",result=\"too_large\"", 1.0),
         ("hook=\"deploys\",result=\"malformed\"", 1.0),
         ("hook=\"deploys\",result=\"accepted\"", 3.0),
