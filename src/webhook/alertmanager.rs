@@ -447,27 +447,18 @@ mod tests {
         max = 10
     "#;
 
+    fn edited(pointer: &str, value: serde_json::Value) -> Vec<u8> {
+        crate::webhook::payload::test_edits::edited(FIRING, pointer, value)
+    }
+
+    fn without(parent: &str, field: &str) -> Vec<u8> {
+        crate::webhook::payload::test_edits::without(FIRING, parent, field)
+    }
+
     fn settings() -> AlertmanagerSettings {
         let settings: AlertmanagerSettings = toml::from_str(RULES).unwrap();
         validate(&settings).unwrap();
         settings
-    }
-
-    fn edited(pointer: &str, value: serde_json::Value) -> Vec<u8> {
-        let mut document: serde_json::Value = serde_json::from_str(FIRING).unwrap();
-        *document.pointer_mut(pointer).unwrap() = value;
-        serde_json::to_vec(&document).unwrap()
-    }
-
-    fn without(parent: &str, field: &str) -> Vec<u8> {
-        let mut document: serde_json::Value = serde_json::from_str(FIRING).unwrap();
-        let object = document
-            .pointer_mut(parent)
-            .unwrap()
-            .as_object_mut()
-            .unwrap();
-        object.remove(field).unwrap();
-        serde_json::to_vec(&document).unwrap()
     }
 
     #[test]

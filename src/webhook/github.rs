@@ -536,21 +536,11 @@ pub(crate) mod tests {
     }
 
     fn edited(pointer: &str, value: serde_json::Value) -> Vec<u8> {
-        let mut document: serde_json::Value = serde_json::from_str(PUSH).unwrap();
-        *document.pointer_mut(pointer).unwrap() = value;
-        serde_json::to_vec(&document).unwrap()
+        crate::webhook::payload::test_edits::edited(PUSH, pointer, value)
     }
 
-    /// The push fixture without the field `field` of the object at `parent`.
     fn without(parent: &str, field: &str) -> Vec<u8> {
-        let mut document: serde_json::Value = serde_json::from_str(PUSH).unwrap();
-        let object = document
-            .pointer_mut(parent)
-            .unwrap()
-            .as_object_mut()
-            .unwrap();
-        object.remove(field).unwrap();
-        serde_json::to_vec(&document).unwrap()
+        crate::webhook::payload::test_edits::without(PUSH, parent, field)
     }
 
     #[test]

@@ -112,6 +112,29 @@ fn format_path(path: &serde_path_to_error::Path) -> String {
     text
 }
 
+/// JSON edits of fixture payloads for the receivers' tests.
+#[cfg(test)]
+pub(crate) mod test_edits {
+    /// `document` with the value at `pointer` replaced by `value`.
+    pub(crate) fn edited(document: &str, pointer: &str, value: serde_json::Value) -> Vec<u8> {
+        let mut document: serde_json::Value = serde_json::from_str(document).unwrap();
+        *document.pointer_mut(pointer).unwrap() = value;
+        serde_json::to_vec(&document).unwrap()
+    }
+
+    /// `document` without the field `field` of the object at `parent`.
+    pub(crate) fn without(document: &str, parent: &str, field: &str) -> Vec<u8> {
+        let mut document: serde_json::Value = serde_json::from_str(document).unwrap();
+        let object = document
+            .pointer_mut(parent)
+            .unwrap()
+            .as_object_mut()
+            .unwrap();
+        object.remove(field).unwrap();
+        serde_json::to_vec(&document).unwrap()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
