@@ -621,6 +621,28 @@ impl Ledger {
         machine: &str,
         context: &CommandContext,
     ) -> Result<LifecycleOutcome, LedgerError> {
+        // A retry under the same key gets the first answer, before the
+        // machine is looked up: by then the replacement may have given it a
+        // new provider id, or removed the one the request named.
+        if let Some(key) = &context.idempotency_key {
+            if let Some(record) = self.store.idempotency_record(key).await? {
+                if record.stream != cluster_stream(cluster) {
+                    return Err(StoreError::IdempotencyKeyReused { key: key.clone() }.into());
+                }
+                self.wait_applied(record.last_seq).await?;
+                let appended = record.last_seq + 1 > record.first_seq;
+                let events = if appended {
+                    self.store.read(record.first_seq - 1, 1).await?
+                } else {
+                    Vec::new()
+                };
+                return Ok(LifecycleOutcome {
+                    cluster: cluster.to_string(),
+                    event: events.into_iter().next(),
+                    stream_version: record.stream_version,
+                });
+            }
+        }
         self.wait_applied(self.store.head().seq).await?;
         let (desired, observed) = self.read(|projections| {
             (

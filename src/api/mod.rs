@@ -488,6 +488,17 @@ fn command_context(
             "Idempotency-Key must be 1 to 255 characters",
         ));
     }
+    // The webhook inbox keys its deliveries and actions under `hook/`; a
+    // client that could claim one could stop a delivery from acting.
+    if idempotency_key
+        .as_ref()
+        .is_some_and(|key| key.starts_with(crate::webhook::inbox::KEY_PREFIX))
+    {
+        return Err(ApiError::bad_request(
+            "bad_header",
+            "Idempotency-Key must not start with hook/ (the webhook inbox's keys)",
+        ));
+    }
     let reason = header(headers, "x-cairn-reason")?.map(str::to_string);
     if reason
         .as_ref()

@@ -269,7 +269,7 @@ fn event_reason(event: &EventView) -> String {
             (Some(reason), _) => reason.clone(),
             (None, Some(commit)) => format!(
                 "{hook}: commit {} by {}",
-                &commit[..commit.len().min(12)],
+                commit.chars().take(12).collect::<String>(),
                 details.get("pusher").map_or("?", String::as_str)
             ),
             (None, None) => format!("{hook}: delivery {delivery}"),

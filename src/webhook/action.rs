@@ -57,7 +57,8 @@ pub struct PlannedHookAction {
     /// Appended to `hook/<name>/` to make the action's idempotency key. The
     /// inbox runs an action whose key was used before as "already done", so
     /// two deliveries that must not act twice share a key (Alertmanager:
-    /// `alert/<rule>/<fingerprint>/<startsAt>`); otherwise `<delivery>/<n>`.
+    /// `alert/<rule>/<fingerprint>/<startsAt>`); otherwise it starts with the
+    /// delivery id (GitHub: `<delivery>/apply/<cluster>`; generic: `<delivery>/0`).
     pub key: String,
     /// Facts that explain the action, recorded in the cause of every event it
     /// writes (GitHub: `commit`, `pusher`, `repository`, `file`).

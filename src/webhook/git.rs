@@ -143,6 +143,40 @@ impl GitSource {
         self.run(&["fetch", "--quiet", remote]).await.map(drop)
     }
 
+    /// The commit a ref names in the clone (`refs/remotes/origin/main`), or
+    /// None when the clone has no such ref.
+    pub async fn resolve(&self, reference: &str) -> Result<Option<String>, GitError> {
+        if reference.starts_with('-') {
+            return Err(GitError::InvalidRemote(reference.to_string()));
+        }
+        let peeled = format!("{reference}^{{commit}}");
+        let output = self
+            .output(&["rev-parse", "--verify", "--quiet", &peeled])
+            .await?;
+        match output.status.code() {
+            Some(0) => Ok(Some(
+                String::from_utf8_lossy(&output.stdout).trim().to_string(),
+            )),
+            Some(1) => Ok(None),
+            _ => Err(failed("rev-parse", &output)),
+        }
+    }
+
+    /// Whether `ancestor` is `descendant` or one of its ancestors.
+    pub async fn is_ancestor(&self, ancestor: &str, descendant: &str) -> Result<bool, GitError> {
+        for commit in [ancestor, descendant] {
+            self.check_commit(commit).await?;
+        }
+        let output = self
+            .output(&["merge-base", "--is-ancestor", ancestor, descendant])
+            .await?;
+        match output.status.code() {
+            Some(0) => Ok(true),
+            Some(1) => Ok(false),
+            _ => Err(failed("merge-base", &output)),
+        }
+    }
+
     /// The manifest files (`.yaml`, `.yml`, `.json`) under the directory
     /// `path` at `commit` ("" is the repository root), sorted by path.
     pub async fn manifests_at(

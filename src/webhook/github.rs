@@ -411,8 +411,17 @@ pub fn plan_push(
         });
     }
 
-    for (index, action) in plan.actions.iter_mut().enumerate() {
-        action.key = format!("{delivery}/{index}");
+    // Keys name what they do, not where they are in the plan, so that a
+    // plan made again after a crash (by a build with other rules) can never
+    // take one action for another.
+    for action in &mut plan.actions {
+        action.key = match &action.action {
+            HookAction::Apply { manifest } => {
+                format!("{delivery}/apply/{}", manifest.metadata.name)
+            }
+            HookAction::RequestDeletion { cluster } => format!("{delivery}/delete/{cluster}"),
+            other => format!("{delivery}/{other:?}"),
+        };
     }
     plan
 }
@@ -653,7 +662,14 @@ pub(crate) mod tests {
             .iter()
             .map(|action| action.key.as_str())
             .collect();
-        assert_eq!(keys, ["delivery-1/0", "delivery-1/1", "delivery-1/2"]);
+        assert_eq!(
+            keys,
+            [
+                "delivery-1/apply/b",
+                "delivery-1/apply/d",
+                "delivery-1/apply/a"
+            ]
+        );
         assert_eq!(
             plan.actions[0].details,
             BTreeMap::from([
@@ -690,7 +706,7 @@ pub(crate) mod tests {
         ];
         let plan = plan_push(&settings("", false), &push(), "d", &files, &[]);
         assert_eq!(applied(&plan), pairs(&[("a", "a.yaml"), ("d", "d.yaml")]));
-        assert_eq!(plan.actions[1].key, "d/1");
+        assert_eq!(plan.actions[1].key, "d/apply/d");
         assert_eq!(plan.skipped.len(), 2);
         assert_eq!(plan.skipped[0].subject, "b.yaml");
         assert!(
@@ -736,7 +752,7 @@ pub(crate) mod tests {
                 ("delete c", "c.yaml")
             ])
         );
-        assert_eq!(plan.actions[2].key, "d/2");
+        assert_eq!(plan.actions[2].key, "d/delete/c");
         assert_eq!(plan.skipped, vec![]);
 
         let plan = plan_push(&settings("", false), &push(), "d", &after, &removed);

@@ -18,10 +18,11 @@
 //!   (see `PlannedHookAction::key`). After a crash mid-delivery, the actions
 //!   that had run find their keys used and count as `already_done`;
 //!   `WebhookProcessed` itself is appended under `hook/<name>/processed/<id>`.
-//! - A rollback's key is reported but not recorded by the ledger (a rollback
-//!   may append twice when it races a deletion): rolling back to the same
-//!   point twice changes nothing the second time, unless the cluster changed
-//!   in between.
+//! - The one exception is a rollback: the ledger does not record its key (a
+//!   rollback may append twice when it races a deletion), so after a crash
+//!   between a rollback and its `WebhookProcessed` it runs again. Rolling
+//!   back to the same point twice changes nothing the second time, unless
+//!   the cluster changed in between; then the second undoes that change too.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -47,6 +48,25 @@ use crate::store::{AppendRequest, ExpectedVersion, Idempotency, StoreError};
 
 /// How long a worker waits before it retries after the store failed it.
 const STORE_RETRY: Duration = Duration::from_secs(1);
+
+/// Every idempotency key of the inbox starts with this; the API refuses
+/// client keys that do.
+pub const KEY_PREFIX: &str = "hook/";
+
+/// How often an idle worker looks at its stream without being woken.
+const RECHECK: Duration = Duration::from_secs(30);
+
+/// The most action reports and skipped parts one `WebhookProcessed` keeps;
+/// the rest are counted in a last skipped entry. An outcome must fit one
+/// event, or the worker could never record it.
+const MAX_REPORTS: usize = 100;
+
+/// The largest encoded outcome: well under the store's 64 KiB per event,
+/// leaving room for the envelope.
+const MAX_OUTCOME_BYTES: usize = 48 * 1024;
+
+/// The longest text (an error, a reason) one report keeps.
+const MAX_REPORT_TEXT: usize = 512;
 
 /// How many events of a receiver's stream one read takes.
 const PAGE: usize = 256;
@@ -235,6 +255,11 @@ impl Inbox {
             ))?;
         if appended.deduplicated {
             let processed = processed_of(&self.ledger, &received).await?;
+            if processed.is_none() {
+                // The first request may have been dropped between its append
+                // and its wake-up (the sender gave up): wake the worker now.
+                receiver.wake.notify_one();
+            }
             return Ok(Receipt::Duplicate {
                 received,
                 processed,
@@ -311,8 +336,11 @@ impl Worker {
                 }
                 continue;
             }
+            // Also look again now and then: a wake-up can be lost when a
+            // request is dropped between its append and its notify.
             tokio::select! {
                 _ = wake.notified() => {}
+                _ = tokio::time::sleep(RECHECK) => {}
                 _ = self.shutdown.cancelled() => return,
             }
         }
@@ -356,7 +384,7 @@ impl Worker {
     }
 
     /// Processes every unprocessed delivery after `cursor`, moving it on.
-    async fn process_from(&self, cursor: &mut u64) -> Result<(), StoreError> {
+    async fn process_from(&self, cursor: &mut u64) -> Result<(), RetryLater> {
         let store = self.inbox.ledger.store().clone();
         let stream = hook_stream(&self.hook);
         loop {
@@ -383,7 +411,7 @@ impl Worker {
         &self,
         event: &Arc<Event>,
         received: WebhookReceived,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), RetryLater> {
         let config = self.inbox.hooks[&self.hook].config.clone();
         // Planning may wait on git for minutes; a shutdown does not wait for
         // it. The delivery stays unprocessed and the next start takes it up,
@@ -417,7 +445,7 @@ impl Worker {
                 outcome: processed.outcome.as_str(),
             })
             .inc();
-        let encoded = payload::encode_webhook(&WebhookEvent::WebhookProcessed(processed));
+        let encoded = payload::encode_webhook(&WebhookEvent::WebhookProcessed(bounded(processed)));
         let request = AppendRequest {
             stream: hook_stream(&self.hook),
             expected: ExpectedVersion::Any,
@@ -438,8 +466,22 @@ impl Worker {
                 digest: Sha256::digest(received.delivery.as_bytes()).into(),
             }),
         };
-        self.inbox.ledger.store().append(request).await?;
-        Ok(())
+        match self.inbox.ledger.store().append(request).await {
+            Ok(_) => Ok(()),
+            // A refusal that would recur on every retry must not stall the
+            // receiver: the delivery stays without an outcome, and the
+            // worker goes on to the next.
+            Err(error) if error_is_deterministic(&error) => {
+                tracing::error!(
+                    hook = %self.hook,
+                    delivery = %received.delivery,
+                    %error,
+                    "the outcome of a webhook delivery cannot be recorded; going on to the next"
+                );
+                Ok(())
+            }
+            Err(error) => Err(error.into()),
+        }
     }
 
     async fn run_plan(
@@ -447,7 +489,7 @@ impl Worker {
         event: &Arc<Event>,
         received: &WebhookReceived,
         plan: DeliveryPlan,
-    ) -> Result<WebhookProcessed, StoreError> {
+    ) -> Result<WebhookProcessed, RetryLater> {
         let mut actions = Vec::new();
         for planned in plan.actions {
             let context = CommandContext {
@@ -488,7 +530,11 @@ impl Worker {
                 // The store failing is no outcome of the delivery: stop, and
                 // process it again once the store works.
                 Err(LedgerError::Store(error)) if !error_is_deterministic(&error) => {
-                    return Err(error)
+                    return Err(RetryLater::Store(error))
+                }
+                // The projection lagging is no outcome either: try again.
+                Err(error @ LedgerError::ProjectionBehind { .. }) => {
+                    return Err(RetryLater::Ledger(error))
                 }
                 Err(error) => ActionResult::Failed {
                     error: error.to_string(),
@@ -517,6 +563,71 @@ impl Worker {
             skipped,
         })
     }
+}
+
+/// The outcome cut to fit one event: at most `MAX_REPORTS` actions and
+/// skipped parts, texts at most `MAX_REPORT_TEXT` bytes, and fewer reports
+/// still while the encoded payload is over `MAX_OUTCOME_BYTES`; what is cut
+/// is counted in a last skipped entry.
+fn bounded(processed: WebhookProcessed) -> WebhookProcessed {
+    let mut limit = MAX_REPORTS;
+    loop {
+        let candidate = bounded_to(processed.clone(), limit);
+        let size = payload::encode_webhook(&WebhookEvent::WebhookProcessed(candidate.clone()))
+            .bytes
+            .len();
+        if size <= MAX_OUTCOME_BYTES || limit == 0 {
+            return candidate;
+        }
+        limit /= 2;
+    }
+}
+
+fn bounded_to(mut processed: WebhookProcessed, limit: usize) -> WebhookProcessed {
+    let cut = |text: &mut String| {
+        if text.len() > MAX_REPORT_TEXT {
+            let mut end = MAX_REPORT_TEXT;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text.truncate(end);
+            text.push('…');
+        }
+    };
+    cut(&mut processed.summary);
+    let dropped_actions = processed.actions.len().saturating_sub(limit);
+    processed.actions.truncate(limit);
+    for report in &mut processed.actions {
+        cut(&mut report.action);
+        if let ActionResult::Failed { error } = &mut report.result {
+            cut(error);
+        }
+    }
+    let dropped_skipped = processed.skipped.len().saturating_sub(limit);
+    processed.skipped.truncate(limit);
+    for skipped in &mut processed.skipped {
+        cut(&mut skipped.subject);
+        cut(&mut skipped.reason);
+    }
+    if dropped_actions + dropped_skipped > 0 {
+        processed.skipped.push(SkippedReport {
+            subject: "(not recorded)".to_string(),
+            reason: format!(
+                "{dropped_actions} more action reports and {dropped_skipped} more skipped parts"
+            ),
+        });
+    }
+    processed
+}
+
+/// Why a worker stops and processes the same delivery again later: the store
+/// failed, or the projection lags. Neither is an outcome of the delivery.
+#[derive(Debug, thiserror::Error)]
+enum RetryLater {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Ledger(LedgerError),
 }
 
 /// Whether a store error would happen again on retry whatever the state of

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::action::PlannedHookAction;
+use super::action::{PlannedHookAction, Skipped};
 use super::git::{GitError, GitSource};
 use super::github::{GithubEvent, GithubSettings, Push};
 use super::inbox::{Delivery, DeliveryPlan};
@@ -16,10 +16,10 @@ use crate::model::WebhookReceived;
 /// The longest one git command of a GitHub delivery may take.
 const GIT_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// How many times a delivery's git reads are tried before it fails, and the
-/// pause before the first retry (doubled each time).
-const GIT_ATTEMPTS: u32 = 3;
+/// The pause before the first retry of a delivery's git reads, doubled each
+/// time up to `GIT_RETRY_MAX`.
 const GIT_RETRY: Duration = Duration::from_secs(2);
+const GIT_RETRY_MAX: Duration = Duration::from_secs(60);
 
 /// Why a delivery was refused before it was recorded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -151,9 +151,15 @@ pub async fn plan(config: &HookConfig, received: &WebhookReceived) -> Result<Del
     }
 }
 
-/// Reads the pushed commit's manifests with git (fetching first when the
-/// receiver names a remote) and plans the push. Git failures are retried,
-/// then fail the delivery.
+/// Reads the manifests with git (fetching first when the receiver names a
+/// remote) and plans the push.
+///
+/// The tree applied is the branch's tip when the pushed commit is behind it
+/// (an old push redelivered, two pushes arriving out of order, a captured
+/// push replayed under a new delivery id): a push never takes the desired
+/// state back to an older commit. Git failures that may clear (a fetch over a
+/// network, a timeout) are retried until they do; a commit the clone does
+/// not have fails the delivery.
 async fn plan_push(
     settings: &GithubSettings,
     push: &Push,
@@ -166,35 +172,80 @@ async fn plan_push(
     }
     let source = GitSource::from_settings(settings, GIT_TIMEOUT);
     let mut pause = GIT_RETRY;
-    let mut attempt = 1;
     loop {
-        match read_push(&source, settings, push).await {
-            Ok((after, removed)) => {
-                let plan = github::plan_push(settings, push, delivery, &after, &removed);
-                return Ok(into_plan(plan));
-            }
-            Err(error) if attempt < GIT_ATTEMPTS => {
-                tracing::warn!(delivery, %error, attempt, "reading the pushed commit failed; retrying");
+        match read_push(&source, settings, push, delivery).await {
+            Ok(plan) => return Ok(plan),
+            Err(error) if git_error_may_clear(&error) => {
+                tracing::warn!(delivery, %error, retry_in_seconds = pause.as_secs(), "reading the pushed commit failed; retrying");
                 tokio::time::sleep(pause).await;
-                pause *= 2;
-                attempt += 1;
+                pause = (pause * 2).min(GIT_RETRY_MAX);
             }
             Err(error) => return Err(format!("reading commit {} failed: {error}", push.after)),
         }
     }
 }
 
+/// Whether a git error may go away by itself (as opposed to a commit that is
+/// not there, or settings git refuses).
+fn git_error_may_clear(error: &GitError) -> bool {
+    matches!(
+        error,
+        GitError::Timeout { .. }
+            | GitError::Failed { .. }
+            | GitError::Spawn { .. }
+            | GitError::GitMissing { .. }
+    )
+}
+
 async fn read_push(
     source: &GitSource,
     settings: &GithubSettings,
     push: &Push,
-) -> Result<(Vec<github::ManifestFile>, Vec<github::ManifestFile>), GitError> {
+    delivery: &str,
+) -> Result<DeliveryPlan, GitError> {
     source.fetch().await?;
-    let after = source.manifests_at(&push.after, &settings.path).await?;
-    let removed = source
-        .removed_between(&push.before, &push.after, &settings.path)
-        .await?;
-    Ok((after, removed))
+    let branch = match &settings.remote {
+        Some(remote) => format!("refs/remotes/{remote}/{}", settings.branch),
+        None => format!("refs/heads/{}", settings.branch),
+    };
+    let mut target = push.clone();
+    if let Some(tip) = source.resolve(&branch).await? {
+        if tip != push.after && source.is_ancestor(&push.after, &tip).await? {
+            target.after = tip;
+        }
+    }
+    let after = source.manifests_at(&target.after, &settings.path).await?;
+    let mut prune_skipped = None;
+    let removed = match source
+        .removed_between(&target.before, &target.after, &settings.path)
+        .await
+    {
+        Ok(removed) => removed,
+        // A force push over commits the clone never had: apply, no pruning.
+        Err(GitError::UnknownCommit { commit, .. }) if commit == target.before => {
+            prune_skipped = Some(Skipped {
+                subject: "prune".to_string(),
+                reason: format!(
+                    "the commit before the push ({commit}) is not in the clone, so no \
+                     removed file can be found; nothing is deleted"
+                ),
+            });
+            Vec::new()
+        }
+        Err(error) => return Err(error),
+    };
+    let mut plan = into_plan(github::plan_push(
+        settings, &target, delivery, &after, &removed,
+    ));
+    if target.after != push.after {
+        for action in &mut plan.actions {
+            action
+                .details
+                .insert("pushed".to_string(), push.after.clone());
+        }
+    }
+    plan.skipped.extend(prune_skipped);
+    Ok(plan)
 }
 
 fn into_plan(plan: github::PushPlan) -> DeliveryPlan {

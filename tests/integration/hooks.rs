@@ -300,6 +300,17 @@ async fn generic_requests_change_state_once_and_bad_ones_change_nothing() {
         "{view}"
     );
 
+    // No API client can claim a key of the inbox.
+    post_apply(
+        &client,
+        &daemon,
+        "/v1/apply",
+        &manifest,
+        &[("idempotency-key", "hook/deploys/delivery/next")],
+    )
+    .await
+    .assert_problem(400, "bad_header");
+
     // Every refusal is counted, by receiver and reason.
     let metrics = get(&client, &daemon.url("/metrics")).await.body_text;
     for (labels, count) in [
@@ -605,6 +616,41 @@ async fn github_pushes_apply_the_manifests_of_the_pushed_commit() {
     assert_eq!(view["outcome"]["outcome"], "done", "{view}");
     let beta_view = cluster_view(&client, &daemon, "beta").await.unwrap();
     assert_eq!(beta_view["deletionRequested"], true, "{beta_view}");
+
+    // The first push again, under a new delivery id (a redelivery from
+    // GitHub's page, or a captured body replayed): the branch has moved on,
+    // so its tip is read, and nothing goes back to the first commit.
+    let head = head_seq(&client, &daemon).await;
+    post_github(
+        &client,
+        &daemon,
+        "push",
+        "push-1-again",
+        push_body("refs/heads/main", ZERO, &first),
+    )
+    .await
+    .assert_status(202);
+    let view = wait_processed(&client, &daemon, "gitops", "push-1-again").await;
+    assert_eq!(view["outcome"]["outcome"], "done", "{view}");
+    let results: Vec<&Value> = view["outcome"]["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|action| &action["result"])
+        .collect();
+    assert_eq!(results, [&json!("unchanged")], "{view}");
+    let events = all_events(&client, &daemon).await;
+    assert!(
+        events[head as usize..]
+            .iter()
+            .all(|event| event["stream"] == "hook/gitops"),
+        "a stale push changes no cluster"
+    );
+    let alpha_view = cluster_view(&client, &daemon, "alpha").await.unwrap();
+    assert_eq!(
+        crate::harness::pool_replicas(&alpha_view["desired"], "workers"),
+        4
+    );
 
     // A push to another branch is acknowledged and ignored.
     let head = head_seq(&client, &daemon).await;

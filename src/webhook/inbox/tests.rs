@@ -242,3 +242,55 @@ async fn a_delivery_recorded_without_a_worker_is_processed_once_by_the_next() {
     running.cancel();
     follow.cancel();
 }
+
+#[test]
+fn an_outcome_is_cut_to_fit_one_event() {
+    let long = "x".repeat(10_000);
+    // Many small reports: cut to the count.
+    let many = WebhookProcessed {
+        delivery: "d".into(),
+        outcome: DeliveryOutcome::Done,
+        summary: "150 actions".into(),
+        actions: (0..150).map(|_| report(ActionResult::Unchanged)).collect(),
+        skipped: Vec::new(),
+    };
+    let cut = bounded(many);
+    assert_eq!(cut.actions.len(), MAX_REPORTS);
+    assert_eq!(
+        cut.skipped.last().unwrap().reason,
+        "50 more action reports and 0 more skipped parts"
+    );
+    // Long texts everywhere: cut to the size.
+    let large = WebhookProcessed {
+        delivery: "d".into(),
+        outcome: DeliveryOutcome::Partial,
+        summary: long.clone(),
+        actions: (0..500)
+            .map(|_| {
+                report(ActionResult::Failed {
+                    error: long.clone(),
+                })
+            })
+            .collect(),
+        skipped: (0..500)
+            .map(|index| SkippedReport {
+                subject: format!("{index}-{long}.yaml"),
+                reason: long.clone(),
+            })
+            .collect(),
+    };
+    let cut = bounded(large);
+    assert!(cut.actions.len() < MAX_REPORTS);
+    assert!(cut
+        .skipped
+        .last()
+        .unwrap()
+        .reason
+        .ends_with("more skipped parts"));
+    let encoded = payload::encode_webhook(&WebhookEvent::WebhookProcessed(cut));
+    assert!(
+        encoded.bytes.len() <= MAX_OUTCOME_BYTES,
+        "{} bytes",
+        encoded.bytes.len()
+    );
+}
