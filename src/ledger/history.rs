@@ -26,7 +26,7 @@ use crate::model::{
     ClusterResumed, Lifecycle, ReconcileEvent, ResourceKey, RollbackRequested,
 };
 use crate::projection::{ClusterState, ObservedCluster, Projections};
-use crate::store::{AppendRequest, ExpectedVersion, StoreError};
+use crate::store::{AppendRequest, ExpectedVersion, Idempotency, StoreError};
 
 /// Events read by the first page while folding a cluster forward; each next
 /// page doubles, up to `MAX_FOLD_PAGE`. A point usually lies a few dozen
@@ -402,6 +402,17 @@ impl Ledger {
         dry_run: bool,
         context: &CommandContext,
     ) -> Result<RollbackOutcome, LedgerError> {
+        // With a key, the first append records it (an empty one when there
+        // is nothing to roll back), and a retry answers from the record.
+        let idempotency = context.idempotency_key.as_ref().map(|key| Idempotency {
+            key: key.clone(),
+            digest: rollback_digest(name, to),
+        });
+        if let (Some(idempotency), false) = (&idempotency, dry_run) {
+            if let Some(outcome) = self.replay_rollback(name, idempotency).await? {
+                return Ok(outcome);
+            }
+        }
         let to_seq = self.resolve_point(to).await?;
         let target = match self.cluster_at_resolved(name, to, to_seq).await {
             Ok(state) => state.desired,
@@ -440,11 +451,25 @@ impl Ledger {
                 stream_version: version,
                 dry_run,
             };
-            if dry_run || (outcome.changes.is_empty() && outcome.lifecycle.is_empty()) {
+            let nothing_to_do = outcome.changes.is_empty() && outcome.lifecycle.is_empty();
+            // The key goes with the first append only: a second one (after a
+            // race with `ClusterDeleted`) is part of the same request.
+            let key = idempotency.clone().filter(|_| appended_so_far.is_empty());
+            if dry_run || (nothing_to_do && key.is_none()) {
                 outcome.events = appended_so_far;
                 return Ok(outcome);
             }
-            let request = rollback_request(name, version, to, to_seq, &outcome, context);
+            let mut request = if nothing_to_do {
+                AppendRequest {
+                    stream: cluster_stream(name),
+                    expected: ExpectedVersion::Exact(version),
+                    events: Vec::new(),
+                    idempotency: None,
+                }
+            } else {
+                rollback_request(name, version, to, to_seq, &outcome, context)
+            };
+            request.idempotency = key;
             match self.store.append(request).await {
                 Ok(appended) => {
                     self.wait_visible(&appended.events).await;
@@ -471,6 +496,74 @@ impl Ledger {
                 Err(error) => return Err(error.into()),
             }
         }
+    }
+}
+
+/// What an idempotency key of a rollback is bound to: the cluster and the
+/// point as the caller gave it (`now` stays `now`, so a retry matches).
+fn rollback_digest(name: &str, to: Point) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    hasher.update(b"rollback\n");
+    hasher.update(name.as_bytes());
+    hasher.update(b"\n");
+    hasher.update(to.to_string().as_bytes());
+    hasher.finalize().into()
+}
+
+impl Ledger {
+    /// The first outcome of a rollback whose key was used, if it was.
+    async fn replay_rollback(
+        &self,
+        name: &str,
+        idempotency: &Idempotency,
+    ) -> Result<Option<RollbackOutcome>, LedgerError> {
+        let Some(record) = self.store.idempotency_record(&idempotency.key).await? else {
+            return Ok(None);
+        };
+        if record.digest != idempotency.digest || record.stream != cluster_stream(name) {
+            return Err(StoreError::IdempotencyKeyReused {
+                key: idempotency.key.clone(),
+            }
+            .into());
+        }
+        self.wait_applied(record.last_seq).await?;
+        let count = (record.last_seq + 1).saturating_sub(record.first_seq) as usize;
+        let events = if count == 0 {
+            Vec::new()
+        } else {
+            self.store.read(record.first_seq - 1, count).await?
+        };
+        let to_seq = events
+            .first()
+            .and_then(|event| {
+                match payload::decode(&event.event_type, event.schema, &event.payload) {
+                    Ok(Payload::Lifecycle(Lifecycle::RollbackRequested(requested))) => {
+                        Some(requested.to_seq)
+                    }
+                    _ => None,
+                }
+            })
+            .unwrap_or(0);
+        let lifecycle = events
+            .iter()
+            .skip(1)
+            .filter_map(|event| {
+                match payload::decode(&event.event_type, event.schema, &event.payload) {
+                    Ok(Payload::Lifecycle(lifecycle)) => Some(lifecycle),
+                    _ => None,
+                }
+            })
+            .collect();
+        Ok(Some(RollbackOutcome {
+            cluster: name.to_string(),
+            to_seq,
+            changes: super::changes_of(&events),
+            lifecycle,
+            events,
+            stream_version: record.stream_version,
+            dry_run: false,
+        }))
     }
 }
 

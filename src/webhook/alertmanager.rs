@@ -47,6 +47,10 @@ use super::payload::{from_json, PayloadError};
 /// The reason of a `Skipped` for a resolved alert: it asks for nothing.
 pub const RESOLVED: &str = "resolved";
 
+/// The longest fingerprint accepted (Alertmanager's are 16 hex digits); it is
+/// part of the action keys, which the store bounds.
+pub const MAX_FINGERPRINT_LEN: usize = 64;
+
 /// The payload version this receiver reads.
 pub const PAYLOAD_VERSION: &str = "4";
 
@@ -184,11 +188,12 @@ pub fn validate(settings: &AlertmanagerSettings) -> Result<(), String> {
     for (index, rule) in settings.rules.iter().enumerate() {
         let at = format!("rules[{index}] ({:?})", rule.name);
         if rule.name.is_empty()
+            || rule.name.len() > 63
             || rule.name.contains('/')
             || rule.name.contains(char::is_whitespace)
         {
             return Err(format!(
-                "{at}: name must be non-empty, without `/` or spaces (it is part of the action keys)"
+                "{at}: name must be 1 to 63 characters, without `/` or spaces (it is part of the action keys)"
             ));
         }
         if !names.insert(rule.name.as_str()) {
@@ -297,6 +302,7 @@ pub fn parse(body: &[u8]) -> Result<Notification, PayloadError> {
     let notification: Notification = from_json(body)?;
     for (index, alert) in notification.alerts.iter().enumerate() {
         if alert.fingerprint.is_empty()
+            || alert.fingerprint.len() > MAX_FINGERPRINT_LEN
             || !alert
                 .fingerprint
                 .bytes()
@@ -304,7 +310,10 @@ pub fn parse(body: &[u8]) -> Result<Notification, PayloadError> {
         {
             return Err(PayloadError::field(
                 format!("alerts[{index}].fingerprint"),
-                format!("expected hex digits, found {:?}", alert.fingerprint),
+                format!(
+                    "expected 1 to {MAX_FINGERPRINT_LEN} hex digits, found {:?}",
+                    alert.fingerprint
+                ),
             ));
         }
         if chrono::DateTime::parse_from_rfc3339(&alert.starts_at).is_err() {
@@ -510,7 +519,7 @@ mod tests {
         );
         assert_eq!(
             error(&edited("/alerts/1/fingerprint", "../x".into())),
-            "`alerts[1].fingerprint`: expected hex digits, found \"../x\""
+            "`alerts[1].fingerprint`: expected 1 to 64 hex digits, found \"../x\""
         );
         assert_eq!(
             error(&edited("/alerts/0/startsAt", "yesterday".into())),

@@ -18,11 +18,6 @@
 //!   (see `PlannedHookAction::key`). After a crash mid-delivery, the actions
 //!   that had run find their keys used and count as `already_done`;
 //!   `WebhookProcessed` itself is appended under `hook/<name>/processed/<id>`.
-//! - The one exception is a rollback: the ledger does not record its key (a
-//!   rollback may append twice when it races a deletion), so after a crash
-//!   between a rollback and its `WebhookProcessed` it runs again. Rolling
-//!   back to the same point twice changes nothing the second time, unless
-//!   the cluster changed in between; then the second undoes that change too.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

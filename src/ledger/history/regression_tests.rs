@@ -198,3 +198,67 @@ async fn a_seq_inside_an_append_reads_as_the_end_of_that_append() {
         validate(&now.manifest)
     );
 }
+
+/// A webhook rollback run again after a crash must not act twice: with an
+/// idempotency key, the second call answers the first outcome even though
+/// the cluster changed in between, and a rollback that found nothing to do
+/// still records its key.
+#[tokio::test]
+async fn a_rollback_with_a_key_acts_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, ledger, _s) = setup(dir.path(), 0).await;
+    apply(&ledger, manifest("a", 3, "10.0.1.0/24")).await;
+    let declared = store.head().seq;
+    apply(&ledger, manifest("a", 5, "10.0.1.0/24")).await;
+    let keyed = CommandContext {
+        idempotency_key: Some("hook/deploys/action/r-1/0".into()),
+        ..context()
+    };
+    let first = ledger
+        .rollback("a", Point::Seq(declared), false, &keyed)
+        .await
+        .unwrap();
+    assert_eq!(first.events.len(), 2, "RollbackRequested and PoolScaled");
+    assert_eq!(
+        ledger.cluster("a").unwrap().manifest.spec.pools[0].replicas,
+        3
+    );
+
+    // A change after it, then the same rollback again: answered, not run.
+    apply(&ledger, manifest("a", 7, "10.0.1.0/24")).await;
+    let head = store.head().seq;
+    let again = ledger
+        .rollback("a", Point::Seq(declared), false, &keyed)
+        .await
+        .unwrap();
+    assert_eq!(store.head().seq, head);
+    let ids = |outcome: &RollbackOutcome| outcome.events.iter().map(|e| e.id).collect::<Vec<_>>();
+    assert_eq!(ids(&again), ids(&first));
+    assert_eq!(again.to_seq, declared);
+    assert_eq!(
+        ledger.cluster("a").unwrap().manifest.spec.pools[0].replicas,
+        7
+    );
+
+    // Nothing to roll back: the key is recorded anyway.
+    let now = CommandContext {
+        idempotency_key: Some("hook/deploys/action/r-2/0".into()),
+        ..context()
+    };
+    let noop = ledger.rollback("a", Point::Now, false, &now).await.unwrap();
+    assert!(noop.events.is_empty());
+    assert!(store
+        .idempotency_record("hook/deploys/action/r-2/0")
+        .await
+        .unwrap()
+        .is_some());
+    // The same key for another point is a conflict.
+    let error = ledger
+        .rollback("a", Point::Seq(declared), false, &now)
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        error,
+        LedgerError::Store(StoreError::IdempotencyKeyReused { .. })
+    ));
+}
