@@ -9,6 +9,11 @@
 //! - 4 KiB appends: write 4 KiB at the end of a file, `fdatasync`, repeat. This
 //!   is what a log that commits one small record at a time costs at best; the
 //!   file grows, so every `fdatasync` also carries the new size.
+//! - 4 KiB overwrites: the same, but into a file of 64 MiB written and synced
+//!   beforehand, from its start and wrapping around. The size does not change,
+//!   so `fdatasync` need not commit metadata; this is what a log with
+//!   preallocated segments gets (PostgreSQL's WAL, 16 MiB segments; etcd's WAL,
+//!   64 MiB segments).
 //! - Sequential writes: 1 MiB writes, each followed by `fdatasync`. This is the
 //!   bandwidth a log that commits large groups can reach.
 //!
@@ -17,13 +22,14 @@
 //! on disk.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 const APPEND_BYTES: usize = 4096;
 const SEQUENTIAL_BYTES: usize = 1 << 20;
 const MAX_FILE_BYTES: u64 = 1 << 30;
+const PREALLOCATED_BYTES: u64 = 64 << 20;
 
 /// What one measurement saw: how many writes, how long they took in all, and
 /// each one's latency (write plus `fdatasync`).
@@ -88,21 +94,41 @@ fn fresh_file(path: &Path) -> File {
         .unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()))
 }
 
-/// Writes `write_bytes` at the end of a file and `fdatasync`s it, again and
-/// again, for `seconds`; returns each write's latency.
-fn measure(name: &'static str, dir: &Path, write_bytes: usize, seconds: f64) -> Measurement {
+/// Writes `write_bytes` and `fdatasync`s it, again and again, for `seconds`;
+/// returns each write's latency. The writes go at the end of a growing file,
+/// or with `preallocate` into a file of `PREALLOCATED_BYTES` written and synced
+/// beforehand, wrapping around at its end.
+fn measure(
+    name: &'static str,
+    dir: &Path,
+    write_bytes: usize,
+    preallocate: bool,
+    seconds: f64,
+) -> Measurement {
     let path = dir.join(name);
     let buffer = noise(write_bytes, 0x9e37_79b9_7f4a_7c15);
     let mut file = fresh_file(&path);
-    // An empty file on disk first, so the first write does not also pay for
-    // the directory entry.
+    if preallocate {
+        let block = noise(1 << 20, 0x2545_f491_4f6c_dd1d);
+        for _ in 0..PREALLOCATED_BYTES / block.len() as u64 {
+            file.write_all(&block).expect("preallocating write");
+        }
+    }
+    // The file (empty or preallocated) on disk first, so the first write does
+    // not also pay for the directory entry or the preallocation.
     file.sync_all().expect("fsync of the new file");
+    if preallocate {
+        file.seek(SeekFrom::Start(0)).expect("seek to the start");
+    }
     let mut written: u64 = 0;
     let mut latencies = Vec::new();
     let mut busy = Duration::ZERO;
     let budget = Duration::from_secs_f64(seconds);
     while busy < budget {
-        if written + write_bytes as u64 > MAX_FILE_BYTES {
+        if preallocate && written + write_bytes as u64 > PREALLOCATED_BYTES {
+            file.seek(SeekFrom::Start(0)).expect("seek to the start");
+            written = 0;
+        } else if written + write_bytes as u64 > MAX_FILE_BYTES {
             drop(file);
             std::fs::remove_file(&path).expect("removing the full file");
             file = fresh_file(&path);
@@ -154,11 +180,25 @@ fn main() {
         .unwrap_or_else(|e| panic!("cannot make a temp dir in {}: {e}", dir.display()));
 
     let results = [
-        measure("append-4k-fdatasync", scratch.path(), APPEND_BYTES, seconds),
+        measure(
+            "append-4k-fdatasync",
+            scratch.path(),
+            APPEND_BYTES,
+            false,
+            seconds,
+        ),
+        measure(
+            "overwrite-4k-fdatasync",
+            scratch.path(),
+            APPEND_BYTES,
+            true,
+            seconds,
+        ),
         measure(
             "sequential-1m-fdatasync",
             scratch.path(),
             SEQUENTIAL_BYTES,
+            false,
             seconds,
         ),
     ];
