@@ -11,9 +11,9 @@
 //!   file grows, so every `fdatasync` also carries the new size.
 //! - 4 KiB overwrites: the same, but into a file of 64 MiB written and synced
 //!   beforehand, from its start and wrapping around. The size does not change,
-//!   so `fdatasync` need not commit metadata; this is what a log with
-//!   preallocated segments gets (PostgreSQL's WAL, 16 MiB segments; etcd's WAL,
-//!   64 MiB segments).
+//!   so `fdatasync` need not commit metadata; this is what a log gets whose
+//!   segments are written out before use (PostgreSQL's WAL fills new 16 MiB
+//!   segments with zeros by default).
 //! - Sequential writes: 1 MiB writes, each followed by `fdatasync`. This is the
 //!   bandwidth a log that commits large groups can reach.
 //!
