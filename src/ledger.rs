@@ -468,6 +468,22 @@ impl Ledger {
         if_match: Option<u64>,
         context: &CommandContext,
     ) -> Result<ApplyOutcome, LedgerError> {
+        self.scale_with(name, pool, |_| replicas, if_match, context)
+            .await
+    }
+
+    /// Sets a pool's replica count to `replicas(current count)`, read and
+    /// appended at one cluster version (read again after a lost race when the
+    /// caller gave no `if_match`). A target equal to the current count
+    /// appends nothing, but records the idempotency key if there is one.
+    pub async fn scale_with(
+        &self,
+        name: &str,
+        pool: &str,
+        replicas: impl Fn(i64) -> i64,
+        if_match: Option<u64>,
+        context: &CommandContext,
+    ) -> Result<ApplyOutcome, LedgerError> {
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -482,7 +498,7 @@ impl Ledger {
                     pool: pool.to_string(),
                 });
             };
-            target.replicas = replicas;
+            target.replicas = replicas(target.replicas);
             let errors = validate(&manifest);
             if !errors.is_empty() {
                 return Err(LedgerError::Invalid(errors));

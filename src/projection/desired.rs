@@ -242,37 +242,20 @@ mod tests {
             let name = &next.metadata.name;
             let current = state.cluster(name).map(|cluster| &cluster.manifest);
             let changes = diff(current, next).expect("generated manifests are diffable");
-            let mut appended = Vec::new();
-            for change in changes {
-                let encoded = payload::encode_change(&change);
-                let stream = next.stream();
-                let version = self.versions.entry(stream.clone()).or_default();
-                *version += 1;
-                let seq = self.events.len() as u64 + 1;
-                let new = NewEvent {
-                    id: Uuid::from_u128(seq as u128),
-                    event_type: encoded.event_type.to_string(),
-                    schema: encoded.schema,
-                    actor: Actor {
-                        kind: ActorKind::User,
-                        name: "prop".into(),
-                    },
-                    cause: Cause::None,
-                    correlation: Uuid::nil(),
-                    payload: encoded.bytes,
-                };
-                let time = Utc.timestamp_opt(1_700_000_000 + seq as i64, 0).unwrap();
-                let event = Event::seal(new, &stream, seq, *version, time, self.head);
-                self.head = event.hash;
-                self.events.push(event.clone());
-                appended.push(event);
-            }
-            appended
+            changes
+                .iter()
+                .map(|change| self.append(next.stream(), payload::encode_change(change)))
+                .collect()
         }
 
         fn append_lifecycle(&mut self, cluster: &str, lifecycle: &Lifecycle) -> Event {
-            let encoded = payload::encode_lifecycle(lifecycle);
             let stream = format!("{CLUSTER_STREAM_PREFIX}{cluster}");
+            self.append(stream, payload::encode_lifecycle(lifecycle))
+        }
+
+        /// Seals one event as the store would: the next seq and stream
+        /// version, a correlation id of its own.
+        fn append(&mut self, stream: String, encoded: payload::EncodedPayload) -> Event {
             let version = self.versions.entry(stream.clone()).or_default();
             *version += 1;
             let seq = self.events.len() as u64 + 1;
@@ -282,7 +265,7 @@ mod tests {
                 schema: encoded.schema,
                 actor: Actor {
                     kind: ActorKind::User,
-                    name: "operator".into(),
+                    name: "prop".into(),
                 },
                 cause: Cause::None,
                 correlation: Uuid::from_u128(1000 + seq as u128),

@@ -199,6 +199,20 @@ impl StoreError {
     pub fn is_retryable(&self) -> bool {
         matches!(self, StoreError::Io(_) | StoreError::Closed)
     }
+
+    /// Whether the same request would fail the same way however often it is
+    /// retried: the request is wrong, not the store. (Neither this nor
+    /// `is_retryable`: the store is damaged, in use, or failed mid-write.)
+    pub fn is_deterministic(&self) -> bool {
+        matches!(
+            self,
+            StoreError::WrongExpectedVersion { .. }
+                | StoreError::IdempotencyKeyReused { .. }
+                | StoreError::EventTooLarge { .. }
+                | StoreError::InvalidRequest(_)
+                | StoreError::ImportRejected { .. }
+        )
+    }
 }
 
 /// The event log. See the module docs for the contract.

@@ -73,3 +73,13 @@ pub struct Skipped {
     pub subject: String,
     pub reason: String,
 }
+
+/// What a receiver asks for one delivery: its actions in order, the parts
+/// it could not act on, or why it asks for nothing at all.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct DeliveryPlan {
+    pub actions: Vec<PlannedHookAction>,
+    pub skipped: Vec<Skipped>,
+    /// Why the delivery as a whole asks for nothing (a ping, another branch).
+    pub ignored: Option<String>,
+}

@@ -143,8 +143,9 @@ impl GitSource {
         self.run(&["fetch", "--quiet", remote]).await.map(drop)
     }
 
-    /// The commit a ref names in the clone (`refs/remotes/origin/main`), or
-    /// None when the clone has no such ref.
+    /// The commit a ref or commit id names in the clone
+    /// (`refs/remotes/origin/main`), or None when the clone has no such
+    /// commit (`rev-parse --verify --quiet` exits 1, silently).
     pub async fn resolve(&self, reference: &str) -> Result<Option<String>, GitError> {
         if reference.starts_with('-') {
             return Err(GitError::InvalidRemote(reference.to_string()));
@@ -250,18 +251,12 @@ impl GitSource {
         if !is_commit_id(commit) {
             return Err(GitError::InvalidCommit(commit.to_string()));
         }
-        let peeled = format!("{commit}^{{commit}}");
-        let output = self
-            .output(&["rev-parse", "--verify", "--quiet", &peeled])
-            .await?;
-        match output.status.code() {
-            Some(0) => Ok(()),
-            // --verify --quiet exits 1, silently, for a missing object.
-            Some(1) => Err(GitError::UnknownCommit {
+        match self.resolve(commit).await? {
+            Some(_) => Ok(()),
+            None => Err(GitError::UnknownCommit {
                 commit: commit.to_string(),
                 repository: self.repository.display().to_string(),
             }),
-            _ => Err(failed("rev-parse", &output)),
         }
     }
 

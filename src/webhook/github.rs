@@ -14,7 +14,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::action::{HookAction, PlannedHookAction, Skipped};
+use super::action::{DeliveryPlan, HookAction, PlannedHookAction, Skipped};
 use super::payload::{from_json, is_commit_id, is_zero_commit, PayloadError};
 use crate::model::{parse_manifest, Manifest, ManifestFormat};
 
@@ -258,18 +258,6 @@ pub fn parse(event: &str, body: &[u8]) -> Result<GithubEvent, PayloadError> {
     }
 }
 
-/// What a push asks for.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct PushPlan {
-    /// Applies first (files in path order), then deletions (by cluster name).
-    pub actions: Vec<PlannedHookAction>,
-    /// Files that were not acted on, and why.
-    pub skipped: Vec<Skipped>,
-    /// Why the whole push is ignored (another branch, the branch deleted);
-    /// `None` when it is planned.
-    pub ignored: Option<String>,
-}
-
 /// Plans a push: `after_files` are the files under `settings.path` at
 /// `push.after`, `removed_files` those the push removed, with their content at
 /// `push.before` (both from `git.rs`). `delivery` is the `X-GitHub-Delivery`
@@ -290,8 +278,8 @@ pub fn plan_push(
     delivery: &str,
     after_files: &[ManifestFile],
     removed_files: &[ManifestFile],
-) -> PushPlan {
-    let mut plan = PushPlan::default();
+) -> DeliveryPlan {
+    let mut plan = DeliveryPlan::default();
     let branch_ref = settings.git_ref();
     if push.git_ref != branch_ref {
         plan.ignored = Some(format!(
@@ -483,7 +471,7 @@ pub(crate) mod tests {
         }
     }
 
-    fn applied(plan: &PushPlan) -> Vec<(String, String)> {
+    fn applied(plan: &DeliveryPlan) -> Vec<(String, String)> {
         plan.actions
             .iter()
             .map(|planned| match &planned.action {

@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-use super::action::{HookAction, PlannedHookAction, Skipped};
+use super::action::{DeliveryPlan, HookAction};
 use super::HookConfig;
 use crate::event::payload::{self, Payload};
 use crate::event::{Actor, ActorKind, Cause, Event, NewEvent};
@@ -440,7 +440,7 @@ impl Worker {
                 outcome: processed.outcome.as_str(),
             })
             .inc();
-        let encoded = payload::encode_webhook(&WebhookEvent::WebhookProcessed(bounded(processed)));
+        let (_, encoded) = bounded(processed);
         let request = AppendRequest {
             stream: hook_stream(&self.hook),
             expected: ExpectedVersion::Any,
@@ -457,7 +457,7 @@ impl Worker {
                 payload: encoded.bytes,
             }],
             idempotency: Some(Idempotency {
-                key: format!("hook/{}/processed/{}", self.hook, received.delivery),
+                key: processed_key(&self.hook, &received.delivery),
                 digest: Sha256::digest(received.delivery.as_bytes()).into(),
             }),
         };
@@ -466,7 +466,7 @@ impl Worker {
             // A refusal that would recur on every retry must not stall the
             // receiver: the delivery stays without an outcome, and the
             // worker goes on to the next.
-            Err(error) if error_is_deterministic(&error) => {
+            Err(error) if error.is_deterministic() => {
                 tracing::error!(
                     hook = %self.hook,
                     delivery = %received.delivery,
@@ -491,7 +491,7 @@ impl Worker {
                 actor: hook_actor(&self.hook),
                 request_id: received.delivery.clone(),
                 correlation: event.correlation,
-                idempotency_key: Some(format!("hook/{}/action/{}", self.hook, planned.key)),
+                idempotency_key: Some(action_key(&self.hook, &planned.key)),
                 reason: None,
                 cause: Some(Cause::WebhookDelivery {
                     hook: self.hook.clone(),
@@ -524,7 +524,7 @@ impl Worker {
                 }
                 // The store failing is no outcome of the delivery: stop, and
                 // process it again once the store works.
-                Err(LedgerError::Store(error)) if !error_is_deterministic(&error) => {
+                Err(LedgerError::Store(error)) if !error.is_deterministic() => {
                     return Err(RetryLater::Store(error))
                 }
                 // The projection lagging is no outcome either: try again.
@@ -564,15 +564,14 @@ impl Worker {
 /// skipped parts, texts at most `MAX_REPORT_TEXT` bytes, and fewer reports
 /// still while the encoded payload is over `MAX_OUTCOME_BYTES`; what is cut
 /// is counted in a last skipped entry.
-fn bounded(processed: WebhookProcessed) -> WebhookProcessed {
+/// Returns the cut outcome and its encoding.
+fn bounded(processed: WebhookProcessed) -> (WebhookProcessed, payload::EncodedPayload) {
     let mut limit = MAX_REPORTS;
     loop {
         let candidate = bounded_to(processed.clone(), limit);
-        let size = payload::encode_webhook(&WebhookEvent::WebhookProcessed(candidate.clone()))
-            .bytes
-            .len();
-        if size <= MAX_OUTCOME_BYTES || limit == 0 {
-            return candidate;
+        let encoded = payload::encode_webhook(&WebhookEvent::WebhookProcessed(candidate.clone()));
+        if encoded.bytes.len() <= MAX_OUTCOME_BYTES || limit == 0 {
+            return (candidate, encoded);
         }
         limit /= 2;
     }
@@ -625,28 +624,6 @@ enum RetryLater {
     Ledger(LedgerError),
 }
 
-/// Whether a store error would happen again on retry whatever the state of
-/// the disk (the request itself is wrong), as opposed to the store failing.
-fn error_is_deterministic(error: &StoreError) -> bool {
-    matches!(
-        error,
-        StoreError::WrongExpectedVersion { .. }
-            | StoreError::IdempotencyKeyReused { .. }
-            | StoreError::EventTooLarge { .. }
-            | StoreError::InvalidRequest(_)
-            | StoreError::ImportRejected { .. }
-    )
-}
-
-/// What a receiver asks for one delivery.
-#[derive(Debug, Default)]
-pub struct DeliveryPlan {
-    pub actions: Vec<PlannedHookAction>,
-    pub skipped: Vec<Skipped>,
-    /// Why the delivery as a whole asks for nothing (a ping, another branch).
-    pub ignored: Option<String>,
-}
-
 /// Runs one action through the ledger.
 async fn run_action(
     ledger: &Ledger,
@@ -686,7 +663,21 @@ async fn run_action(
             pool,
             by,
             max,
-        } => scale_by(ledger, cluster, pool, *by, *max, context).await,
+        } => {
+            // At or over the maximum, the scale still runs (to the same
+            // count), so that its key is recorded and a repeat never acts.
+            let grow = |current: i64| {
+                if current >= *max {
+                    current
+                } else {
+                    current.saturating_add(*by).min(*max)
+                }
+            };
+            let outcome = ledger
+                .scale_with(cluster, pool, grow, None, context)
+                .await?;
+            Ok(appended(outcome.events.len(), outcome.deduplicated))
+        }
         HookAction::Pause { cluster } => {
             let outcome = ledger.pause(cluster, context).await?;
             Ok(appended(usize::from(outcome.event.is_some()), false))
@@ -709,64 +700,6 @@ async fn run_action(
         HookAction::ReplaceMachine { cluster, machine } => {
             let outcome = ledger.replace_machine(cluster, machine, context).await?;
             Ok(appended(usize::from(outcome.event.is_some()), false))
-        }
-    }
-}
-
-/// Grows a pool by `by`, never past `max`: read, compute, and scale pinned to
-/// the version read (retrying if another change came in between).
-async fn scale_by(
-    ledger: &Ledger,
-    cluster: &str,
-    pool: &str,
-    by: i64,
-    max: i64,
-    context: &CommandContext,
-) -> Result<ActionResult, LedgerError> {
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        ledger.wait_applied(ledger.store().head().seq).await?;
-        let state = ledger
-            .cluster(cluster)
-            .ok_or_else(|| LedgerError::ClusterNotFound(cluster.to_string()))?;
-        let Some(current) = state
-            .manifest
-            .spec
-            .pools
-            .iter()
-            .find(|candidate| candidate.name == pool)
-            .map(|pool| pool.replicas)
-        else {
-            return Err(LedgerError::PoolNotFound {
-                cluster: cluster.to_string(),
-                pool: pool.to_string(),
-            });
-        };
-        // At or over the maximum, the scale still runs (to the same count),
-        // so that its key is recorded and a repeat never acts later.
-        let target = if current >= max {
-            current
-        } else {
-            current.saturating_add(by).min(max)
-        };
-        match ledger
-            .scale(cluster, pool, target, Some(state.stream_version), context)
-            .await
-        {
-            Ok(outcome) => {
-                return Ok(if outcome.deduplicated {
-                    ActionResult::AlreadyDone
-                } else if outcome.events.is_empty() {
-                    ActionResult::Unchanged
-                } else {
-                    ActionResult::Applied {
-                        events: outcome.events.len() as u64,
-                    }
-                })
-            }
-            Err(LedgerError::VersionMismatch { .. }) if attempt < 8 => {}
-            Err(error) => return Err(error),
         }
     }
 }
@@ -870,7 +803,15 @@ fn hook_actor(hook: &str) -> Actor {
 }
 
 fn delivery_key(hook: &str, delivery: &str) -> String {
-    format!("hook/{hook}/delivery/{delivery}")
+    format!("{KEY_PREFIX}{hook}/delivery/{delivery}")
+}
+
+fn action_key(hook: &str, key: &str) -> String {
+    format!("{KEY_PREFIX}{hook}/action/{key}")
+}
+
+fn processed_key(hook: &str, delivery: &str) -> String {
+    format!("{KEY_PREFIX}{hook}/processed/{delivery}")
 }
 
 fn decode(event: &Event) -> Option<WebhookEvent> {

@@ -3,10 +3,11 @@
 
 use std::time::Duration;
 
+use super::action::DeliveryPlan;
 use super::action::{PlannedHookAction, Skipped};
 use super::git::{GitError, GitSource};
 use super::github::{GithubEvent, GithubSettings, Push};
-use super::inbox::{Delivery, DeliveryPlan};
+use super::inbox::Delivery;
 use super::signature::{self, AuthError};
 use super::{
     alertmanager, check_delivery_id, generic, github, HookConfig, PayloadError, ReceiverConfig,
@@ -168,7 +169,7 @@ async fn plan_push(
     // Another branch or a deleted one: decided without git.
     let early = github::plan_push(settings, push, delivery, &[], &[]);
     if early.ignored.is_some() {
-        return Ok(into_plan(early));
+        return Ok(early);
     }
     let source = GitSource::from_settings(settings, GIT_TIMEOUT);
     let mut pause = GIT_RETRY;
@@ -234,9 +235,7 @@ async fn read_push(
         }
         Err(error) => return Err(error),
     };
-    let mut plan = into_plan(github::plan_push(
-        settings, &target, delivery, &after, &removed,
-    ));
+    let mut plan = github::plan_push(settings, &target, delivery, &after, &removed);
     if target.after != push.after {
         for action in &mut plan.actions {
             action
@@ -246,14 +245,6 @@ async fn read_push(
     }
     plan.skipped.extend(prune_skipped);
     Ok(plan)
-}
-
-fn into_plan(plan: github::PushPlan) -> DeliveryPlan {
-    DeliveryPlan {
-        actions: plan.actions,
-        skipped: plan.skipped,
-        ignored: plan.ignored,
-    }
 }
 
 fn read_recorded<T: serde::de::DeserializeOwned>(received: &WebhookReceived) -> Result<T, String> {

@@ -507,6 +507,19 @@ async fn post_github(
     post_hook(client, daemon, "gitops", &headers, body).await
 }
 
+/// Delivers a push, insists on 202, and waits for its outcome.
+async fn push_and_wait(
+    client: &reqwest::Client,
+    daemon: &Daemon,
+    delivery: &str,
+    body: Vec<u8>,
+) -> Value {
+    post_github(client, daemon, "push", delivery, body)
+        .await
+        .assert_status(202);
+    wait_processed(client, daemon, "gitops", delivery).await
+}
+
 const ZERO: &str = "0000000000000000000000000000000000000000";
 
 #[tokio::test]
@@ -535,16 +548,13 @@ async fn github_pushes_apply_the_manifests_of_the_pushed_commit() {
         ],
         "two clusters",
     );
-    let answer = post_github(
+    let view = push_and_wait(
         &client,
         &daemon,
-        "push",
         "push-1",
         push_body("refs/heads/main", ZERO, &first),
     )
     .await;
-    answer.assert_status(202);
-    let view = wait_processed(&client, &daemon, "gitops", "push-1").await;
     assert_eq!(view["outcome"]["outcome"], "done", "{view}");
     for name in ["alpha", "beta"] {
         assert!(
@@ -574,16 +584,13 @@ async fn github_pushes_apply_the_manifests_of_the_pushed_commit() {
         ],
         "scale alpha, drop beta, break something",
     );
-    post_github(
+    let view = push_and_wait(
         &client,
         &daemon,
-        "push",
         "push-2",
         push_body("refs/heads/main", &first, &second),
     )
-    .await
-    .assert_status(202);
-    let view = wait_processed(&client, &daemon, "gitops", "push-2").await;
+    .await;
     // A broken file holds deletions back (it might declare beta): partial.
     assert_eq!(view["outcome"]["outcome"], "partial", "{view}");
     let skipped: Vec<&str> = view["outcome"]["skipped"]
@@ -603,16 +610,13 @@ async fn github_pushes_apply_the_manifests_of_the_pushed_commit() {
 
     // The third push fixes the file: now beta's removal prunes it.
     let third = repositories.commit(&[("clusters/broken.yaml", None)], "fix");
-    post_github(
+    let view = push_and_wait(
         &client,
         &daemon,
-        "push",
         "push-3",
         push_body("refs/heads/main", &first, &third),
     )
-    .await
-    .assert_status(202);
-    let view = wait_processed(&client, &daemon, "gitops", "push-3").await;
+    .await;
     assert_eq!(view["outcome"]["outcome"], "done", "{view}");
     let beta_view = cluster_view(&client, &daemon, "beta").await.unwrap();
     assert_eq!(beta_view["deletionRequested"], true, "{beta_view}");
@@ -621,16 +625,13 @@ async fn github_pushes_apply_the_manifests_of_the_pushed_commit() {
     // GitHub's page, or a captured body replayed): the branch has moved on,
     // so its tip is read, and nothing goes back to the first commit.
     let head = head_seq(&client, &daemon).await;
-    post_github(
+    let view = push_and_wait(
         &client,
         &daemon,
-        "push",
         "push-1-again",
         push_body("refs/heads/main", ZERO, &first),
     )
-    .await
-    .assert_status(202);
-    let view = wait_processed(&client, &daemon, "gitops", "push-1-again").await;
+    .await;
     assert_eq!(view["outcome"]["outcome"], "done", "{view}");
     let results: Vec<&Value> = view["outcome"]["actions"]
         .as_array()
@@ -654,16 +655,13 @@ async fn github_pushes_apply_the_manifests_of_the_pushed_commit() {
 
     // A push to another branch is acknowledged and ignored.
     let head = head_seq(&client, &daemon).await;
-    post_github(
+    let view = push_and_wait(
         &client,
         &daemon,
-        "push",
         "push-4",
         push_body("refs/heads/feature", &third, &third),
     )
-    .await
-    .assert_status(202);
-    let view = wait_processed(&client, &daemon, "gitops", "push-4").await;
+    .await;
     assert_eq!(view["outcome"]["outcome"], "ignored");
     assert!(view["outcome"]["summary"]
         .as_str()
