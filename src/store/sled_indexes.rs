@@ -72,14 +72,29 @@ fn trailing_seq(key: &[u8]) -> u64 {
         .unwrap_or(0)
 }
 
+/// Which of an event's index entries to stage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum TimeEntry {
+    /// The event gets its own time entry.
+    Stage,
+    /// A later event of the same atomic append, with the same time, carries
+    /// the time entry for it: `seq_at_time` answers with the last seq at or
+    /// before a time, and an append's events are durable together, so the
+    /// entry of its last event is the only one that lookup can return.
+    /// This saves a sled insert per event in a batch.
+    Skip,
+}
+
 /// Stages the index entries of one event.
-pub(super) fn stage(batch: &mut sled::Batch, event: &Event) {
+pub(super) fn stage(batch: &mut sled::Batch, event: &Event, time_entry: TimeEntry) {
     let seq = event.seq.to_be_bytes();
     batch.insert(id_key(&event.id), &seq[..]);
-    batch.insert(
-        key_with_seq(TIME_PREFIX, &micros(event.time).to_be_bytes(), event.seq),
-        &[][..],
-    );
+    if time_entry == TimeEntry::Stage {
+        batch.insert(
+            key_with_seq(TIME_PREFIX, &micros(event.time).to_be_bytes(), event.seq),
+            &[][..],
+        );
+    }
     if let Some((cause, _)) = event.cause.causing_event() {
         batch.insert(
             key_with_seq(CAUSE_PREFIX, &cause.to_be_bytes(), event.seq),
@@ -112,7 +127,7 @@ pub(super) fn rebuild(
         let last = head.min(next + REBUILD_BATCH as u64 - 1);
         let mut batch = sled::Batch::default();
         for event in read(next, last)? {
-            stage(&mut batch, &event);
+            stage(&mut batch, &event, TimeEntry::Stage);
         }
         tree.apply_batch(batch).map_err(io_error)?;
         next = last + 1;

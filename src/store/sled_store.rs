@@ -52,6 +52,7 @@ use super::{
 };
 use uuid::Uuid;
 
+use super::sled_indexes::TimeEntry;
 use super::{sled_indexes, sled_snapshots};
 use crate::event::{
     from_bincode, to_bincode, Cause, ChainCursor, Event, GENESIS_HASH, RECORD_FORMAT_V1,
@@ -513,18 +514,23 @@ impl SledStore {
         let (sender, receiver) = mpsc::channel(config.max_group_requests);
         let writer = Writer {
             tree: db.clone(),
-            db_file,
             config: config.clone(),
             head,
             last_time,
             stream_versions: HashMap::new(),
             failed: None,
             shared: shared.clone(),
+        };
+        let syncer = Syncer {
+            tree: db.clone(),
+            db_file,
+            shared: shared.clone(),
             committed: committed.clone(),
+            failed: None,
         };
         let handle = std::thread::Builder::new()
             .name("cairn-writer".into())
-            .spawn(move || writer.run(receiver))
+            .spawn(move || writer.run(receiver, syncer))
             .map_err(io_error)?;
         Ok(SledStore {
             tree: db,
@@ -732,11 +738,13 @@ impl EventStore for SledStore {
 }
 
 /// The single writer. Owns the head, the time watermark and a cache of
-/// stream versions; nothing else writes to the tree.
+/// stream versions; nothing else writes to the tree. It stages and applies
+/// groups; the [`Syncer`] makes them durable and answers them.
 struct Writer {
     tree: sled::Db,
-    db_file: File,
     config: SledStoreConfig,
+    /// The head after the last group applied to sled. It runs ahead of the
+    /// durable head (`Shared::head`) by the groups the syncer still holds.
     head: Head,
     last_time: Option<DateTime<Utc>>,
     stream_versions: HashMap<String, u64>,
@@ -744,7 +752,18 @@ struct Writer {
     /// since what is on disk is then unknown until a restart reads it back.
     failed: Option<String>,
     shared: Arc<Shared>,
+}
+
+/// Makes applied groups durable: one sled flush and one fsync for every group
+/// waiting when it gets to them, then answers their requests and publishes
+/// their events, in order. Its own thread, so that the writer stages and
+/// applies the next group while this one waits for the disk.
+struct Syncer {
+    tree: sled::Db,
+    db_file: File,
+    shared: Arc<Shared>,
     committed: broadcast::Sender<Arc<Event>>,
+    failed: Option<String>,
 }
 
 /// A job's result while its group is being staged.
@@ -753,8 +772,7 @@ struct Staged {
     result: Result<AppendOutcome, StoreError>,
 }
 
-/// The changes a group makes, kept apart from the writer's state until the
-/// group is durable, so a failed commit leaves that state as it was.
+/// The changes a group makes while it is being staged.
 #[derive(Default)]
 struct GroupOverlay {
     head: Option<Head>,
@@ -764,8 +782,40 @@ struct GroupOverlay {
     events: Vec<Arc<Event>>,
 }
 
+/// A group in sled, handed from the writer to the syncer. Nothing of it is
+/// visible to readers until the syncer has made it durable.
+struct AppliedGroup {
+    staged: Vec<Staged>,
+    /// False when every request of the group was refused or deduplicated.
+    wrote: bool,
+    head: Option<Head>,
+    idempotency_keys: Vec<String>,
+    events: Vec<Arc<Event>>,
+}
+
+/// How many applied groups may wait for the syncer. One: while a group is
+/// being synced, the next one waits here and a third is staged; requests
+/// arriving meanwhile queue up and make the following group larger.
+const APPLIED_GROUPS_WAITING: usize = 1;
+
 impl Writer {
-    fn run(mut self, mut receiver: mpsc::Receiver<WriteJob>) {
+    fn run(mut self, mut receiver: mpsc::Receiver<WriteJob>, syncer: Syncer) {
+        let (applied, to_sync) = std::sync::mpsc::sync_channel(APPLIED_GROUPS_WAITING);
+        let syncer = std::thread::Builder::new()
+            .name("cairn-syncer".into())
+            .spawn(move || syncer.run(to_sync));
+        let syncer = match syncer {
+            Ok(handle) => handle,
+            Err(error) => {
+                let reason = format!("cannot start the syncer thread: {error}");
+                tracing::error!(%reason, "the store stops taking appends");
+                *self.shared.failure.lock().expect("failure lock") = Some(reason.clone());
+                while let Some(job) = receiver.blocking_recv() {
+                    let _ = job.reply.send(Err(StoreError::Io(reason.clone())));
+                }
+                return;
+            }
+        };
         while let Some(first) = receiver.blocking_recv() {
             let mut jobs = vec![first];
             while jobs.len() < self.config.max_group_requests {
@@ -774,40 +824,33 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            self.commit_group(jobs);
-        }
-        if self.failed.is_none() {
-            if let Err(error) = self.sync() {
-                tracing::error!(%error, "final sync failed");
+            if let Some(group) = self.apply_group(jobs) {
+                if applied.send(group).is_err() {
+                    break;
+                }
             }
         }
+        // The syncer makes the last groups durable, syncs once more and ends.
+        drop(applied);
+        let _ = syncer.join();
     }
 
-    fn sync(&self) -> Result<(), StoreError> {
-        let metrics = &self.shared.metrics;
-        let started = Instant::now();
-        self.tree.flush().map_err(io_error)?;
-        let flushed = Instant::now();
-        metrics
-            .flush_seconds
-            .observe((flushed - started).as_secs_f64());
-        self.db_file.sync_all().map_err(io_error)?;
-        metrics.fsyncs.inc();
-        metrics
-            .fsync_seconds
-            .observe(flushed.elapsed().as_secs_f64());
-        Ok(())
-    }
-
-    fn commit_group(&mut self, jobs: Vec<WriteJob>) {
+    /// Stages a group's requests into one batch and applies it to sled.
+    /// Returns the group for the syncer, or None when its requests were
+    /// already answered (the store had failed, or the apply did).
+    fn apply_group(&mut self, jobs: Vec<WriteJob>) -> Option<AppliedGroup> {
         let metrics = self.shared.metrics.clone();
         metrics.group_size.observe(jobs.len() as f64);
         metrics.append_requests.inc_by(jobs.len() as u64);
+        if self.failed.is_none() {
+            // A failed sync stops the writer too.
+            self.failed = self.shared.failure.lock().expect("failure lock").clone();
+        }
         if let Some(reason) = &self.failed {
             for job in jobs {
                 let _ = job.reply.send(Err(StoreError::Io(reason.clone())));
             }
-            return;
+            return None;
         }
 
         let mut batch = sled::Batch::default();
@@ -824,8 +867,8 @@ impl Writer {
             });
         }
 
-        let wrote_something = overlay.head.is_some() || !overlay.idempotency.is_empty();
-        if wrote_something {
+        let wrote = overlay.head.is_some() || !overlay.idempotency.is_empty();
+        if wrote {
             if let Some(head) = overlay.head {
                 batch.insert(HEAD_KEY, encode_head(&head));
             }
@@ -834,65 +877,36 @@ impl Writer {
                 .lock()
                 .expect("pending lock")
                 .extend(overlay.idempotency.keys().cloned());
-            let written = match self.tree.apply_batch(batch) {
-                Err(error) => Err(io_error(error)),
-                // The batch is in sled now; whether it reaches the disk is unknown.
-                Ok(()) => self
-                    .sync()
-                    .map_err(|error| StoreError::OutcomeUnknown(error.to_string())),
-            };
-            release_sled_garbage();
-            if let Err(error) = written {
-                tracing::error!(%error, "group commit failed; the store stops taking appends");
-                let reason = error.to_string();
+            let applied = self.tree.apply_batch(batch);
+            release_sled_garbage(overlay.events.len());
+            if let Err(error) = applied {
+                let reason = io_error(error).to_string();
+                tracing::error!(%reason, "applying a group failed; the store stops taking appends");
                 self.failed = Some(reason.clone());
-                *self.shared.failure.lock().expect("failure lock") = Some(reason);
+                *self.shared.failure.lock().expect("failure lock") = Some(reason.clone());
                 for job in staged {
-                    let answer = match &error {
-                        StoreError::OutcomeUnknown(text) => {
-                            StoreError::OutcomeUnknown(text.clone())
-                        }
-                        other => StoreError::Io(other.to_string()),
-                    };
-                    let _ = job.reply.send(Err(answer));
+                    let _ = job.reply.send(Err(StoreError::Io(reason.clone())));
                 }
-                // The pending keys stay hidden: their records may not be durable.
-                return;
+                // The pending keys stay hidden: their records may be in sled.
+                return None;
             }
-            metrics.group_commits.inc();
         }
-
-        // The group is durable: adopt its state, then answer and publish. The
-        // head moves before the pending keys are released, so a reader that
-        // sees a key's record can also read the events it points to.
+        // The next group builds on this one. Should its sync fail, the store
+        // takes no more appends, so this state is never read again.
         if let Some(head) = overlay.head {
             self.head = head;
-            *self.shared.head.lock().expect("head lock") = head;
-            metrics.head_seq.set(head.seq as i64);
-        }
-        if !overlay.idempotency.is_empty() {
-            let mut pending_keys = self.shared.pending_keys.lock().expect("pending lock");
-            for key in overlay.idempotency.keys() {
-                pending_keys.remove(key);
-            }
         }
         if overlay.last_time.is_some() {
             self.last_time = overlay.last_time;
         }
         self.stream_versions.extend(overlay.stream_versions);
-        metrics.events_appended.inc_by(overlay.events.len() as u64);
-        for job in staged {
-            if let Ok(outcome) = &job.result {
-                if !outcome.deduplicated && !outcome.events.is_empty() {
-                    metrics.batch_size.observe(outcome.events.len() as f64);
-                }
-            }
-            let _ = job.reply.send(job.result);
-        }
-        for event in overlay.events {
-            // No receivers is fine: nobody is listening yet.
-            let _ = self.committed.send(event);
-        }
+        Some(AppliedGroup {
+            staged,
+            wrote,
+            head: overlay.head,
+            idempotency_keys: overlay.idempotency.into_keys().collect(),
+            events: overlay.events,
+        })
     }
 
     fn stream_version(&mut self, stream: &str, overlay: &GroupOverlay) -> Result<u64, StoreError> {
@@ -989,15 +1003,21 @@ impl Writer {
             sealed.push(Arc::new(event));
         }
 
-        // The request is accepted: stage it.
-        for (event, record) in sealed.iter().zip(records) {
+        // The request is accepted: stage it. Its events share one time, so
+        // only the last one gets a time index entry.
+        for (index, (event, record)) in sealed.iter().zip(records).enumerate() {
             let seq_bytes = event.seq.to_be_bytes();
             batch.insert(&event_key(event.seq)[..], record);
             batch.insert(
                 stream_index_key(&event.stream, event.version),
                 &seq_bytes[..],
             );
-            sled_indexes::stage(batch, event);
+            let time_entry = if index + 1 == sealed.len() {
+                TimeEntry::Stage
+            } else {
+                TimeEntry::Skip
+            };
+            sled_indexes::stage(batch, event, time_entry);
         }
         if !sealed.is_empty() {
             batch.insert(
@@ -1031,6 +1051,106 @@ impl Writer {
             stream_version: version,
             deduplicated: false,
         })
+    }
+}
+
+impl Syncer {
+    fn run(mut self, to_sync: std::sync::mpsc::Receiver<AppliedGroup>) {
+        while let Ok(first) = to_sync.recv() {
+            let mut groups = vec![first];
+            while let Ok(group) = to_sync.try_recv() {
+                groups.push(group);
+            }
+            self.commit(groups);
+        }
+        if self.failed.is_none() {
+            if let Err(error) = self.sync() {
+                tracing::error!(%error, "final sync failed");
+            }
+        }
+    }
+
+    fn sync(&self) -> Result<(), StoreError> {
+        let metrics = &self.shared.metrics;
+        let started = Instant::now();
+        self.tree.flush().map_err(io_error)?;
+        let flushed = Instant::now();
+        metrics
+            .flush_seconds
+            .observe((flushed - started).as_secs_f64());
+        // fdatasync: the data and the file size, not the timestamps.
+        self.db_file.sync_data().map_err(io_error)?;
+        metrics.fsyncs.inc();
+        metrics
+            .fsync_seconds
+            .observe(flushed.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    /// Makes the groups durable with one flush and one fsync, then answers
+    /// and publishes them in the order they were applied.
+    fn commit(&mut self, groups: Vec<AppliedGroup>) {
+        let metrics = self.shared.metrics.clone();
+        let synced = match &self.failed {
+            Some(reason) => Err(StoreError::Io(reason.clone())),
+            None if groups.iter().any(|group| group.wrote) => self
+                .sync()
+                .map_err(|error| StoreError::OutcomeUnknown(error.to_string())),
+            None => Ok(()),
+        };
+        if let Err(error) = synced {
+            if self.failed.is_none() {
+                tracing::error!(%error, "group commit failed; the store stops taking appends");
+                let reason = error.to_string();
+                self.failed = Some(reason.clone());
+                *self.shared.failure.lock().expect("failure lock") = Some(reason);
+            }
+            for group in groups {
+                for job in group.staged {
+                    let answer = match &error {
+                        StoreError::OutcomeUnknown(text) => {
+                            StoreError::OutcomeUnknown(text.clone())
+                        }
+                        other => StoreError::Io(other.to_string()),
+                    };
+                    let _ = job.reply.send(Err(answer));
+                }
+            }
+            // The pending keys stay hidden: their records may not be durable.
+            return;
+        }
+        if groups.iter().any(|group| group.wrote) {
+            metrics.group_commits.inc();
+        }
+
+        // The groups are durable: move the head, then answer and publish. The
+        // head moves before the pending keys are released, so a reader that
+        // sees a key's record can also read the events it points to.
+        for group in groups {
+            if let Some(head) = group.head {
+                *self.shared.head.lock().expect("head lock") = head;
+                metrics.head_seq.set(head.seq as i64);
+            }
+            if !group.idempotency_keys.is_empty() {
+                let mut pending_keys = self.shared.pending_keys.lock().expect("pending lock");
+                for key in &group.idempotency_keys {
+                    pending_keys.remove(key);
+                }
+            }
+            metrics.events_appended.inc_by(group.events.len() as u64);
+            for job in group.staged {
+                if let Ok(outcome) = &job.result {
+                    if !outcome.deduplicated && !outcome.events.is_empty() {
+                        metrics.batch_size.observe(outcome.events.len() as f64);
+                    }
+                }
+                let _ = job.reply.send(job.result);
+            }
+            for event in group.events {
+                // No receivers is fine: nobody is listening yet.
+                let _ = self.committed.send(event);
+            }
+        }
     }
 }
 
@@ -1094,7 +1214,8 @@ impl Writer {
                 stream_index_key(&event.stream, event.version),
                 &event.seq.to_be_bytes()[..],
             );
-            sled_indexes::stage(batch, event);
+            // Imported events keep their own times: each gets its entry.
+            sled_indexes::stage(batch, event, TimeEntry::Stage);
         }
         for (stream, version) in &versions {
             batch.insert(stream_version_key(stream), &version.to_be_bytes()[..]);
@@ -1122,11 +1243,17 @@ impl Writer {
 /// with their index entries) makes more garbage per pin than that, and an
 /// import of 1,000,000 events grew past 6 GiB (24 KiB per event) in
 /// `cargo bench --bench history`. Flushing this thread's deferred garbage and
-/// pinning a few times after each batch lets the collector keep up; with it
-/// the bench's import of 1,002,504 events ran to the end, its process growing
-/// from 740 to 1,068 MiB (docs/PERFORMANCE.md).
-fn release_sled_garbage() {
-    for _ in 0..64 {
+/// pinning a few times after each batch lets the collector keep up; with 64
+/// pins per batch the bench's import of 1,002,504 events ran to the end, its
+/// process growing from 740 to 1,068 MiB (docs/PERFORMANCE.md).
+///
+/// The pins scale with the batch (one per 16 events, at most 64, so an
+/// import's 1,000-event batches still get 64): each pin allocates, and 64 of
+/// them after every small group were 8% of the writer's time at 64 writers
+/// of one event each (perf, issue 6).
+fn release_sled_garbage(events_in_batch: usize) {
+    let pins = (events_in_batch / 16 + 1).min(64);
+    for _ in 0..pins {
         crossbeam_epoch::pin().flush();
     }
 }
