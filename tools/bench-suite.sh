@@ -211,13 +211,9 @@ run_step peers - "${BIN[peers]}" --writers "$WRITERS" --batch 1,100 \
 # file given with --json-out.
 run_step history "$OUT/history.log" "${BIN[history]}" --json-out "$OUT/history.json" \
 	--skip-backup "${HISTORY_ARGS[@]}"
-[[ -s $OUT/history.json ]] ||
-	echo "history: no $OUT/history.json written (does the bench know --json-out?)" >>"$FAILURES"
 
 run_step reconcile "$OUT/reconcile.log" "${BIN[reconcile]}" --json-out "$OUT/reconcile.json" \
 	--skip-lag "${RECONCILE_ARGS[@]}"
-[[ -s $OUT/reconcile.json ]] ||
-	echo "reconcile: no $OUT/reconcile.json written (does the bench know --json-out?)" >>"$FAILURES"
 
 WALL_SECONDS=$(($(date +%s) - STARTED))
 log "== report"

@@ -208,8 +208,19 @@ fn main() {
         .unwrap_or_default();
     let peers = read_json(&args.out.join("peers.json"), &mut problems);
     let disk = read_json(&args.out.join("disk.json"), &mut problems);
-    let history = read_json(&args.out.join("history.json"), &mut problems);
-    let reconcile = read_json(&args.out.join("reconcile.json"), &mut problems);
+    let mut figures = |name: &str| {
+        let path = args.out.join(format!("{name}.json"));
+        if !path.exists() {
+            problems.push(format!(
+                "{name}: no {} written (does `cargo bench --bench {name}` know --json-out?)",
+                path.display()
+            ));
+            return None;
+        }
+        read_json(&path, &mut problems)
+    };
+    let history = figures("history");
+    let reconcile = figures("reconcile");
     let machine = machine(&args);
 
     let points: Vec<Value> = peers
