@@ -138,6 +138,11 @@ fn machine(args: &Args) -> Value {
         "disk_device": mount_fields.next().unwrap_or("unknown"),
         "filesystem": mount_fields.next().unwrap_or("unknown"),
         "mount_options": mount_fields.next().unwrap_or("unknown"),
+        // Over the last 1, 5 and 15 minutes when the report is written: other
+        // work on the machine during the run shows here.
+        "load_average": std::fs::read_to_string("/proc/loadavg")
+            .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+            .unwrap_or_else(|_| "unknown".into()),
         "git_commit": commit,
         "git_dirty": !dirty.is_empty() && dirty != "unknown",
         "date_utc": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
@@ -489,7 +494,7 @@ fn main() {
     let _ = writeln!(
         md,
         "{} cores ({}), {} RAM, kernel {}; data in {} on {} ({}, {}); commit {}{}; {}; \
-         total wall time {}{}.",
+         load average {} at the end; total wall time {}{}.",
         text("nproc"),
         text("cpu_model"),
         text("mem_total"),
@@ -505,6 +510,7 @@ fn main() {
             ""
         },
         text("date_utc"),
+        text("load_average"),
         args.wall_seconds
             .map_or("unknown".into(), |s| format!("{:.0} s", s)),
         args.build_seconds.map_or(String::new(), |s| format!(
