@@ -60,6 +60,9 @@ mkdir -p "$OUT" || exit 1
 OUT=$(realpath "$OUT")
 FAILURES=$OUT/failures.txt
 : >"$FAILURES"
+# One line per step: name, wall seconds, exit status (for the report).
+STEPS=$OUT/steps.tsv
+: >"$STEPS"
 # The data of every bench and server lives here; PostgreSQL runs as the user
 # postgres when we are root, so the dir must be open to it.
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/cairn-suite-XXXXXX") || exit 1
@@ -106,8 +109,9 @@ trap 'log "interrupted"; exit 130' INT TERM
 # children at once, and a Ctrl-C reaches only this script), with stdout to
 # the file $2 (or to stderr for "-"). A failure is recorded, not fatal.
 run_step() {
-	local name=$1 stdout=$2 status
+	local name=$1 stdout=$2 status begun
 	shift 2
+	begun=$(date +%s)
 	log "== $name: $*"
 	if [[ $stdout == - ]]; then
 		setsid "$@" >&2 &
@@ -118,6 +122,7 @@ run_step() {
 	wait "$CHILD"
 	status=$?
 	CHILD=
+	printf '%s\t%s\t%s\n' "$name" "$(($(date +%s) - begun))" "$status" >>"$STEPS"
 	if ((status != 0)); then
 		log "$name failed with status $status"
 		echo "$name: exit status $status" >>"$FAILURES"
@@ -225,8 +230,7 @@ REPORT_STATUS=$?
 CHILD=
 log "results in $OUT/results.md and $OUT/results.json (total ${WALL_SECONDS} s, build ${BUILD_SECONDS} s)"
 if [[ -s $FAILURES ]] || ((REPORT_STATUS != 0)); then
-	log "some steps failed:"
-	cat "$FAILURES" >&2
+	log "the run is not whole; see the Failures section of $OUT/results.md"
 	exit 1
 fi
 exit 0

@@ -14,7 +14,8 @@
 //! - `DIR/history.json` and `DIR/reconcile.json`: `--json-out` of the history
 //!   and reconcile benches, each `{"figures": [{"name", "value", "unit",
 //!   "goal" (optional), "met": true|false|null}]}`;
-//! - `DIR/failures.txt`: one line per step of the suite that failed.
+//! - `DIR/failures.txt`: one line per step of the suite that failed;
+//! - `DIR/steps.tsv`: one line per step: name, wall seconds, exit status.
 //!
 //! It measures nothing itself; it only computes ratios (Cairn's events/s over
 //! the better peer's at the same writers and batch) and checks the issue's
@@ -518,6 +519,35 @@ fn main() {
             s
         )),
     );
+    let steps: Vec<Value> = std::fs::read_to_string(args.out.join("steps.tsv"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split('\t');
+            let name = fields.next()?;
+            let seconds: f64 = fields.next()?.parse().ok()?;
+            let status: i64 = fields.next()?.parse().ok()?;
+            Some(json!({"step": name, "seconds": seconds, "status": status}))
+        })
+        .collect();
+    if !steps.is_empty() {
+        let text: Vec<String> = steps
+            .iter()
+            .map(|s| {
+                format!(
+                    "{} {:.0} s{}",
+                    s["step"].as_str().unwrap_or("?"),
+                    number(s, "seconds"),
+                    if s["status"].as_i64() == Some(0) {
+                        ""
+                    } else {
+                        " (failed)"
+                    }
+                )
+            })
+            .collect();
+        let _ = writeln!(md, "\nSteps: {}.", text.join(", "));
+    }
     let all_failures: Vec<String> = failures
         .iter()
         .chain(peer_failures.iter())
@@ -537,6 +567,7 @@ fn main() {
         "wall_seconds": args.wall_seconds,
         "build_seconds": args.build_seconds,
         "seconds_per_point": seconds_per_point,
+        "steps": steps,
         "points": points,
         "ratios": rows,
         "goals": goals,
