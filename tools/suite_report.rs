@@ -467,7 +467,7 @@ fn main() {
                 md,
                 "| {bench} | {} | {} | {} | {} | {} |",
                 f.get("name").and_then(Value::as_str).unwrap_or("?"),
-                value.map_or("n/a".into(), |v| if v.abs() >= 100.0 {
+                value.map_or("n/a".into(), |v| if v.abs() >= 100.0 || v.fract() == 0.0 {
                     thousands(v)
                 } else {
                     format!("{v:.3}")
