@@ -1,16 +1,28 @@
-//! Durable events/s of Cairn over HTTP beside its peers, etcd and PostgreSQL
-//! (issue 6): one point per target, N concurrent writers, single events or
-//! batches, for a fixed time.
+//! Durable events/s of Cairn beside its peers, etcd and PostgreSQL (issue 6):
+//! for every target, every writer count and every batch size given, N
+//! concurrent writers append single events or batches for a fixed time, and
+//! the bench reports events/s, p50 and p99 latency, the bytes of payload each
+//! event carries and the CPU time the measuring process spent.
 //!
-//! Run: `cargo bench --bench peers -- --writers 64 --batch 1 --seconds 5`
-//! (defaults 64, 1, 5; `--json` prints a JSON array instead of the markdown
-//! table; `--targets cairn-http,etcd,postgres` picks targets).
+//! Run: `cargo bench --bench peers -- --writers 1,16,64 --batch 1,100
+//! --seconds 3` (defaults 64, 1, 5; `--json` prints a JSON array instead of
+//! the markdown table; `--json-out FILE` also writes it to FILE;
+//! `--targets cairn-http,cairn-lib,etcd,postgres,null-http` picks targets, by
+//! default all but null-http; `--peers-dir DIR` puts the peer servers' data
+//! under DIR instead of a temp dir, so whoever runs the bench can stop them
+//! with `tools/peers.sh stop KIND DIR/KIND` if the bench itself is killed).
 //!
 //! - cairn-http: the daemon runs in the measuring process, as in
 //!   `tools/bench_append.rs`; each writer declares its own cluster with `batch`
 //!   pools (not measured), then applies it with every pool's replicas
 //!   alternating 2 and 1, so each apply appends exactly `batch` PoolScaled
-//!   events, fsynced before the answer.
+//!   events, fsynced before the answer. Every apply carries an
+//!   `X-Cairn-Reason` header sized so that an event's data plus its reason is
+//!   about 250 bytes, like the peers' payload; the bench reads one stored event
+//!   back through `GET /v1/events` to report the actual size.
+//! - cairn-lib: `SledStore::append` directly, as `tools/bench_append.rs` does:
+//!   the same ~250-byte JSON payload, one stream per append chosen among 1,000
+//!   (a batch is `batch` events on one stream), fsynced before it returns.
 //! - etcd: started with `tools/peers.sh start etcd DIR` (a fresh member, default
 //!   settings, so its WAL is fsynced); each request is one `POST /v3/kv/txn`
 //!   through the JSON gateway that, per event, compares that the key
@@ -22,16 +34,25 @@
 //!   prepared `INSERT INTO events (id, stream, version, type, payload)` per
 //!   event in autocommit, or a batch as BEGIN, `batch` pipelined inserts,
 //!   COMMIT.
+//! - null-http: the load generator's own cost. A server in the parent process
+//!   answers every request with 200 and `{}` at once; the measuring child runs
+//!   the same loop as for Cairn and etcd, so its requests/s is the ceiling of
+//!   the generator and its CPU time per request (getrusage of the child) is
+//!   what the generator takes from the machine's cores at the other targets.
 //!
 //! Cairn and etcd go through the same code path: one `reqwest::Client` per
 //! point and one loop (`post_loop`) that posts a JSON body and waits for a 2xx
 //! answer and its whole body. Streams are chosen among 1,000; writer w owns
 //! the streams whose index % writers == w and keeps their version counters, so
-//! no target pays for conflicts.
+//! no target pays for conflicts. Each point names its streams with its own
+//! prefix, so a peer server started once serves every point of the matrix
+//! without version conflicts.
 //!
-//! Each target runs in a fresh process of this program (as bench_append does
-//! per point); the parent starts and stops the peer servers, so a failed point
-//! still stops its server.
+//! Each point runs in a fresh process of this program (as bench_append does);
+//! the parent starts each peer server once for all its points, runs `sync`
+//! before each point, and stops the servers at the end, also when a point
+//! fails (a failed point is reported and the others still run; the exit
+//! status is then non-zero).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -44,7 +65,12 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 const STREAMS: usize = 1000;
-const TARGETS: [&str; 3] = ["cairn-http", "etcd", "postgres"];
+const TARGETS: [&str; 5] = ["cairn-http", "cairn-lib", "etcd", "postgres", "null-http"];
+/// The targets run when `--targets` is not given.
+const DEFAULT_TARGETS: [&str; 4] = ["cairn-http", "cairn-lib", "etcd", "postgres"];
+/// PoolScaled's data for the bench's pools, e.g. `{"pool":"p0","from":1,"to":2}`,
+/// is about 30 bytes; the reason brings an event to about 250.
+const CAIRN_REASON_BYTES: usize = 220;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct PointResult {
@@ -57,15 +83,53 @@ struct PointResult {
     events_per_s: f64,
     p50_ms: f64,
     p99_ms: f64,
+    /// The bytes of payload one event carries: the JSON value for the peers
+    /// and the library, the event's data plus its reason for cairn-http.
+    payload_bytes: usize,
+    /// For cairn-http: one stored event as `GET /v1/events` shows it (with
+    /// its envelope: ids, actor, cause, hashes), in bytes of JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    event_json_bytes: Option<usize>,
+    /// User plus system CPU time of the measuring process during the point
+    /// (for cairn-http and cairn-lib this includes the store or daemon).
+    cpu_seconds: f64,
+    /// CPU time per request, in microseconds.
+    cpu_us_per_request: f64,
+    /// CPU time over wall time: how many cores the measuring process took.
+    cpu_cores: f64,
+}
+
+/// User plus system CPU time this process has used so far.
+fn process_cpu() -> Duration {
+    // SAFETY: getrusage only writes into the struct it is given.
+    let usage = unsafe {
+        let mut usage = std::mem::zeroed::<libc::rusage>();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let time = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    time(usage.ru_utime) + time(usage.ru_stime)
+}
+
+/// What a point's writers did: wall time, CPU time and each request's latency.
+struct Measured {
+    elapsed: Duration,
+    cpu: Duration,
+    latencies: Vec<Duration>,
 }
 
 fn summarize(
     target: &str,
     writers: usize,
     batch: usize,
-    elapsed: Duration,
-    mut latencies: Vec<Duration>,
+    payload_bytes: usize,
+    measured: Measured,
 ) -> PointResult {
+    let Measured {
+        elapsed,
+        cpu,
+        mut latencies,
+    } = measured;
     latencies.sort();
     let pick = |q: f64| {
         let index = ((latencies.len() as f64 - 1.0) * q).round() as usize;
@@ -85,6 +149,11 @@ fn summarize(
         events_per_s: events as f64 / elapsed.as_secs_f64(),
         p50_ms: pick(0.5),
         p99_ms: pick(0.99),
+        payload_bytes,
+        event_json_bytes: None,
+        cpu_seconds: cpu.as_secs_f64(),
+        cpu_us_per_request: cpu.as_secs_f64() * 1e6 / requests.max(1) as f64,
+        cpu_cores: cpu.as_secs_f64() / elapsed.as_secs_f64(),
     }
 }
 
@@ -98,16 +167,19 @@ fn payload() -> String {
 
 /// The streams writer `writer` of `writers` owns, with their next versions.
 struct OwnedStreams {
+    /// The point's prefix of every stream name, e.g. `w64b1-`.
+    prefix: String,
     indexes: Vec<usize>,
     versions: Vec<u64>,
     turn: usize,
 }
 
 impl OwnedStreams {
-    fn new(writer: usize, writers: usize) -> Self {
+    fn new(prefix: &str, writer: usize, writers: usize) -> Self {
         let indexes: Vec<usize> = (0..STREAMS).filter(|i| i % writers == writer).collect();
         let versions = vec![0; indexes.len()];
         OwnedStreams {
+            prefix: prefix.to_string(),
             indexes,
             versions,
             turn: 0,
@@ -120,7 +192,7 @@ impl OwnedStreams {
         self.turn += 1;
         self.versions[slot] += 1;
         (
-            format!("cluster-{:03}", self.indexes[slot]),
+            format!("{}cluster-{:03}", self.prefix, self.indexes[slot]),
             self.versions[slot],
         )
     }
@@ -132,6 +204,7 @@ impl OwnedStreams {
 async fn post_loop(
     client: reqwest::Client,
     url: String,
+    headers: reqwest::header::HeaderMap,
     deadline: Instant,
     mut next_body: impl FnMut() -> Vec<u8>,
     accept: fn(&[u8]) -> bool,
@@ -143,6 +216,7 @@ async fn post_loop(
         let response = client
             .post(&url)
             .header("content-type", "application/json")
+            .headers(headers.clone())
             .body(body)
             .send()
             .await
@@ -160,19 +234,25 @@ async fn post_loop(
     Ok(latencies)
 }
 
-/// Runs `writers` writers (built by `writer(index)`) and gathers latencies.
-async fn run_writers<F, Fut>(writers: usize, mut writer: F) -> Result<(Duration, Vec<Duration>)>
+/// Runs `writers` writers (built by `writer(index)`) and gathers latencies,
+/// the wall time and the process's CPU time over the run.
+async fn run_writers<F, Fut>(writers: usize, mut writer: F) -> Result<Measured>
 where
     F: FnMut(usize) -> Fut,
     Fut: std::future::Future<Output = Result<Vec<Duration>>> + Send + 'static,
 {
+    let cpu_before = process_cpu();
     let started = Instant::now();
     let tasks: Vec<_> = (0..writers).map(|w| tokio::spawn(writer(w))).collect();
     let mut latencies = Vec::new();
     for task in tasks {
         latencies.extend(task.await.context("writer task")??);
     }
-    Ok((started.elapsed(), latencies))
+    Ok(Measured {
+        elapsed: started.elapsed(),
+        cpu: process_cpu().saturating_sub(cpu_before),
+        latencies,
+    })
 }
 
 fn http_client(writers: usize) -> Result<reqwest::Client> {
@@ -236,8 +316,10 @@ async fn cairn_http_point(
                 bail!("declare w{writer}: {}", answer.status());
             }
         }
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert("x-cairn-reason", cairn_reason().parse()?);
         let deadline = Instant::now() + Duration::from_secs_f64(seconds);
-        run_writers(writers, |writer| {
+        let measured = run_writers(writers, |writer| {
             let bodies = [
                 cluster_manifest(&format!("w{writer}"), batch, 2),
                 cluster_manifest(&format!("w{writer}"), batch, 1),
@@ -246,6 +328,7 @@ async fn cairn_http_point(
             post_loop(
                 client.clone(),
                 url.clone(),
+                headers.clone(),
                 deadline,
                 move || {
                     turn += 1;
@@ -254,13 +337,106 @@ async fn cairn_http_point(
                 |_| true,
             )
         })
-        .await
+        .await?;
+        let sizes = stored_event_sizes(&client, &daemon.addr.to_string()).await?;
+        Ok((measured, sizes))
     }
     .await;
     shutdown.cancel();
     daemon.finished.await.context("daemon stops")?;
-    let (elapsed, latencies) = measured?;
-    Ok(summarize("cairn-http", writers, batch, elapsed, latencies))
+    let (measured, (payload_bytes, event_json_bytes)) = measured?;
+    let mut result = summarize("cairn-http", writers, batch, payload_bytes, measured);
+    result.event_json_bytes = Some(event_json_bytes);
+    Ok(result)
+}
+
+/// The reason every cairn-http apply carries.
+fn cairn_reason() -> String {
+    format!(
+        "bench: {}",
+        "x".repeat(CAIRN_REASON_BYTES - "bench: ".len())
+    )
+}
+
+/// Reads the newest PoolScaled event back and returns its data plus reason
+/// in bytes, and its whole JSON in bytes.
+async fn stored_event_sizes(client: &reqwest::Client, addr: &str) -> Result<(usize, usize)> {
+    let page: serde_json::Value = client
+        .get(format!("http://{addr}/v1/events?type=PoolScaled&limit=1"))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let event = page
+        .get("events")
+        .and_then(|events| events.get(0))
+        .context("no PoolScaled event in GET /v1/events")?;
+    let data = event.get("data").map_or(0, |d| d.to_string().len());
+    let reason = event
+        .pointer("/cause/request/reason")
+        .and_then(|r| r.as_str())
+        .map_or(0, str::len);
+    Ok((data + reason, event.to_string().len()))
+}
+
+async fn cairn_lib_point(
+    writers: usize,
+    batch: usize,
+    seconds: f64,
+    dir: &Path,
+    prefix: &str,
+) -> Result<PointResult> {
+    use cairn::event::{Actor, ActorKind, Cause, NewEvent};
+    use cairn::store::{AppendRequest, EventStore, ExpectedVersion, SledStore, SledStoreConfig};
+    let store = std::sync::Arc::new(SledStore::open(SledStoreConfig::new(dir))?);
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let payload = payload().into_bytes();
+    let payload_bytes = payload.len();
+    let measured = run_writers(writers, |writer| {
+        let store = store.clone();
+        let payload = payload.clone();
+        let mut streams = OwnedStreams::new(prefix, writer, writers);
+        async move {
+            let mut latencies = Vec::new();
+            while Instant::now() < deadline {
+                let events = (0..batch)
+                    .map(|_| NewEvent {
+                        id: Uuid::now_v7(),
+                        event_type: "BenchEvent".into(),
+                        schema: 1,
+                        actor: Actor {
+                            kind: ActorKind::System,
+                            name: "bench".into(),
+                        },
+                        cause: Cause::None,
+                        correlation: Uuid::nil(),
+                        payload: payload.clone(),
+                    })
+                    .collect();
+                let (stream, _) = streams.next();
+                let request = AppendRequest {
+                    stream,
+                    expected: ExpectedVersion::Any,
+                    events,
+                    idempotency: None,
+                };
+                let begun = Instant::now();
+                store.append(request).await.context("append")?;
+                latencies.push(begun.elapsed());
+            }
+            Ok(latencies)
+        }
+    })
+    .await;
+    store.close().await;
+    Ok(summarize(
+        "cairn-lib",
+        writers,
+        batch,
+        payload_bytes,
+        measured?,
+    ))
 }
 
 fn etcd_txn(streams: &mut OwnedStreams, batch: usize, value: &str) -> Vec<u8> {
@@ -288,27 +464,79 @@ fn etcd_succeeded(answer: &[u8]) -> bool {
         .unwrap_or(false)
 }
 
-async fn etcd_point(writers: usize, batch: usize, seconds: f64, port: u16) -> Result<PointResult> {
+async fn etcd_point(
+    writers: usize,
+    batch: usize,
+    seconds: f64,
+    port: u16,
+    prefix: &str,
+) -> Result<PointResult> {
     let url = format!("http://127.0.0.1:{port}/v3/kv/txn");
     let client = http_client(writers)?;
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
-    let (elapsed, latencies) = run_writers(writers, |writer| {
-        let mut streams = OwnedStreams::new(writer, writers);
+    let measured = run_writers(writers, |writer| {
+        let mut streams = OwnedStreams::new(prefix, writer, writers);
         let value = payload();
         post_loop(
             client.clone(),
             url.clone(),
+            reqwest::header::HeaderMap::new(),
             deadline,
             move || etcd_txn(&mut streams, batch, &value),
             etcd_succeeded,
         )
     })
     .await?;
-    Ok(summarize("etcd", writers, batch, elapsed, latencies))
+    Ok(summarize("etcd", writers, batch, payload().len(), measured))
+}
+
+/// The load generator alone: the same loop against a server that answers at
+/// once. Each request carries one ~250-byte payload, as a batch-1 etcd txn.
+async fn null_http_point(writers: usize, seconds: f64, port: u16) -> Result<PointResult> {
+    let url = format!("http://127.0.0.1:{port}/null");
+    let client = http_client(writers)?;
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let measured = run_writers(writers, |_| {
+        let body = payload().into_bytes();
+        post_loop(
+            client.clone(),
+            url.clone(),
+            reqwest::header::HeaderMap::new(),
+            deadline,
+            move || body.clone(),
+            |_| true,
+        )
+    })
+    .await?;
+    Ok(summarize(
+        "null-http",
+        writers,
+        1,
+        payload().len(),
+        measured,
+    ))
+}
+
+/// Starts the null server on a loopback port in a thread of this process; it
+/// runs until the process exits.
+fn start_null_server() -> Result<u16> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let port = listener.local_addr()?.port();
+    std::thread::spawn(move || {
+        use warp::Filter;
+        let routes = warp::any().map(|| warp::reply::json(&serde_json::json!({})));
+        runtime.block_on(warp::serve(routes).incoming(listener).run());
+    });
+    Ok(port)
 }
 
 async fn postgres_writer(
     port: u16,
+    prefix: String,
     writer: usize,
     writers: usize,
     batch: usize,
@@ -328,7 +556,7 @@ async fn postgres_writer(
         .await?;
     let payload: serde_json::Value = serde_json::from_str(&payload())?;
     let event_type = "BenchEvent".to_string();
-    let mut streams = OwnedStreams::new(writer, writers);
+    let mut streams = OwnedStreams::new(&prefix, writer, writers);
     let mut latencies = Vec::new();
     while Instant::now() < deadline {
         let rows: Vec<(Uuid, String, i64)> = (0..batch)
@@ -367,13 +595,20 @@ async fn postgres_point(
     batch: usize,
     seconds: f64,
     port: u16,
+    prefix: &str,
 ) -> Result<PointResult> {
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
-    let (elapsed, latencies) = run_writers(writers, |writer| {
-        postgres_writer(port, writer, writers, batch, deadline)
+    let measured = run_writers(writers, |writer| {
+        postgres_writer(port, prefix.to_string(), writer, writers, batch, deadline)
     })
     .await?;
-    Ok(summarize("postgres", writers, batch, elapsed, latencies))
+    Ok(summarize(
+        "postgres",
+        writers,
+        batch,
+        payload().len(),
+        measured,
+    ))
 }
 
 /// A peer server started with tools/peers.sh; stopped when dropped, so a
@@ -382,22 +617,37 @@ struct Peer {
     kind: &'static str,
     dir: PathBuf,
     port: u16,
-    _temp: tempfile::TempDir,
+    _temp: Option<tempfile::TempDir>,
 }
 
 fn peers_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/peers.sh")
 }
 
+/// Makes `dir` reachable by the user postgres: as root, PostgreSQL runs as
+/// that user.
+fn open_to_postgres(dir: &Path) -> Result<()> {
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    Ok(())
+}
+
 impl Peer {
-    fn start(kind: &'static str) -> Result<Peer> {
-        let temp = tempfile::Builder::new().prefix("cairn-peers-").tempdir()?;
-        // As root, PostgreSQL runs as the user postgres, which must reach DIR.
-        std::fs::set_permissions(
-            temp.path(),
-            std::os::unix::fs::PermissionsExt::from_mode(0o755),
-        )?;
-        let dir = temp.path().join(kind);
+    /// Starts a `kind` server in `base/kind`, or in a temp dir when `base` is
+    /// not given.
+    fn start(kind: &'static str, base: Option<&Path>) -> Result<Peer> {
+        let (temp, base) = match base {
+            Some(base) => {
+                std::fs::create_dir_all(base)?;
+                (None, base.to_path_buf())
+            }
+            None => {
+                let temp = tempfile::Builder::new().prefix("cairn-peers-").tempdir()?;
+                let path = temp.path().to_path_buf();
+                (Some(temp), path)
+            }
+        };
+        open_to_postgres(&base)?;
+        let dir = base.join(kind);
         let output = Command::new(peers_script())
             .args(["start", kind])
             .arg(&dir)
@@ -446,32 +696,49 @@ impl Drop for Peer {
 }
 
 struct Options {
-    writers: usize,
-    batch: usize,
+    writers: Vec<usize>,
+    batches: Vec<usize>,
     seconds: f64,
     json: bool,
+    json_out: Option<PathBuf>,
     targets: Vec<String>,
-    /// In a child: the target to measure and its port (0 for cairn-http).
+    peers_dir: Option<PathBuf>,
+    /// In a child: the target to measure and its port (0 for cairn-lib and
+    /// cairn-http).
     only: Option<(String, u16)>,
+}
+
+fn numbers(text: &str) -> Result<Vec<usize>> {
+    text.split(',')
+        .map(|n| {
+            n.trim()
+                .parse()
+                .with_context(|| format!("{n:?} is not a number"))
+        })
+        .collect()
 }
 
 fn options() -> Result<Options> {
     let mut options = Options {
-        writers: 64,
-        batch: 1,
+        writers: vec![64],
+        batches: vec![1],
         seconds: 5.0,
         json: false,
-        targets: TARGETS.iter().map(|t| t.to_string()).collect(),
+        json_out: None,
+        targets: DEFAULT_TARGETS.iter().map(|t| t.to_string()).collect(),
+        peers_dir: None,
         only: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = || args.next().with_context(|| format!("{arg} takes a value"));
         match arg.as_str() {
-            "--writers" => options.writers = value()?.parse()?,
-            "--batch" => options.batch = value()?.parse()?,
+            "--writers" => options.writers = numbers(&value()?)?,
+            "--batch" => options.batches = numbers(&value()?)?,
             "--seconds" => options.seconds = value()?.parse()?,
             "--targets" => options.targets = value()?.split(',').map(str::to_string).collect(),
+            "--json-out" => options.json_out = Some(PathBuf::from(value()?)),
+            "--peers-dir" => options.peers_dir = Some(PathBuf::from(value()?)),
             "--only" => {
                 let point = value()?;
                 let (target, port) = point.split_once(':').context("--only takes TARGET:PORT")?;
@@ -483,7 +750,12 @@ fn options() -> Result<Options> {
             other => bail!("unknown argument {other:?}"),
         }
     }
-    if options.writers == 0 || options.writers > STREAMS || options.batch == 0 {
+    if options
+        .writers
+        .iter()
+        .any(|&writers| writers == 0 || writers > STREAMS)
+        || options.batches.contains(&0)
+    {
         bail!("--writers takes 1 to {STREAMS}, --batch at least 1");
     }
     for target in &options.targets {
@@ -494,20 +766,28 @@ fn options() -> Result<Options> {
     Ok(options)
 }
 
-/// In a child process: measures one target and prints its result as JSON.
+/// In a child process: measures one point and prints its result as JSON.
 fn run_child(options: &Options, target: &str, port: u16) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let (writers, batch, seconds) = (options.writers, options.batch, options.seconds);
+    let (writers, batch, seconds) = (options.writers[0], options.batches[0], options.seconds);
+    // Every point names its streams apart from the other points' on the same
+    // peer server.
+    let prefix = format!("w{writers}b{batch}-");
     let result = runtime.block_on(async {
         match target {
             "cairn-http" => {
                 let dir = tempfile::Builder::new().prefix("cairn-bench-").tempdir()?;
                 cairn_http_point(writers, batch, seconds, dir.path()).await
             }
-            "etcd" => etcd_point(writers, batch, seconds, port).await,
-            "postgres" => postgres_point(writers, batch, seconds, port).await,
+            "cairn-lib" => {
+                let dir = tempfile::Builder::new().prefix("cairn-bench-").tempdir()?;
+                cairn_lib_point(writers, batch, seconds, dir.path(), &prefix).await
+            }
+            "etcd" => etcd_point(writers, batch, seconds, port, &prefix).await,
+            "postgres" => postgres_point(writers, batch, seconds, port, &prefix).await,
+            "null-http" => null_http_point(writers, seconds, port).await,
             other => bail!("unknown target {other:?}"),
         }
     })?;
@@ -515,30 +795,81 @@ fn run_child(options: &Options, target: &str, port: u16) -> Result<()> {
     Ok(())
 }
 
-fn run_target(options: &Options, target: &str) -> Result<PointResult> {
-    let peer = match target {
-        "etcd" => Some(Peer::start("etcd")?),
-        "postgres" => Some(Peer::start("postgres")?),
-        _ => None,
-    };
-    let port = peer.as_ref().map_or(0, |p| p.port);
+/// Runs one point in a fresh process of this program.
+fn run_point(
+    options: &Options,
+    target: &str,
+    port: u16,
+    writers: usize,
+    batch: usize,
+) -> Result<PointResult> {
     // Start each point with nothing dirty in the page cache.
     let _ = Command::new("sync").status();
     let output = Command::new(std::env::current_exe()?)
         .args(["--only", &format!("{target}:{port}")])
-        .args(["--writers", &options.writers.to_string()])
-        .args(["--batch", &options.batch.to_string()])
+        .args(["--writers", &writers.to_string()])
+        .args(["--batch", &batch.to_string()])
         .args(["--seconds", &options.seconds.to_string()])
         .stderr(std::process::Stdio::inherit())
         .output()
         .context("the bench runs itself")?;
-    drop(peer);
     if !output.status.success() {
-        bail!("point {target} failed ({})", output.status);
+        bail!(
+            "point {target} w{writers} b{batch} failed ({})",
+            output.status
+        );
     }
     let stdout = String::from_utf8_lossy(&output.stdout);
     let line = stdout.lines().last().context("no result from the point")?;
     Ok(serde_json::from_str(line)?)
+}
+
+/// Runs every point of one target, with its server started once; failures
+/// are added to `failures` and the other points still run.
+fn run_target(
+    options: &Options,
+    target: &str,
+    results: &mut Vec<PointResult>,
+    failures: &mut Vec<String>,
+) {
+    let port = match target {
+        "etcd" | "postgres" => {
+            let kind = if target == "etcd" { "etcd" } else { "postgres" };
+            match Peer::start(kind, options.peers_dir.as_deref()) {
+                Ok(peer) => Some(peer),
+                Err(error) => {
+                    failures.push(format!("{target}: {error:#}"));
+                    return;
+                }
+            }
+            .map(|peer| (peer.port, Some(peer)))
+        }
+        "null-http" => match start_null_server() {
+            Ok(port) => Some((port, None)),
+            Err(error) => {
+                failures.push(format!("{target}: null server: {error:#}"));
+                return;
+            }
+        },
+        _ => Some((0, None)),
+    };
+    let Some((port, peer)) = port else { return };
+    // The null target measures the generator alone: batches do not apply.
+    let batches = if target == "null-http" {
+        vec![1]
+    } else {
+        options.batches.clone()
+    };
+    for &batch in &batches {
+        for &writers in &options.writers {
+            eprintln!("bench_peers: {target}, {writers} writers, batch {batch}");
+            match run_point(options, target, port, writers, batch) {
+                Ok(result) => results.push(result),
+                Err(error) => failures.push(format!("{error:#}")),
+            }
+        }
+    }
+    drop(peer);
 }
 
 fn main() -> Result<()> {
@@ -547,38 +878,71 @@ fn main() -> Result<()> {
         return run_child(&options, target, *port);
     }
     let mut results = Vec::new();
+    let mut failures = Vec::new();
     for target in &options.targets {
-        results.push(run_target(&options, target)?);
+        run_target(&options, target, &mut results, &mut failures);
+    }
+    if let Some(path) = &options.json_out {
+        let report = serde_json::json!({
+            "seconds_per_point": options.seconds,
+            "points": results,
+            "failures": failures,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("write {}", path.display()))?;
     }
     if options.json {
         println!("{}", serde_json::to_string_pretty(&results)?);
-        return Ok(());
+    } else {
+        print_table(&options, &results);
     }
-    println!(
-        "durable events, {} writers, batch {}, {} s per target",
-        options.writers, options.batch, options.seconds
-    );
-    println!();
-    println!("| target | writers | batch | events/s | p50 ms | p99 ms |");
-    println!("|---|---|---|---|---|---|");
-    for r in &results {
-        println!(
-            "| {} | {} | {} | {:.0} | {:.2} | {:.2} |",
-            r.target, r.writers, r.batch, r.events_per_s, r.p50_ms, r.p99_ms
-        );
+    for failure in &failures {
+        eprintln!("bench_peers: FAILED: {failure}");
     }
-    let cairn = results.iter().find(|r| r.target == "cairn-http");
-    let best_peer = results
-        .iter()
-        .filter(|r| r.target != "cairn-http")
-        .max_by(|a, b| a.events_per_s.total_cmp(&b.events_per_s));
-    if let (Some(cairn), Some(peer)) = (cairn, best_peer) {
-        println!();
-        println!(
-            "cairn-http / better peer ({}): {:.2}x",
-            peer.target,
-            cairn.events_per_s / peer.events_per_s
-        );
+    if !failures.is_empty() {
+        bail!("{} point(s) failed", failures.len());
     }
     Ok(())
+}
+
+fn print_table(options: &Options, results: &[PointResult]) {
+    println!("durable events, {} s per point", options.seconds);
+    println!();
+    println!("| target | writers | batch | events/s | p50 ms | p99 ms | bytes/event | CPU cores |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for r in results {
+        println!(
+            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {} | {:.2} |",
+            r.target,
+            r.writers,
+            r.batch,
+            r.events_per_s,
+            r.p50_ms,
+            r.p99_ms,
+            r.payload_bytes,
+            r.cpu_cores
+        );
+    }
+    for &batch in &options.batches {
+        for &writers in &options.writers {
+            let at = |target: &str| {
+                results
+                    .iter()
+                    .find(|r| r.target == target && r.writers == writers && r.batch == batch)
+            };
+            let best_peer = ["etcd", "postgres"]
+                .iter()
+                .filter_map(|t| at(t))
+                .max_by(|a, b| a.events_per_s.total_cmp(&b.events_per_s));
+            let Some(peer) = best_peer else { continue };
+            for cairn in ["cairn-http", "cairn-lib"].iter().filter_map(|t| at(t)) {
+                println!(
+                    "{writers} writers, batch {batch}: {} / better peer ({}): {:.2}x",
+                    cairn.target,
+                    peer.target,
+                    cairn.events_per_s / peer.events_per_s
+                );
+            }
+        }
+    }
 }
