@@ -1,5 +1,5 @@
 //! Time travel, replay, start-up, backup and the live stream on a large log
-//! (the figures of issue 4).
+//! (the figures of issue 4, and the Cairn-only figures of issue 6).
 //!
 //! Run: `cargo bench --bench history` (1,000,000 events over 1,000 clusters;
 //! add `-- --events 50000 --clusters 100` for a quick run). Other flags:
@@ -7,7 +7,12 @@
 //! `--data-dir DIR` (generate into DIR and keep it; a DIR that already holds a
 //! log is reused as it is, e.g. to profile one step), `--stream-rate N` and
 //! `--stream-seconds N` (the live-stream load, default 200/s for 10 s),
-//! `--point-reads N`, `--time-reads N`, `--http-reads N` (2,000, 300, 300).
+//! `--point-reads N`, `--time-reads N`, `--http-reads N` (2,000, 300, 300),
+//! `--wrk-seconds N`, `--wrk-threads N`, `--wrk-connections N` (the HTTP load,
+//! default 5 s, 2 threads, 64 connections), `--skip-backup` (leave out the
+//! export and import of step 6, about a minute and a half of a full run, as the
+//! benchmark suite of issue 6 does) and `--json-out FILE` (also write the
+//! figures as one JSON object, see the end of this comment).
 //!
 //! 1. Generation (not a figure of the issue, printed for context): every
 //!    cluster is declared with a real manifest (3 subnets, 3 firewall rules,
@@ -25,7 +30,14 @@
 //!    closed the log (as after a daemon that wrote it and stopped). Start-up
 //!    is from spawn to the first 200 from `/readyz`; memory is VmRSS and
 //!    VmHWM of /proc/<pid>/status once ready. Then 300 point-in-time reads
-//!    over HTTP (`GET /v1/clusters/{name}?at=<seq>`).
+//!    over HTTP (`GET /v1/clusters/{name}?at=<seq>`). Then `wrk` (it must be
+//!    installed; the bench checks before generating) loads
+//!    `GET /v1/clusters/{name}` for `--wrk-seconds`, a cluster picked at random
+//!    per request by a Lua script written to the temporary directory; its
+//!    `Requests/sec:` line, latency p50 and p99 and its count of non-2xx
+//!    answers are reported. wrk runs on the same 2 cores as the daemon (and
+//!    this process), so the figure is what the machine serves with the load
+//!    generator on it, not what the daemon alone could.
 //! 3. Live stream: one SSE client on `GET /v1/watch` (its own thread and
 //!    runtime) while one writer `POST`s a scale change (one `PoolScaled`
 //!    event) at a steady rate; for each event, the time the client read it
@@ -38,6 +50,11 @@
 //!    300 at a random time; then 500 more timed part by part (snapshot part,
 //!    stream reads, fold) through the public API, with the streams read in
 //!    pages of 1,024 events (as `cluster_at` does) and of 64, side by side.
+//!    Then append to subscriber in process: with the ledger's follower
+//!    running, `Ledger::scale` appends one event at a time at `--stream-rate`
+//!    for `--stream-seconds` while a task receives the store's
+//!    `subscribe_committed()`; received minus `scale` returned (signed), and
+//!    minus `scale` called. These appends move the head that step 5 replays to.
 //! 5. Replay: `replay::replay` folds the log from seq 1 and checks every
 //!    snapshot; events/s excludes the snapshot comparisons.
 //! 6. Export to an NDJSON file (`backup::write_export`, then fsync) and import
@@ -48,9 +65,35 @@
 //!    (default 6144): at commit a078ba1 sled's garbage grows without bound
 //!    during an import (docs/PERFORMANCE.md, issue 4).
 //! 7. The daemon is started once more (a restart after a clean stop) and
-//!    stopped; then a markdown table of every figure with its goal.
+//!    stopped; then a markdown table of every figure with its goal (the goals
+//!    of issue 4 there; the JSON below carries those of issue 6).
 //!
 //! Everything but `--data-dir` lives in a temporary directory removed at the end.
+//!
+//! With `--json-out FILE`, the figures are also written to FILE as
+//! `{"bench": "history", "params": {...}, "figures": [{"name", "value", "unit",
+//! "goal"?, "met"}]}` (`tools/bench_json.rs`), with these names (ms and s are
+//! wall time, MiB is 1,048,576 bytes):
+//! `generate_events_per_s` (only when the log was generated), `bytes_per_event`
+//! and `disk_mb` (the generated log on disk, snapshots included),
+//! `replay_events_per_s` (goal >= 1,000,000), `point_p50_ms` and `point_p99_ms`
+//! (`cluster_at` at a random seq, goal p99 < 10 ms), `point_time_p50_ms` and
+//! `point_time_p99_ms` (at a random time), `point_http_p50_ms` and
+//! `point_http_p99_ms` (over HTTP, `?at=<seq>`), `ledger_open_ms`,
+//! `startup_first_s` and `startup_restart_s` (spawn to /readyz 200, goal < 1 s),
+//! `rss_ready_mib` (VmRSS once ready), `rss_peak_mib` (VmHWM once ready: the
+//! peak over start-up, goal < 200 MB, compared as < 190.73 MiB),
+//! `rss_restart_ready_mib` and `rss_peak_restart_mib` (the same at the restart,
+//! same goal), `rss_after_load_mib` and `rss_peak_after_load_mib` (after the
+//! HTTP reads, wrk and the live stream), `get_cluster_req_per_s`,
+//! `get_cluster_p50_ms`, `get_cluster_p99_ms` and `get_cluster_non_2xx` (wrk;
+//! goal 0 non-2xx), `subscriber_p50_ms`, `subscriber_p99_ms` (SSE received
+//! minus append acknowledged), `subscriber_sent_p99_ms` (received minus request
+//! sent), `subscriber_append_p99_ms` (the append's round trip) and
+//! `subscriber_missing` (goal 0), the same five as `subscriber_in_process_*`
+//! (step 4), and, without `--skip-backup`, `export_events_per_s`,
+//! `import_events_per_s` and `import_complete` (1, or 0 when stopped at the
+//! memory limit).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -61,6 +104,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+// The command-line helpers of the shared file serve the reconcile bench.
+#[allow(dead_code)]
+#[path = "bench_json.rs"]
+mod bench_json;
+
+use bench_json::Figures;
 use cairn::backup;
 use cairn::event::{Actor, ActorKind, Cause, Event};
 use cairn::ledger::{ApplyOptions, CommandContext, Ledger, LedgerConfig, LedgerError, Point};
@@ -106,6 +155,11 @@ struct Args {
     stream_rate: u64,
     stream_seconds: u64,
     import_rss_limit_mib: u64,
+    skip_backup: bool,
+    json_out: Option<PathBuf>,
+    wrk_seconds: u64,
+    wrk_threads: u64,
+    wrk_connections: u64,
 }
 
 impl Args {
@@ -121,6 +175,11 @@ impl Args {
             stream_rate: 200,
             stream_seconds: 10,
             import_rss_limit_mib: 6 * 1024,
+            skip_backup: false,
+            json_out: None,
+            wrk_seconds: 5,
+            wrk_threads: 2,
+            wrk_connections: 64,
         };
         let mut arguments = std::env::args().skip(1);
         while let Some(argument) = arguments.next() {
@@ -142,6 +201,15 @@ impl Args {
                 "--import-rss-limit-mib" => {
                     args.import_rss_limit_mib = number("--import-rss-limit-mib")
                 }
+                "--skip-backup" => args.skip_backup = true,
+                "--wrk-seconds" => args.wrk_seconds = number("--wrk-seconds"),
+                "--wrk-threads" => args.wrk_threads = number("--wrk-threads"),
+                "--wrk-connections" => args.wrk_connections = number("--wrk-connections"),
+                "--json-out" => {
+                    args.json_out = Some(PathBuf::from(
+                        arguments.next().expect("--json-out takes a path"),
+                    ))
+                }
                 "--data-dir" => {
                     args.data_dir = Some(PathBuf::from(
                         arguments.next().expect("--data-dir takes a path"),
@@ -152,6 +220,8 @@ impl Args {
             }
         }
         assert!(args.clusters > 0 && args.in_flight > 0);
+        assert!(args.wrk_seconds > 0 && args.wrk_threads > 0);
+        assert!(args.wrk_connections >= args.wrk_threads);
         args
     }
 }
@@ -1331,6 +1401,211 @@ async fn stream_latency(client: &reqwest::Client, address: &str, args: &Args) ->
     }
 }
 
+/// Append to subscriber in process: a task receives `subscribe_committed()`
+/// of the reopened store while `Ledger::scale` appends one `PoolScaled` event
+/// at a time at `--stream-rate` for `--stream-seconds` (the ledger's follower
+/// running, as in the daemon). For each event, the time the task received it
+/// minus the time `scale` returned (signed), and minus the time it was called,
+/// on the monotonic clock; no HTTP and no SSE encoding in between.
+async fn in_process_subscriber(ledger: &Arc<Ledger>, args: &Args) -> StreamLatency {
+    let follow_stop = CancellationToken::new();
+    let follower = tokio::spawn(ledger.clone().follow(follow_stop.clone()));
+    let received: Arc<Mutex<HashMap<u64, Instant>>> = Arc::new(Mutex::new(HashMap::new()));
+    let mut receiver = ledger.store().subscribe_committed();
+    let subscriber = {
+        let received = received.clone();
+        tokio::spawn(async move {
+            loop {
+                match receiver.recv().await {
+                    Ok(event) => {
+                        let now = Instant::now();
+                        received.lock().expect("lock").insert(event.seq, now);
+                    }
+                    // A lagging receiver misses events: they count as missing.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        })
+    };
+    let total = (args.stream_rate * args.stream_seconds) as usize;
+    let mut interval =
+        tokio::time::interval(Duration::from_secs_f64(1.0 / args.stream_rate as f64));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let context = user_context();
+    let mut sent_acked: Vec<(u64, Instant, Instant)> = Vec::with_capacity(total);
+    let begun = Instant::now();
+    for index in 0..total {
+        interval.tick().await;
+        // Round-robin as the HTTP stream did, to counts neither it nor the
+        // generator used, so that every scale appends an event.
+        let name = cluster_name(index % args.clusters);
+        let replicas = 12 + ((index / args.clusters) % 2) as i64;
+        let sent = Instant::now();
+        let outcome = ledger
+            .scale(&name, "workers", replicas, None, &context)
+            .await
+            .unwrap_or_else(|error| panic!("scale {name} in process: {error}"));
+        let acked = Instant::now();
+        for event in &outcome.events {
+            sent_acked.push((event.seq, sent, acked));
+        }
+    }
+    let rate = total as f64 / begun.elapsed().as_secs_f64();
+    let last = sent_acked.last().map_or(0, |(seq, _, _)| *seq);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !received.lock().expect("lock").contains_key(&last) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    subscriber.abort();
+    let _ = subscriber.await;
+    follow_stop.cancel();
+    follower.await.expect("the follower ends");
+    let received = received.lock().expect("lock");
+    let mut after_ack = Vec::new();
+    let mut after_send = Vec::new();
+    let mut append = Vec::new();
+    let mut missing = 0;
+    for (seq, sent, acked) in &sent_acked {
+        append.push(ms(*acked - *sent));
+        match received.get(seq) {
+            Some(at) => {
+                // Signed: the broadcast is sent before `scale` returns.
+                let delta = if at >= acked {
+                    ms(*at - *acked)
+                } else {
+                    -ms(*acked - *at)
+                };
+                after_ack.push(delta);
+                after_send.push(ms(*at - *sent));
+            }
+            None => missing += 1,
+        }
+    }
+    StreamLatency {
+        appends: sent_acked.len(),
+        rate,
+        missing,
+        after_ack: Summary::of(after_ack),
+        after_send: Summary::of(after_send),
+        append: Summary::of(append),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// HTTP load with wrk
+// ---------------------------------------------------------------------------
+
+/// What wrk measured on `GET /v1/clusters/{name}`.
+struct WrkLoad {
+    requests: u64,
+    requests_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    non_2xx: u64,
+    socket_errors: String,
+}
+
+/// Fails early, with a clear message, when wrk is not installed.
+fn check_wrk() {
+    match Command::new("wrk").arg("-v").output() {
+        Ok(_) => {}
+        Err(error) => panic!(
+            "the history bench runs wrk for GET /v1/clusters/{{name}} requests/s, and `wrk` \
+             cannot be run ({error}): install it (`apt-get install -y wrk`)"
+        ),
+    }
+}
+
+/// A wrk latency such as `1.23ms`, `850.00us` or `1.02s`, in milliseconds.
+fn wrk_duration_ms(text: &str) -> Option<f64> {
+    let text = text.trim();
+    let split = text.find(|c: char| c.is_ascii_alphabetic())?;
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let factor = match unit {
+        "us" => 0.001,
+        "ms" => 1.0,
+        "s" => 1000.0,
+        "m" => 60_000.0,
+        "h" => 3_600_000.0,
+        _ => return None,
+    };
+    Some(number * factor)
+}
+
+/// Runs wrk against `GET /v1/clusters/{name}` of the daemon at `address`, a
+/// cluster picked uniformly at random per request (a Lua script written to
+/// `scratch`), and parses its report.
+fn wrk_get_cluster(address: &str, args: &Args, scratch: &Path) -> WrkLoad {
+    let script = scratch.join("get-cluster.lua");
+    std::fs::write(
+        &script,
+        format!(
+            "-- Written by tools/bench_history.rs: GET a random generated cluster.\n\
+             local counter = 0\n\
+             function setup(thread)\n  thread:set(\"id\", counter)\n  counter = counter + 1\nend\n\
+             function init(args)\n  math.randomseed(4 + 7919 * (id or 0))\nend\n\
+             function request()\n  \
+             return wrk.format(\"GET\", string.format(\"/v1/clusters/c%04d\", math.random(0, {} - 1)))\n\
+             end\n",
+            args.clusters
+        ),
+    )
+    .expect("the wrk script");
+    let output = Command::new("wrk")
+        .arg(format!("-t{}", args.wrk_threads))
+        .arg(format!("-c{}", args.wrk_connections))
+        .arg(format!("-d{}s", args.wrk_seconds))
+        .arg("--latency")
+        .arg("-s")
+        .arg(&script)
+        .arg(format!("http://{address}/"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("wrk runs");
+    let text = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(
+        output.status.success(),
+        "wrk failed ({}): {text}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut load = WrkLoad {
+        requests: 0,
+        requests_per_s: f64::NAN,
+        p50_ms: f64::NAN,
+        p99_ms: f64::NAN,
+        non_2xx: 0,
+        socket_errors: "none".into(),
+    };
+    for line in text.lines() {
+        let line = line.trim();
+        if let Some(rest) = line.strip_prefix("Requests/sec:") {
+            load.requests_per_s = rest.trim().parse().unwrap_or(f64::NAN);
+        } else if let Some(rest) = line.strip_prefix("Non-2xx or 3xx responses:") {
+            load.non_2xx = rest.trim().parse().unwrap_or(u64::MAX);
+        } else if let Some(rest) = line.strip_prefix("Socket errors:") {
+            load.socket_errors = rest.trim().to_string();
+        } else if let Some(rest) = line.strip_prefix("50%") {
+            load.p50_ms = wrk_duration_ms(rest).unwrap_or(f64::NAN);
+        } else if let Some(rest) = line.strip_prefix("99%") {
+            load.p99_ms = wrk_duration_ms(rest).unwrap_or(f64::NAN);
+        } else if line.contains(" requests in ") {
+            load.requests = line
+                .split_whitespace()
+                .next()
+                .and_then(|count| count.parse().ok())
+                .unwrap_or(0);
+        }
+    }
+    assert!(
+        load.requests_per_s.is_finite(),
+        "no Requests/sec line in wrk's report: {text}"
+    );
+    load
+}
+
 // ---------------------------------------------------------------------------
 
 fn commit() -> String {
@@ -1351,6 +1626,7 @@ async fn run(args: Args) {
         .clone()
         .unwrap_or_else(|| scratch.path().join("data"));
     let mut rng = StdRng::seed_from_u64(4);
+    check_wrk();
     println!(
         "history bench at commit {}: {} events over {} clusters, {} writers in flight",
         commit(),
@@ -1360,8 +1636,11 @@ async fn run(args: Args) {
     );
 
     // 1. Generation.
+    // The bytes on disk of a reused log, before the daemon touches it.
+    let mut reused_disk_bytes = 0;
     let generated = if data_dir.join("db").exists() {
         println!("reusing the log in {}", data_dir.display());
+        reused_disk_bytes = disk_bytes(&data_dir);
         None
     } else {
         let generated = generate(&data_dir, &args).await;
@@ -1406,6 +1685,27 @@ async fn run(args: Args) {
         http.count,
         http.text()
     );
+    // wrk shares the machine's cores with the daemon (and this process).
+    let wrk =
+        tokio::task::block_in_place(|| wrk_get_cluster(&daemon.address, &args, scratch.path()));
+    println!(
+        "wrk GET /v1/clusters/{{name}} (random of {} clusters), {} threads, {} connections, {} s: \
+         {:.0} requests/s ({} requests), latency p50 {:.2} ms, p99 {:.2} ms; {} non-2xx; \
+         socket errors: {}",
+        args.clusters,
+        args.wrk_threads,
+        args.wrk_connections,
+        args.wrk_seconds,
+        wrk.requests_per_s,
+        wrk.requests,
+        wrk.p50_ms,
+        wrk.p99_ms,
+        wrk.non_2xx,
+        wrk.socket_errors
+    );
+    if wrk.non_2xx > 0 {
+        println!("WARNING: wrk saw {} non-2xx answers", wrk.non_2xx);
+    }
 
     // 3. The live stream.
     let stream = stream_latency(&client, &daemon.address, &args).await;
@@ -1490,7 +1790,24 @@ async fn run(args: Args) {
             point_read_parts(&ledger, &snapshot_seqs, &pairs, page_size).await
         );
     }
+    let in_process = in_process_subscriber(&ledger, &args).await;
+    println!(
+        "in-process subscriber (subscribe_committed): {} appends at {:.0}/s, {} missing; \
+         received - append returned p50/p99/max {}; received - append called {}; append {}",
+        in_process.appends,
+        in_process.rate,
+        in_process.missing,
+        in_process.after_ack.text(),
+        in_process.after_send.text(),
+        in_process.append.text()
+    );
+    // A snapshot in progress holds the ledger; let it finish before replaying.
+    while Arc::strong_count(&ledger) > 1 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     drop(ledger);
+    // The in-process appends moved the head.
+    let head = store.head();
 
     // 5. Replay.
     let begun = Instant::now();
@@ -1510,27 +1827,33 @@ async fn run(args: Args) {
     );
 
     // 6. Export, then import into a fresh store.
-    let export_file = scratch.path().join("export.ndjson");
-    let exported = export(store.clone() as Arc<dyn EventStore>, &export_file).await;
-    println!("export: {}", exported.text());
-    store.close().await;
-    drop(store);
-    let imported_dir = scratch.path().join("imported");
-    let imported = import(
-        &export_file,
-        &imported_dir,
-        head,
-        args.import_rss_limit_mib * 1024,
-    )
-    .await;
-    let import_text = match imported.stopped_at_rss_kib {
-        None => format!(
-            "{} (head hash matches); bench VmRSS {:.0} -> {:.0} MiB",
-            imported.transfer.text(),
-            imported.rss_before_kib as f64 / 1024.0,
-            imported.rss_after_kib as f64 / 1024.0
-        ),
-        Some(rss) => format!(
+    let backup = if args.skip_backup {
+        println!("export and import skipped (--skip-backup)");
+        store.close().await;
+        drop(store);
+        None
+    } else {
+        let export_file = scratch.path().join("export.ndjson");
+        let exported = export(store.clone() as Arc<dyn EventStore>, &export_file).await;
+        println!("export: {}", exported.text());
+        store.close().await;
+        drop(store);
+        let imported_dir = scratch.path().join("imported");
+        let imported = import(
+            &export_file,
+            &imported_dir,
+            head,
+            args.import_rss_limit_mib * 1024,
+        )
+        .await;
+        let import_text = match imported.stopped_at_rss_kib {
+            None => format!(
+                "{} (head hash matches); bench VmRSS {:.0} -> {:.0} MiB",
+                imported.transfer.text(),
+                imported.rss_before_kib as f64 / 1024.0,
+                imported.rss_after_kib as f64 / 1024.0
+            ),
+            Some(rss) => format!(
             "STOPPED at VmRSS {:.0} MiB (limit {} MiB) after {} of {} events: {}; bench VmRSS grew \
              {:.1} KiB per imported event",
             rss as f64 / 1024.0,
@@ -1541,16 +1864,19 @@ async fn run(args: Args) {
             (rss.saturating_sub(imported.rss_before_kib)) as f64
                 / imported.transfer.events.max(1) as f64
         ),
+        };
+        println!("import: {import_text}");
+        let _ = std::fs::remove_dir_all(&imported_dir);
+        Some((exported, imported, import_text))
     };
-    println!("import: {import_text}");
-    let _ = std::fs::remove_dir_all(&imported_dir);
 
     // 7. The daemon again: a restart after a clean stop.
     let (daemon, restart) = start_daemon(&data_dir, &config, &client).await;
     println!(
-        "daemon restart: /readyz 200 after {:.0} ms; VmRSS {:.0} MiB",
+        "daemon restart: /readyz 200 after {:.0} ms; VmRSS {:.0} MiB, VmHWM {:.0} MiB",
         ms(restart.ready),
-        restart.rss_kib as f64 / 1024.0
+        restart.rss_kib as f64 / 1024.0,
+        restart.hwm_kib as f64 / 1024.0
     );
     daemon.terminate();
 
@@ -1598,8 +1924,10 @@ async fn run(args: Args) {
         startup.rss_kib as f64 / 1024.0,
         startup.hwm_kib as f64 / 1024.0
     );
-    println!("| export (NDJSON file, fsynced) | {} | |", exported.text());
-    println!("| import (fresh store) | {import_text} | |");
+    if let Some((exported, _, import_text)) = &backup {
+        println!("| export (NDJSON file, fsynced) | {} | |", exported.text());
+        println!("| import (fresh store) | {import_text} | |");
+    }
     println!(
         "| live stream, received - acknowledged, p50 / p99 / max | {} | p99 < 5 ms |",
         stream.after_ack.text()
@@ -1607,6 +1935,157 @@ async fn run(args: Args) {
     println!(
         "| live stream, received - request sent, p50 / p99 / max | {} | |",
         stream.after_send.text()
+    );
+    println!(
+        "| in process, `subscribe_committed` received - `scale` returned, p50 / p99 / max | {} | |",
+        in_process.after_ack.text()
+    );
+    println!(
+        "| GET /v1/clusters/{{name}}, wrk {} threads / {} connections (sharing the 2 cores) | {:.0} requests/s, p50 {:.2} ms, p99 {:.2} ms, {} non-2xx | |",
+        args.wrk_threads, args.wrk_connections, wrk.requests_per_s, wrk.p50_ms, wrk.p99_ms, wrk.non_2xx
+    );
+
+    let Some(json_out) = &args.json_out else {
+        return;
+    };
+    // The goals of issue 6. Memory is compared in MiB: 200 MB is
+    // 200,000,000 bytes, 190.73 MiB.
+    const RSS_GOAL_MIB: f64 = 200e6 / (1024.0 * 1024.0);
+    let rss_goal = "< 200 MB (190.7 MiB)";
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    let mut figures = Figures::default();
+    let (disk_total, disk_events) = match &generated {
+        Some(generated) => (generated.disk_bytes, generated.events),
+        None => (reused_disk_bytes, startup.head_seq),
+    };
+    if let Some(generated) = &generated {
+        figures.add(
+            "generate_events_per_s",
+            generated.events as f64 / generated.seconds,
+            "events/s",
+        );
+    }
+    figures.add(
+        "bytes_per_event",
+        disk_total as f64 / disk_events.max(1) as f64,
+        "bytes",
+    );
+    figures.add("disk_mb", disk_total as f64 / 1e6, "MB");
+    figures.goal(
+        "replay_events_per_s",
+        report.events_per_second,
+        "events/s",
+        ">= 1,000,000 events/s",
+        |value| value >= 1_000_000.0,
+    );
+    let point_goal = "p99 < 10 ms";
+    for (name, summary) in [
+        ("point", &reads.by_seq),
+        ("point_time", &reads.by_time),
+        ("point_http", &http),
+    ] {
+        figures.add(&format!("{name}_p50_ms"), summary.p50, "ms");
+        figures.goal(
+            &format!("{name}_p99_ms"),
+            summary.p99,
+            "ms",
+            point_goal,
+            |value| value < 10.0,
+        );
+    }
+    figures.add("ledger_open_ms", ms(ledger_open), "ms");
+    for (name, seconds) in [
+        ("startup_first_s", startup.ready.as_secs_f64()),
+        ("startup_restart_s", restart.ready.as_secs_f64()),
+    ] {
+        figures.goal(name, seconds, "s", "< 1 s", |value| value < 1.0);
+    }
+    figures.add("rss_ready_mib", mib(startup.rss_kib), "MiB");
+    figures.goal(
+        "rss_peak_mib",
+        mib(startup.hwm_kib),
+        "MiB",
+        rss_goal,
+        |value| value < RSS_GOAL_MIB,
+    );
+    figures.add("rss_restart_ready_mib", mib(restart.rss_kib), "MiB");
+    figures.goal(
+        "rss_peak_restart_mib",
+        mib(restart.hwm_kib),
+        "MiB",
+        rss_goal,
+        |value| value < RSS_GOAL_MIB,
+    );
+    figures.add("rss_after_load_mib", mib(rss_after), "MiB");
+    figures.add("rss_peak_after_load_mib", mib(hwm_after), "MiB");
+    figures.add("get_cluster_req_per_s", wrk.requests_per_s, "requests/s");
+    figures.add("get_cluster_p50_ms", wrk.p50_ms, "ms");
+    figures.add("get_cluster_p99_ms", wrk.p99_ms, "ms");
+    figures.goal(
+        "get_cluster_non_2xx",
+        wrk.non_2xx as f64,
+        "responses",
+        "0",
+        |value| value == 0.0,
+    );
+    for (prefix, latency) in [
+        ("subscriber", &stream),
+        ("subscriber_in_process", &in_process),
+    ] {
+        figures.add(&format!("{prefix}_p50_ms"), latency.after_ack.p50, "ms");
+        figures.add(&format!("{prefix}_p99_ms"), latency.after_ack.p99, "ms");
+        figures.add(
+            &format!("{prefix}_sent_p99_ms"),
+            latency.after_send.p99,
+            "ms",
+        );
+        figures.add(&format!("{prefix}_append_p99_ms"), latency.append.p99, "ms");
+        figures.goal(
+            &format!("{prefix}_missing"),
+            latency.missing as f64,
+            "events",
+            "0",
+            |value| value == 0.0,
+        );
+    }
+    if let Some((exported, imported, _)) = &backup {
+        figures.add(
+            "export_events_per_s",
+            exported.events as f64 / exported.seconds,
+            "events/s",
+        );
+        figures.add(
+            "import_events_per_s",
+            imported.transfer.events as f64 / imported.transfer.seconds,
+            "events/s",
+        );
+        figures.goal(
+            "import_complete",
+            f64::from(u8::from(imported.stopped_at_rss_kib.is_none())),
+            "bool",
+            "1 (not stopped at the memory limit)",
+            |value| value == 1.0,
+        );
+    }
+    figures.write(
+        json_out,
+        "history",
+        serde_json::json!({
+            "events": startup.head_seq,
+            "clusters": args.clusters,
+            "in_flight": args.in_flight,
+            "generated": generated.is_some(),
+            "point_reads": args.point_reads,
+            "time_reads": args.time_reads,
+            "http_reads": args.http_reads,
+            "stream_rate": args.stream_rate,
+            "stream_seconds": args.stream_seconds,
+            "wrk_threads": args.wrk_threads,
+            "wrk_connections": args.wrk_connections,
+            "wrk_seconds": args.wrk_seconds,
+            "skip_backup": args.skip_backup,
+            "commit": commit(),
+        }),
     );
 }
 

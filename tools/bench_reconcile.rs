@@ -2,6 +2,15 @@
 //!
 //! Run: `cargo bench --bench reconcile` (add `-- --machines 200` for a quicker run,
 //! `-- --latency-ms 0` to see what the log and the sim cost without latency).
+//! `--skip-lag` leaves out the lag phase (2 below), as the benchmark suite of
+//! issue 6 does; `--json-out FILE` also writes the figures as one JSON object
+//! (`tools/bench_json.rs`): `converge_<machines>_s` and
+//! `converge_<machines>_fail10_s` (seconds from the apply to Ready, e.g.
+//! `converge_1000_s`), `converge_<machines>_events` and
+//! `converge_<machines>_fail10_events` (events in the log then),
+//! `converge_<machines>_fail10_failed_actions`, and, with the lag phase,
+//! `lag_p50_events`, `lag_p99_events`, `lag_max_events`. The issue sets no goal
+//! for these, so every `met` is `null`.
 //!
 //! 1. Convergence: a 1,000-machine cluster (two pools of 500 over four subnets)
 //!    is applied to an empty log; the time until its Ready condition is True is
@@ -14,8 +23,15 @@
 //!    a pass that began after the event: `Reconciler::lag`) is sampled in a loop
 //!    that sleeps 1 ms between samples.
 
+// This bench records no figure with a goal (`Figures::goal`).
+#[allow(dead_code)]
+#[path = "bench_json.rs"]
+mod bench_json;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use bench_json::Figures;
 
 use cairn::event::{Actor, ActorKind};
 use cairn::ledger::{ApplyOptions, CommandContext, Ledger};
@@ -129,7 +145,14 @@ impl Running {
     }
 }
 
-async fn converge(machines: i64, failure_rate: f64, latency_ms: u64) {
+/// What one convergence took.
+struct Converged {
+    seconds: f64,
+    events: u64,
+    failed: usize,
+}
+
+async fn converge(machines: i64, failure_rate: f64, latency_ms: u64) -> Converged {
     let running = start(failure_rate, latency_ms).await;
     let half = machines / 2;
     let cluster = manifest("big", &[("blue", half), ("green", machines - half)]);
@@ -168,9 +191,15 @@ async fn converge(machines: i64, failure_rate: f64, latency_ms: u64) {
         machine_count as f64 / elapsed.as_secs_f64(),
     );
     running.stop().await;
+    Converged {
+        seconds: elapsed.as_secs_f64(),
+        events,
+        failed,
+    }
 }
 
-async fn lag() {
+/// Reconciler lag in events: p50, p99, max.
+async fn lag() -> (u64, u64, u64) {
     let running = start(0.0, 10).await;
     for index in 0..20 {
         let cluster = manifest(&format!("c{index}"), &[("workers", 3)]);
@@ -218,7 +247,9 @@ async fn lag() {
         samples.last().copied().unwrap_or(0),
         running.store.head().seq,
     );
+    let figures = (pick(0.5), pick(0.99), samples.last().copied().unwrap_or(0));
     running.stop().await;
+    figures
 }
 
 fn main() {
@@ -239,6 +270,8 @@ fn main() {
                 .expect("--latency-ms N");
         }
     }
+    let skip_lag = bench_json::has_flag("--skip-lag");
+    let json_out = bench_json::json_out_arg();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -247,9 +280,47 @@ fn main() {
         println!("convergence on the sim provider, {latency_ms} ms per call, 50 calls at once:\n");
         println!("| machines | failure rate | time to Ready | machines | failed actions | events | machines/s |");
         println!("|---|---|---|---|---|---|---|");
-        converge(machines, 0.0, latency_ms).await;
-        converge(machines, 0.1, latency_ms).await;
-        println!();
-        lag().await;
+        let clean = converge(machines, 0.0, latency_ms).await;
+        let failing = converge(machines, 0.1, latency_ms).await;
+        let mut figures = Figures::default();
+        for (suffix, converged) in [("", &clean), ("_fail10", &failing)] {
+            figures.add(
+                &format!("converge_{machines}{suffix}_s"),
+                converged.seconds,
+                "s",
+            );
+            figures.add(
+                &format!("converge_{machines}{suffix}_events"),
+                converged.events as f64,
+                "events",
+            );
+        }
+        figures.add(
+            &format!("converge_{machines}_fail10_failed_actions"),
+            failing.failed as f64,
+            "actions",
+        );
+        if skip_lag {
+            println!("\nlag phase skipped (--skip-lag)");
+        } else {
+            println!();
+            let (p50, p99, max) = lag().await;
+            figures.add("lag_p50_events", p50 as f64, "events");
+            figures.add("lag_p99_events", p99 as f64, "events");
+            figures.add("lag_max_events", max as f64, "events");
+        }
+        if let Some(path) = &json_out {
+            figures.write(
+                path,
+                "reconcile",
+                serde_json::json!({
+                    "machines": machines,
+                    "latency_ms": latency_ms,
+                    "provider_concurrency": 50,
+                    "failure_rates": [0.0, 0.1],
+                    "lag": !skip_lag,
+                }),
+            );
+        }
     });
 }
