@@ -291,11 +291,15 @@ async fn cairn_http_point(
     seconds: f64,
     dir: &Path,
 ) -> Result<PointResult> {
-    let config = cairn::config::Config {
+    // Reconcilers off, as in `cairn serve` with `[reconcile] enabled = false`:
+    // the peers only store events, and with the sim reconciler on, every scale
+    // change also starts provider calls and their events on the same 2 cores.
+    let mut config = cairn::config::Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: dir.to_path_buf(),
         ..cairn::config::Config::default()
     };
+    config.reconcile.enabled = false;
     let shutdown = CancellationToken::new();
     let daemon = cairn::daemon::start(config, shutdown.clone())
         .await

@@ -1690,6 +1690,23 @@ mod tests {
             vec![1, 3, 5]
         );
 
+        // An append of several events has one time and one time entry, for
+        // its last event: a time inside it never names a seq in its middle.
+        micros.store(2_000_000, Ordering::SeqCst);
+        store
+            .append(AppendRequest {
+                stream: "b".into(),
+                expected: ExpectedVersion::Any,
+                events: vec![new_event("b1"), new_event("b2"), new_event("b3")],
+                idempotency: None,
+            })
+            .await
+            .unwrap();
+        assert_eq!(store.seq_at_time(at(1_999_999)).await.unwrap(), 5);
+        assert_eq!(store.seq_at_time(at(2_000_000)).await.unwrap(), 8);
+        let time_entries = store.tree.scan_prefix([b't']).count();
+        assert_eq!(time_entries, 6, "five single appends and one of three");
+
         // A log from before the indexes: drop them, and the next open rebuilds them.
         store.close().await;
         drop(store);
@@ -1704,6 +1721,8 @@ mod tests {
         let store = when_released(|| SledStore::open(config.clone()));
         assert_eq!(store.seq_of_id(ids[3]).await.unwrap(), Some(4));
         assert_eq!(store.seq_at_time(at(1_000_025)).await.unwrap(), 3);
+        // The rebuild gives every event a time entry; the answers are the same.
+        assert_eq!(store.seq_at_time(at(2_000_000)).await.unwrap(), 8);
         assert_eq!(store.caused_by(1, 0, 10).await.unwrap(), vec![2, 3, 4, 5]);
         assert_eq!(
             store.correlated(correlation, 0, 10).await.unwrap(),
