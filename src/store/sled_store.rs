@@ -18,11 +18,19 @@
 //!
 //! One writer thread owns every write. It takes all the append requests waiting
 //! in its queue, checks each against the state so far (expected versions,
-//! idempotency keys), stages the accepted ones into one `sled::Batch`, applies
-//! it, calls `flush()` and then `fsync` on the database file itself, because
-//! sled 0.34's flush on Linux only calls `sync_file_range` (sled issue 1452).
-//! Only then does it answer the requests and publish the events. A thread rather
-//! than a tokio task, because every step of it blocks on the disk.
+//! idempotency keys), stages the accepted ones into one `sled::Batch` and
+//! applies it. It then hands the group to the syncer thread and goes on with
+//! the next group while the syncer calls `flush()` and then `fdatasync` on the
+//! database file itself, because sled 0.34's flush on Linux only calls
+//! `sync_file_range` (sled issue 1452). One sync covers every group waiting for
+//! it. Only then does the syncer move the durable head, answer the requests
+//! and publish the events, group by group in order. Threads rather than tokio
+//! tasks, because every step blocks on sled or the disk.
+//!
+//! The writer's own head and stream versions run ahead of the durable head by
+//! the groups the syncer holds; readers only ever see the durable head, so an
+//! applied group is invisible until it is synced. If a sync fails, every group
+//! after it fails too and the store takes no more appends (`failure`).
 //!
 //! # Blob files
 //!
