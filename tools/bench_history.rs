@@ -1331,6 +1331,45 @@ struct StreamLatency {
     append: Summary,
 }
 
+impl StreamLatency {
+    /// Summarizes appends, each `(seq, sent, acknowledged)`, against the time
+    /// the subscriber received each seq. Received − acknowledged is signed: a
+    /// subscriber can have the event before the writer has its answer.
+    fn of(
+        sent_acked: &[(u64, Instant, Instant)],
+        received: &HashMap<u64, Instant>,
+        rate: f64,
+    ) -> StreamLatency {
+        let mut after_ack = Vec::new();
+        let mut after_send = Vec::new();
+        let mut append = Vec::new();
+        let mut missing = 0;
+        for (seq, sent, acked) in sent_acked {
+            append.push(ms(*acked - *sent));
+            match received.get(seq) {
+                Some(at) => {
+                    let delta = if at >= acked {
+                        ms(*at - *acked)
+                    } else {
+                        -ms(*acked - *at)
+                    };
+                    after_ack.push(delta);
+                    after_send.push(ms(*at - *sent));
+                }
+                None => missing += 1,
+            }
+        }
+        StreamLatency {
+            appends: sent_acked.len(),
+            rate,
+            missing,
+            after_ack: Summary::of(after_ack),
+            after_send: Summary::of(after_send),
+            append: Summary::of(append),
+        }
+    }
+}
+
 async fn stream_latency(client: &reqwest::Client, address: &str, args: &Args) -> StreamLatency {
     let watcher = start_watcher(address);
     let total = (args.stream_rate * args.stream_seconds) as usize;
@@ -1371,34 +1410,8 @@ async fn stream_latency(client: &reqwest::Client, address: &str, args: &Args) ->
     watcher.stop.store(true, Ordering::Release);
     watcher.thread.join().expect("the watcher thread");
     let received = watcher.received.lock().expect("lock");
-    let mut after_ack = Vec::new();
-    let mut after_send = Vec::new();
-    let mut append = Vec::new();
-    let mut missing = 0;
-    for (seq, sent, acked) in &sent_acked {
-        append.push(ms(*acked - *sent));
-        match received.get(seq) {
-            Some(at) => {
-                // Signed: the stream may deliver before the answer arrives.
-                let delta = if at >= acked {
-                    ms(*at - *acked)
-                } else {
-                    -ms(*acked - *at)
-                };
-                after_ack.push(delta);
-                after_send.push(ms(*at - *sent));
-            }
-            None => missing += 1,
-        }
-    }
-    StreamLatency {
-        appends: sent_acked.len(),
-        rate,
-        missing,
-        after_ack: Summary::of(after_ack),
-        after_send: Summary::of(after_send),
-        append: Summary::of(append),
-    }
+    // Signed: the stream may deliver before the answer arrives.
+    StreamLatency::of(&sent_acked, &received, rate)
 }
 
 /// Append to subscriber in process: a task receives `subscribe_committed()`
@@ -1462,34 +1475,8 @@ async fn in_process_subscriber(ledger: &Arc<Ledger>, args: &Args) -> StreamLaten
     follow_stop.cancel();
     follower.await.expect("the follower ends");
     let received = received.lock().expect("lock");
-    let mut after_ack = Vec::new();
-    let mut after_send = Vec::new();
-    let mut append = Vec::new();
-    let mut missing = 0;
-    for (seq, sent, acked) in &sent_acked {
-        append.push(ms(*acked - *sent));
-        match received.get(seq) {
-            Some(at) => {
-                // Signed: the broadcast is sent before `scale` returns.
-                let delta = if at >= acked {
-                    ms(*at - *acked)
-                } else {
-                    -ms(*acked - *at)
-                };
-                after_ack.push(delta);
-                after_send.push(ms(*at - *sent));
-            }
-            None => missing += 1,
-        }
-    }
-    StreamLatency {
-        appends: sent_acked.len(),
-        rate,
-        missing,
-        after_ack: Summary::of(after_ack),
-        after_send: Summary::of(after_send),
-        append: Summary::of(append),
-    }
+    // Signed: the broadcast is sent before `scale` returns.
+    StreamLatency::of(&sent_acked, &received, rate)
 }
 
 // ---------------------------------------------------------------------------
