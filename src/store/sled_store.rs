@@ -167,6 +167,10 @@ struct Shared {
     /// Why the writer stopped taking appends, if it did.
     failure: Mutex<Option<String>>,
     metrics: StoreMetrics,
+    /// Tests only: when set, the next sync waits until the sender sends (or
+    /// is dropped) and then fails, as an fsync error would.
+    #[cfg(test)]
+    failing_sync: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
 }
 
 struct WriteJob {
@@ -517,6 +521,8 @@ impl SledStore {
             pending_keys: Mutex::new(HashSet::new()),
             failure: Mutex::new(None),
             metrics,
+            #[cfg(test)]
+            failing_sync: Mutex::new(None),
         });
         let (committed, _) = broadcast::channel(config.broadcast_capacity);
         let (sender, receiver) = mpsc::channel(config.max_group_requests);
@@ -1079,6 +1085,14 @@ impl Syncer {
     }
 
     fn sync(&self) -> Result<(), StoreError> {
+        #[cfg(test)]
+        {
+            let gate = self.shared.failing_sync.lock().expect("test gate").take();
+            if let Some(gate) = gate {
+                let _ = gate.recv();
+                return Err(StoreError::Io("injected sync failure".into()));
+            }
+        }
         let metrics = &self.shared.metrics;
         let started = Instant::now();
         self.tree.flush().map_err(io_error)?;
@@ -1100,26 +1114,28 @@ impl Syncer {
     fn commit(&mut self, groups: Vec<AppliedGroup>) {
         let metrics = self.shared.metrics.clone();
         let synced = match &self.failed {
-            Some(reason) => Err(StoreError::Io(reason.clone())),
-            None if groups.iter().any(|group| group.wrote) => self
-                .sync()
-                .map_err(|error| StoreError::OutcomeUnknown(error.to_string())),
+            Some(reason) => Err(reason.clone()),
+            None if groups.iter().any(|group| group.wrote) => {
+                self.sync().map_err(|error| error.to_string())
+            }
             None => Ok(()),
         };
-        if let Err(error) = synced {
+        if let Err(reason) = synced {
             if self.failed.is_none() {
-                tracing::error!(%error, "group commit failed; the store stops taking appends");
-                let reason = error.to_string();
+                tracing::error!(error = %reason, "group commit failed; the store stops taking appends");
                 self.failed = Some(reason.clone());
-                *self.shared.failure.lock().expect("failure lock") = Some(reason);
+                *self.shared.failure.lock().expect("failure lock") = Some(reason.clone());
             }
             for group in groups {
                 for job in group.staged {
-                    let answer = match &error {
-                        StoreError::OutcomeUnknown(text) => {
-                            StoreError::OutcomeUnknown(text.clone())
-                        }
-                        other => StoreError::Io(other.to_string()),
+                    // A group that wrote is in sled, applied before the failure
+                    // was known (or in the sync that failed): whether it reaches
+                    // the disk is unknown, so its callers must not take the
+                    // error as "not stored".
+                    let answer = if group.wrote {
+                        StoreError::OutcomeUnknown(reason.clone())
+                    } else {
+                        StoreError::Io(reason.clone())
                     };
                     let _ = job.reply.send(Err(answer));
                 }
@@ -1297,6 +1313,7 @@ fn validate_request(request: &AppendRequest) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicI64, Ordering};
+    use std::time::Duration;
 
     use super::*;
     use crate::event::GENESIS_HASH;
@@ -1442,6 +1459,63 @@ mod tests {
         assert!(store.idempotency_record("k").await.unwrap().is_none());
         store.shared.pending_keys.lock().unwrap().remove("k");
         assert!(store.idempotency_record("k").await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_failed_sync_leaves_every_group_applied_after_it_unknown_and_stops_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(open(dir.path()));
+        store
+            .append(request("a", ExpectedVersion::Any, &["durable"]))
+            .await
+            .unwrap();
+        let (release, gate) = std::sync::mpsc::channel();
+        *store.shared.failing_sync.lock().unwrap() = Some(gate);
+
+        // Group one reaches the syncer, which holds it in the failing sync.
+        let first = tokio::spawn({
+            let store = store.clone();
+            async move {
+                store
+                    .append(request("a", ExpectedVersion::Any, &["1"]))
+                    .await
+            }
+        });
+        while store.shared.failing_sync.lock().unwrap().is_some() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        // Group two is applied to sled meanwhile, before the failure is known.
+        let second = tokio::spawn({
+            let store = store.clone();
+            async move {
+                store
+                    .append(request("b", ExpectedVersion::Any, &["2"]))
+                    .await
+            }
+        });
+        while store.tree.get(event_key(3)).unwrap().is_none() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        // Applied is not durable: readers still see only the first event.
+        assert_eq!(store.head().seq, 1);
+        assert_eq!(store.read(0, 10).await.unwrap().len(), 1);
+
+        release.send(()).unwrap();
+        let first = first.await.unwrap().unwrap_err();
+        let second = second.await.unwrap().unwrap_err();
+        assert!(matches!(first, StoreError::OutcomeUnknown(_)), "{first:?}");
+        assert!(
+            matches!(second, StoreError::OutcomeUnknown(_)),
+            "{second:?}"
+        );
+        assert!(store.failure().is_some());
+        let third = store
+            .append(request("c", ExpectedVersion::Any, &["3"]))
+            .await
+            .unwrap_err();
+        assert!(matches!(third, StoreError::Io(_)), "{third:?}");
+        assert_eq!(store.head().seq, 1);
+        assert_eq!(store.read(0, 10).await.unwrap().len(), 1);
     }
 
     #[tokio::test]
