@@ -92,11 +92,14 @@ cleanup() {
 	fi
 	# The peers bench stops its servers itself; this is for when it was
 	# killed before it could.
-	for kind in etcd postgres; do
-		if [[ -e $PEERS_DIR/$kind/etcd.pid || -e $PEERS_DIR/$kind/data/postmaster.pid ]]; then
-			log "stopping $kind left in $PEERS_DIR/$kind"
-			"$ROOT/tools/peers.sh" stop "$kind" "$PEERS_DIR/$kind" >/dev/null 2>&1 ||
-				log "could not stop $kind in $PEERS_DIR/$kind"
+	# Each peer target has its own directory, named after it.
+	local dir kind
+	for dir in etcd etcd-txn postgres; do
+		kind=${dir%-txn}
+		if [[ -e $PEERS_DIR/$dir/etcd.pid || -e $PEERS_DIR/$dir/data/postmaster.pid ]]; then
+			log "stopping $kind left in $PEERS_DIR/$dir"
+			"$ROOT/tools/peers.sh" stop "$kind" "$PEERS_DIR/$dir" >/dev/null 2>&1 ||
+				log "could not stop $kind in $PEERS_DIR/$dir"
 		fi
 	done
 	rm -rf "$WORK"
@@ -209,7 +212,7 @@ run_step disk-limits "$OUT/disk.json" "${BIN[disk-limits]}" --dir "$WORK" \
 	--seconds "$DISK_SECONDS" --json
 
 run_step peers - "${BIN[peers]}" --writers "$WRITERS" --batch 1,100 \
-	--seconds "$SECONDS_PER_POINT" --targets cairn-http,cairn-lib,etcd,postgres,null-http \
+	--seconds "$SECONDS_PER_POINT" --targets cairn-http,cairn-lib,etcd,etcd-txn,postgres,null-http \
 	--peers-dir "$PEERS_DIR" --json-out "$OUT/peers.json"
 
 # The history and reconcile benches write one JSON object of figures to the

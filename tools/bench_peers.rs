@@ -24,11 +24,15 @@
 //!   the same ~250-byte JSON payload, one stream per append chosen among 1,000
 //!   (a batch is `batch` events on one stream), fsynced before it returns.
 //! - etcd: started with `tools/peers.sh start etcd DIR` (a fresh member, default
-//!   settings, so its WAL is fsynced); each request is one `POST /v3/kv/txn`
-//!   through the JSON gateway that, per event, compares that the key
-//!   `events/<stream>/<version>` does not exist yet (create_revision == 0) and
-//!   puts the ~250-byte JSON payload. A batch is one txn of `batch` compares
-//!   and puts.
+//!   settings, so its WAL is fsynced); a put per event through the JSON
+//!   gateway, as the issue names it: `POST /v3/kv/put` of the ~250-byte JSON
+//!   payload under `events/<stream>/<version>`. The gateway has no multi-put,
+//!   so a batch is one `POST /v3/kv/txn` of `batch` puts.
+//! - etcd-txn: the same member, with the guard the other targets have: per
+//!   event, the txn compares that the key does not exist yet
+//!   (create_revision == 0) before it puts, so a duplicate version is refused
+//!   as Cairn's expected version and PostgreSQL's unique (stream, version)
+//!   refuse it. A batch is one txn of `batch` compares and puts.
 //! - postgres: started with `tools/peers.sh start postgres DIR` (fsync and
 //!   synchronous_commit on); one `tokio-postgres` connection per writer; a
 //!   prepared `INSERT INTO events (id, stream, version, type, payload)` per
@@ -65,7 +69,14 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 const STREAMS: usize = 1000;
-const TARGETS: [&str; 5] = ["cairn-http", "cairn-lib", "etcd", "postgres", "null-http"];
+const TARGETS: [&str; 6] = [
+    "cairn-http",
+    "cairn-lib",
+    "etcd",
+    "etcd-txn",
+    "postgres",
+    "null-http",
+];
 /// The targets run when `--targets` is not given.
 const DEFAULT_TARGETS: [&str; 4] = ["cairn-http", "cairn-lib", "etcd", "postgres"];
 /// PoolScaled's data for the bench's pools, e.g. `{"pool":"p0","from":1,"to":2}`,
@@ -334,9 +345,12 @@ async fn cairn_http_point(
                 url.clone(),
                 headers.clone(),
                 deadline,
+                // The cluster was declared with replicas 1: start at 2, so
+                // every apply changes every pool and appends `batch` events.
                 move || {
+                    let body = bodies[turn % 2].clone();
                     turn += 1;
-                    bodies[turn % 2].clone()
+                    body
                 },
                 |_| true,
             )
@@ -443,39 +457,79 @@ async fn cairn_lib_point(
     ))
 }
 
-fn etcd_txn(streams: &mut OwnedStreams, batch: usize, value: &str) -> Vec<u8> {
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let value = b64.encode(value);
-    let mut compare = Vec::with_capacity(batch);
-    let mut success = Vec::with_capacity(batch);
-    for _ in 0..batch {
-        let (stream, version) = streams.next();
-        let key = b64.encode(format!("events/{stream}/{version:020}"));
-        compare.push(serde_json::json!({
-            "key": key, "result": "EQUAL", "target": "CREATE", "create_revision": "0",
-        }));
-        success.push(serde_json::json!({"request_put": {"key": key, "value": value}}));
-    }
-    serde_json::to_vec(&serde_json::json!({"compare": compare, "success": success}))
-        .expect("txn body")
+/// How the etcd targets write an event.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum EtcdWrite {
+    /// `/v3/kv/put` per event; a batch is a txn of puts.
+    Put,
+    /// A txn that puts each event only if its key does not exist yet.
+    GuardedTxn,
 }
 
-/// A txn whose compares failed answers 200 without `"succeeded":true`.
+impl EtcdWrite {
+    fn target(self) -> &'static str {
+        match self {
+            EtcdWrite::Put => "etcd",
+            EtcdWrite::GuardedTxn => "etcd-txn",
+        }
+    }
+
+    fn path(self, batch: usize) -> &'static str {
+        if self == EtcdWrite::Put && batch == 1 {
+            "/v3/kv/put"
+        } else {
+            "/v3/kv/txn"
+        }
+    }
+
+    fn body(self, streams: &mut OwnedStreams, batch: usize, value: &str) -> Vec<u8> {
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let value = b64.encode(value);
+        let mut compare = Vec::with_capacity(batch);
+        let mut success = Vec::with_capacity(batch);
+        for _ in 0..batch {
+            let (stream, version) = streams.next();
+            let key = b64.encode(format!("events/{stream}/{version:020}"));
+            if self == EtcdWrite::Put && batch == 1 {
+                return serde_json::to_vec(&serde_json::json!({"key": key, "value": value}))
+                    .expect("put body");
+            }
+            if self == EtcdWrite::GuardedTxn {
+                compare.push(serde_json::json!({
+                    "key": key, "result": "EQUAL", "target": "CREATE", "create_revision": "0",
+                }));
+            }
+            success.push(serde_json::json!({"request_put": {"key": key, "value": value}}));
+        }
+        serde_json::to_vec(&serde_json::json!({"compare": compare, "success": success}))
+            .expect("txn body")
+    }
+}
+
+/// A put answers with its header (the new revision); a txn whose compares
+/// failed answers 200 without `"succeeded":true`.
 fn etcd_succeeded(answer: &[u8]) -> bool {
-    serde_json::from_slice::<serde_json::Value>(answer)
-        .ok()
-        .and_then(|v| v.get("succeeded").and_then(|s| s.as_bool()))
-        .unwrap_or(false)
+    let Ok(answer) = serde_json::from_slice::<serde_json::Value>(answer) else {
+        return false;
+    };
+    match answer.get("succeeded") {
+        Some(succeeded) => succeeded.as_bool() == Some(true),
+        None => answer
+            .get("header")
+            .and_then(|header| header.get("revision"))
+            .is_some(),
+    }
 }
 
 async fn etcd_point(
+    write: EtcdWrite,
     writers: usize,
     batch: usize,
     seconds: f64,
     port: u16,
     prefix: &str,
 ) -> Result<PointResult> {
-    let url = format!("http://127.0.0.1:{port}/v3/kv/txn");
+    let url = format!("http://127.0.0.1:{port}{}", write.path(batch));
     let client = http_client(writers)?;
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let measured = run_writers(writers, |writer| {
@@ -486,16 +540,23 @@ async fn etcd_point(
             url.clone(),
             reqwest::header::HeaderMap::new(),
             deadline,
-            move || etcd_txn(&mut streams, batch, &value),
+            move || write.body(&mut streams, batch, &value),
             etcd_succeeded,
         )
     })
     .await?;
-    Ok(summarize("etcd", writers, batch, payload().len(), measured))
+    Ok(summarize(
+        write.target(),
+        writers,
+        batch,
+        payload().len(),
+        measured,
+    ))
 }
 
 /// The load generator alone: the same loop against a server that answers at
-/// once. Each request carries one ~250-byte payload, as a batch-1 etcd txn.
+/// once. Each request carries one ~250-byte payload, about what a batch-1
+/// etcd put carries.
 async fn null_http_point(writers: usize, seconds: f64, port: u16) -> Result<PointResult> {
     let url = format!("http://127.0.0.1:{port}/null");
     let client = http_client(writers)?;
@@ -638,7 +699,9 @@ fn open_to_postgres(dir: &Path) -> Result<()> {
 impl Peer {
     /// Starts a `kind` server in `base/kind`, or in a temp dir when `base` is
     /// not given.
-    fn start(kind: &'static str, base: Option<&Path>) -> Result<Peer> {
+    /// Starts a `kind` server in `base/<name>`: each target gets its own
+    /// server and directory, so etcd and etcd-txn never share a member.
+    fn start(kind: &'static str, name: &str, base: Option<&Path>) -> Result<Peer> {
         let (temp, base) = match base {
             Some(base) => {
                 std::fs::create_dir_all(base)?;
@@ -651,7 +714,7 @@ impl Peer {
             }
         };
         open_to_postgres(&base)?;
-        let dir = base.join(kind);
+        let dir = base.join(name);
         let output = Command::new(peers_script())
             .args(["start", kind])
             .arg(&dir)
@@ -707,6 +770,8 @@ struct Options {
     json_out: Option<PathBuf>,
     targets: Vec<String>,
     peers_dir: Option<PathBuf>,
+    /// Cairn's data of every point (see `cairn_data_dir`); set by the parent.
+    cairn_data: PathBuf,
     /// In a child: the target to measure and its port (0 for cairn-lib and
     /// cairn-http).
     only: Option<(String, u16)>,
@@ -731,6 +796,7 @@ fn options() -> Result<Options> {
         json_out: None,
         targets: DEFAULT_TARGETS.iter().map(|t| t.to_string()).collect(),
         peers_dir: None,
+        cairn_data: PathBuf::new(),
         only: None,
     };
     let mut args = std::env::args().skip(1);
@@ -771,6 +837,25 @@ fn options() -> Result<Options> {
 }
 
 /// In a child process: measures one point and prints its result as JSON.
+/// Where a point's children keep Cairn's data: a directory the parent made
+/// and removes when the whole run ends (`CAIRN_BENCH_DATA`). On this
+/// machine's ext4 (mounted with `discard`), deleting a point's data right
+/// before the next point slows that point's fsyncs, so a point never deletes
+/// its own; the peers' data likewise stays until their target is done.
+const CAIRN_DATA_VARIABLE: &str = "CAIRN_BENCH_DATA";
+
+fn cairn_data_dir() -> Result<PathBuf> {
+    let builder = {
+        let mut builder = tempfile::Builder::new();
+        builder.prefix("cairn-bench-");
+        builder
+    };
+    Ok(match std::env::var_os(CAIRN_DATA_VARIABLE) {
+        Some(base) => builder.tempdir_in(base)?.keep(),
+        None => bail!("{CAIRN_DATA_VARIABLE} is not set: run the bench without --only"),
+    })
+}
+
 fn run_child(options: &Options, target: &str, port: u16) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -782,14 +867,25 @@ fn run_child(options: &Options, target: &str, port: u16) -> Result<()> {
     let result = runtime.block_on(async {
         match target {
             "cairn-http" => {
-                let dir = tempfile::Builder::new().prefix("cairn-bench-").tempdir()?;
-                cairn_http_point(writers, batch, seconds, dir.path()).await
+                let dir = cairn_data_dir()?;
+                cairn_http_point(writers, batch, seconds, &dir).await
             }
             "cairn-lib" => {
-                let dir = tempfile::Builder::new().prefix("cairn-bench-").tempdir()?;
-                cairn_lib_point(writers, batch, seconds, dir.path(), &prefix).await
+                let dir = cairn_data_dir()?;
+                cairn_lib_point(writers, batch, seconds, &dir, &prefix).await
             }
-            "etcd" => etcd_point(writers, batch, seconds, port, &prefix).await,
+            "etcd" => etcd_point(EtcdWrite::Put, writers, batch, seconds, port, &prefix).await,
+            "etcd-txn" => {
+                etcd_point(
+                    EtcdWrite::GuardedTxn,
+                    writers,
+                    batch,
+                    seconds,
+                    port,
+                    &prefix,
+                )
+                .await
+            }
             "postgres" => postgres_point(writers, batch, seconds, port, &prefix).await,
             "null-http" => null_http_point(writers, seconds, port).await,
             other => bail!("unknown target {other:?}"),
@@ -810,6 +906,7 @@ fn run_point(
     // Start each point with nothing dirty in the page cache.
     let _ = Command::new("sync").status();
     let output = Command::new(std::env::current_exe()?)
+        .env(CAIRN_DATA_VARIABLE, &options.cairn_data)
         .args(["--only", &format!("{target}:{port}")])
         .args(["--writers", &writers.to_string()])
         .args(["--batch", &batch.to_string()])
@@ -837,9 +934,13 @@ fn run_target(
     failures: &mut Vec<String>,
 ) {
     let port = match target {
-        "etcd" | "postgres" => {
-            let kind = if target == "etcd" { "etcd" } else { "postgres" };
-            match Peer::start(kind, options.peers_dir.as_deref()) {
+        "etcd" | "etcd-txn" | "postgres" => {
+            let kind = if target == "postgres" {
+                "postgres"
+            } else {
+                "etcd"
+            };
+            match Peer::start(kind, target, options.peers_dir.as_deref()) {
                 Ok(peer) => Some(peer),
                 Err(error) => {
                     failures.push(format!("{target}: {error:#}"));
@@ -877,10 +978,15 @@ fn run_target(
 }
 
 fn main() -> Result<()> {
-    let options = options()?;
+    let mut options = options()?;
     if let Some((target, port)) = &options.only {
         return run_child(&options, target, *port);
     }
+    // Removed when main returns, after every point.
+    let cairn_data = tempfile::Builder::new()
+        .prefix("cairn-bench-data-")
+        .tempdir()?;
+    options.cairn_data = cairn_data.path().to_path_buf();
     let mut results = Vec::new();
     let mut failures = Vec::new();
     for target in &options.targets {
@@ -934,7 +1040,7 @@ fn print_table(options: &Options, results: &[PointResult]) {
                     .iter()
                     .find(|r| r.target == target && r.writers == writers && r.batch == batch)
             };
-            let best_peer = ["etcd", "postgres"]
+            let best_peer = ["etcd", "etcd-txn", "postgres"]
                 .iter()
                 .filter_map(|t| at(t))
                 .max_by(|a, b| a.events_per_s.total_cmp(&b.events_per_s));

@@ -265,16 +265,18 @@ fn main() {
     let _ = writeln!(
         md,
         "Durable events/s (p50 / p99 ms) per target, {seconds_per_point} s per point; \
-         ratios are Cairn's events/s over the better peer's (max of postgres and etcd) \
-         at the same writers and batch.\n"
+         ratios are Cairn's events/s over the better peer's (max of postgres, etcd and \
+         etcd-txn) at the same writers and batch. etcd is a put per event (a batch: a txn \
+         of puts); etcd-txn guards each put with \"the key does not exist yet\", as the \
+         others refuse a duplicate version.\n"
     );
     let _ = writeln!(
         md,
-        "| writers | batch | cairn-http | cairn-lib | postgres | etcd | better peer | http / peer | lib / peer |"
+        "| writers | batch | cairn-http | cairn-lib | postgres | etcd | etcd-txn | better peer | http / peer | lib / peer |"
     );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
     for &(writers, batch) in &pairs {
-        let better = ["postgres", "etcd"]
+        let better = ["postgres", "etcd", "etcd-txn"]
             .iter()
             .filter_map(|t| events_per_s(&points, t, writers, batch).map(|e| (*t, e)))
             .max_by(|a, b| a.1.total_cmp(&b.1));
@@ -285,11 +287,12 @@ fn main() {
         let (http_ratio, lib_ratio) = (ratio("cairn-http"), ratio("cairn-lib"));
         let _ = writeln!(
             md,
-            "| {writers} | {batch} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {writers} | {batch} | {} | {} | {} | {} | {} | {} | {} | {} |",
             cell(point(&points, "cairn-http", writers, batch)),
             cell(point(&points, "cairn-lib", writers, batch)),
             cell(point(&points, "postgres", writers, batch)),
             cell(point(&points, "etcd", writers, batch)),
+            cell(point(&points, "etcd-txn", writers, batch)),
             better.map_or("n/a", |b| b.0),
             ratio_text(http_ratio),
             ratio_text(lib_ratio),
@@ -302,7 +305,7 @@ fn main() {
             "cairn_lib_ratio": lib_ratio,
         }));
     }
-    let bytes: Vec<String> = ["cairn-http", "cairn-lib", "postgres", "etcd"]
+    let bytes: Vec<String> = ["cairn-http", "cairn-lib", "postgres", "etcd", "etcd-txn"]
         .iter()
         .filter_map(|target| {
             let p = points

@@ -839,7 +839,17 @@ impl Writer {
                 }
             }
             if let Some(group) = self.apply_group(jobs) {
-                if applied.send(group).is_err() {
+                if let Err(std::sync::mpsc::SendError(group)) = applied.send(group) {
+                    // The syncer is gone (it panicked). The group is in sled,
+                    // so whether it reaches the disk is unknown.
+                    let reason = "the syncer thread stopped".to_string();
+                    tracing::error!(%reason, "the store stops taking appends");
+                    *self.shared.failure.lock().expect("failure lock") = Some(reason.clone());
+                    for job in group.staged {
+                        let _ = job
+                            .reply
+                            .send(Err(StoreError::OutcomeUnknown(reason.clone())));
+                    }
                     break;
                 }
             }
@@ -1102,6 +1112,8 @@ impl Syncer {
             .observe((flushed - started).as_secs_f64());
         // fdatasync: the data and the file size, not the timestamps.
         self.db_file.sync_data().map_err(io_error)?;
+        // The flush replaced sled's buffers on this thread; let them go.
+        release_sled_garbage(0);
         metrics.fsyncs.inc();
         metrics
             .fsync_seconds
@@ -1271,12 +1283,12 @@ impl Writer {
 /// pins per batch the bench's import of 1,002,504 events ran to the end, its
 /// process growing from 740 to 1,068 MiB (docs/PERFORMANCE.md).
 ///
-/// The pins scale with the batch (one per 16 events, at most 64, so an
-/// import's 1,000-event batches still get 64): each pin allocates, and 64 of
-/// them after every small group were 8% of the writer's time at 64 writers
-/// of one event each (perf, issue 6).
+/// The pins scale with the batch (one per 15 events, at least one and at
+/// most 64, so an import's 1,000-event batches still get 64): each pin
+/// allocates, and 64 of them after every small group were 8% of the writer's
+/// time at 64 writers of one event each (perf, issue 6).
 fn release_sled_garbage(events_in_batch: usize) {
-    let pins = (events_in_batch / 16 + 1).min(64);
+    let pins = events_in_batch.div_ceil(15).clamp(1, 64);
     for _ in 0..pins {
         crossbeam_epoch::pin().flush();
     }
