@@ -95,17 +95,17 @@ impl Metrics {
         );
         registry.register(
             "group_commits",
-            "Group commits, each one flush and one fsync",
+            "Syncs of applied groups, each one flush and one fdatasync (one can cover several groups)",
             store.group_commits.clone(),
         );
         registry.register(
             "fsyncs",
-            "fsync calls on the database file",
+            "fdatasync calls on the database file",
             store.fsyncs.clone(),
         );
         registry.register(
             "group_commit_requests",
-            "Append requests per group commit",
+            "Append requests per group the writer applies",
             store.group_size.clone(),
         );
         registry.register(
@@ -115,12 +115,12 @@ impl Metrics {
         );
         registry.register(
             "flush_seconds",
-            "Seconds per group commit in sled's flush (writes and sync_file_range)",
+            "Seconds per sync in sled's flush (writes and sync_file_range)",
             store.flush_seconds.clone(),
         );
         registry.register(
             "fsync_seconds",
-            "Seconds per group commit in the fsync of the database file",
+            "Seconds per sync in the fdatasync of the database file",
             store.fsync_seconds.clone(),
         );
         registry.register(

@@ -113,7 +113,8 @@ pub struct StoreMetrics {
     pub events_appended: Counter,
     /// Append requests answered (including rejected and deduplicated ones).
     pub append_requests: Counter,
-    /// Group commits (each one flush and one fsync).
+    /// Syncs of applied groups (each one flush and one fdatasync, covering
+    /// every group waiting for it).
     pub group_commits: Counter,
     /// fsync calls on the database file.
     pub fsyncs: Counter,
