@@ -599,15 +599,16 @@ fn start_null_server() -> Result<u16> {
     Ok(port)
 }
 
-async fn postgres_writer(
-    port: u16,
-    prefix: String,
-    writer: usize,
-    writers: usize,
-    batch: usize,
-    deadline: Instant,
-) -> Result<Vec<Duration>> {
-    let (mut client, connection) = tokio_postgres::connect(
+/// One writer's connection with its prepared insert, made before the clock
+/// starts, so the peer is not charged for setting up 64 connections.
+struct PostgresConnection {
+    client: tokio_postgres::Client,
+    connection: tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+    insert: tokio_postgres::Statement,
+}
+
+async fn postgres_connect(port: u16) -> Result<PostgresConnection> {
+    let (client, connection) = tokio_postgres::connect(
         &format!("host=127.0.0.1 port={port} user=postgres dbname=postgres"),
         tokio_postgres::NoTls,
     )
@@ -619,6 +620,26 @@ async fn postgres_writer(
             "INSERT INTO events (id, stream, version, type, payload) VALUES ($1, $2, $3, $4, $5)",
         )
         .await?;
+    Ok(PostgresConnection {
+        client,
+        connection,
+        insert,
+    })
+}
+
+async fn postgres_writer(
+    connected: PostgresConnection,
+    prefix: String,
+    writer: usize,
+    writers: usize,
+    batch: usize,
+    deadline: Instant,
+) -> Result<Vec<Duration>> {
+    let PostgresConnection {
+        mut client,
+        connection,
+        insert,
+    } = connected;
     let payload: serde_json::Value = serde_json::from_str(&payload())?;
     let event_type = "BenchEvent".to_string();
     let mut streams = OwnedStreams::new(&prefix, writer, writers);
@@ -662,9 +683,23 @@ async fn postgres_point(
     port: u16,
     prefix: &str,
 ) -> Result<PointResult> {
+    let mut connections = Vec::with_capacity(writers);
+    for _ in 0..writers {
+        connections.push(Some(postgres_connect(port).await?));
+    }
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let measured = run_writers(writers, |writer| {
-        postgres_writer(port, prefix.to_string(), writer, writers, batch, deadline)
+        let connected = connections[writer]
+            .take()
+            .expect("one connection per writer");
+        postgres_writer(
+            connected,
+            prefix.to_string(),
+            writer,
+            writers,
+            batch,
+            deadline,
+        )
     })
     .await?;
     Ok(summarize(
