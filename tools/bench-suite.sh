@@ -93,16 +93,18 @@ cleanup() {
 	# The peers bench stops its servers itself; this is for when it was
 	# killed before it could.
 	# Each peer target has its own directory, named after it.
-	local dir kind
+	local dir kind keep_work=0
 	for dir in etcd etcd-txn postgres; do
 		kind=${dir%-txn}
 		if [[ -e $PEERS_DIR/$dir/etcd.pid || -e $PEERS_DIR/$dir/data/postmaster.pid ]]; then
 			log "stopping $kind left in $PEERS_DIR/$dir"
-			"$ROOT/tools/peers.sh" stop "$kind" "$PEERS_DIR/$dir" >/dev/null 2>&1 ||
-				log "could not stop $kind in $PEERS_DIR/$dir"
+			"$ROOT/tools/peers.sh" stop "$kind" "$PEERS_DIR/$dir" >/dev/null 2>&1 || {
+				log "could not stop $kind in $PEERS_DIR/$dir: it may still run; $WORK is kept"
+				keep_work=1
+			}
 		fi
 	done
-	rm -rf "$WORK"
+	((keep_work)) || rm -rf "$WORK"
 	exit "$status"
 }
 trap cleanup EXIT
@@ -124,6 +126,8 @@ run_step() {
 	CHILD=$!
 	wait "$CHILD"
 	status=$?
+	# Anything the step left behind in its session goes with it.
+	kill -KILL -- "-$CHILD" 2>/dev/null
 	CHILD=
 	printf '%s\t%s\t%s\n' "$name" "$(($(date +%s) - begun))" "$status" >>"$STEPS"
 	if ((status != 0)); then

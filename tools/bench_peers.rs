@@ -926,6 +926,10 @@ fn run_child(options: &Options, target: &str, port: u16) -> Result<()> {
             other => bail!("unknown target {other:?}"),
         }
     })?;
+    // A point where no request completed measured nothing: a failure, not 0/s.
+    if result.requests == 0 {
+        bail!("no request completed in {seconds} s");
+    }
     println!("{}", serde_json::to_string(&result)?);
     Ok(())
 }

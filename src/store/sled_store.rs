@@ -585,8 +585,15 @@ impl EventStore for SledStore {
     }
 
     async fn import(&self, events: Vec<Event>) -> Result<Head, StoreError> {
-        self.submit(Work::Import(events)).await?;
-        Ok(self.head())
+        let outcome = self.submit(Work::Import(events)).await?;
+        // The import's own last event: the durable head may already be past it.
+        Ok(match outcome.events.last() {
+            Some(last) => Head {
+                seq: last.seq,
+                hash: last.hash,
+            },
+            None => self.head(),
+        })
     }
 
     async fn seq_of_id(&self, id: Uuid) -> Result<Option<u64>, StoreError> {
