@@ -119,6 +119,11 @@ impl Metrics {
             store.flush_seconds.clone(),
         );
         registry.register(
+            "apply_seconds",
+            "Seconds per group in the writer: staging it and applying it to sled",
+            store.apply_seconds.clone(),
+        );
+        registry.register(
             "fsync_seconds",
             "Seconds per sync in the fdatasync of the database file",
             store.fsync_seconds.clone(),

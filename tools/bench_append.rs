@@ -6,8 +6,11 @@
 //! For 1, 16 and 64 concurrent writers and batches of 1 and 100 events, each
 //! writer appends as fast as its acknowledgements come back, for a fixed time.
 //! Every figure is durable: an append is acknowledged only after flush+fsync.
-//! Printed per point: events/s, append latency p50/p99, and fsyncs per
-//! acknowledged append (below 1 means group commit shared fsyncs).
+//! Printed per point: events/s, append latency p50/p99, fsyncs per
+//! acknowledged append (below 1 means group commit shared fsyncs), and for
+//! the library points where a group's time goes: the writer's mean per group
+//! (staging and applying it to sled: CPU) and the syncer's mean per sync
+//! (sled's flush and the fdatasync: the disk), from the store's histograms.
 //!
 //! The HTTP writers run in the same process as the daemon (the load generator
 //! shares the machine's cores with it); each HTTP writer owns a cluster and
@@ -18,10 +21,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cairn::config::Config;
-use cairn::event::{Actor, ActorKind, Cause, NewEvent};
 use cairn::store::{AppendRequest, EventStore, ExpectedVersion, SledStore, SledStoreConfig};
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
+
+#[path = "bench_event.rs"]
+mod bench_event;
+use bench_event::{new_event, payload, percentile_ms};
 
 const WRITERS: [usize; 3] = [1, 16, 64];
 const BATCHES: [usize; 2] = [1, 100];
@@ -35,19 +40,56 @@ struct Point {
     elapsed: Duration,
     latencies: Vec<Duration>,
     fsyncs: u64,
+    /// Library points only: the writer's mean milliseconds per group (staging
+    /// and applying to sled) and the syncer's per sync (flush and
+    /// fdatasync), from the store's histograms.
+    store_times: Option<StoreTimes>,
+}
+
+struct StoreTimes {
+    writer_ms_per_group: f64,
+    sync_ms_per_sync: f64,
+}
+
+impl StoreTimes {
+    /// Mean milliseconds per observation since `before`.
+    fn since(store: &SledStore, before: &[(f64, u64); 3]) -> StoreTimes {
+        let now = histogram_totals(store);
+        let mean = |sum: f64, count: u64| sum * 1000.0 / count.max(1) as f64;
+        StoreTimes {
+            writer_ms_per_group: mean(now[0].0 - before[0].0, now[0].1 - before[0].1),
+            sync_ms_per_sync: mean(
+                now[1].0 - before[1].0 + now[2].0 - before[2].0,
+                now[1].1 - before[1].1,
+            ),
+        }
+    }
+}
+
+/// Sum and count of the writer's apply, the flush and the fdatasync histograms.
+fn histogram_totals(store: &SledStore) -> [(f64, u64); 3] {
+    let metrics = store.metrics();
+    [
+        &metrics.apply_seconds,
+        &metrics.flush_seconds,
+        &metrics.fsync_seconds,
+    ]
+    .map(|histogram| (histogram.sum(), histogram.count()))
 }
 
 impl Point {
     fn row(&mut self) -> String {
         self.latencies.sort();
-        let pick = |q: f64| {
-            let index = ((self.latencies.len() as f64 - 1.0) * q).round() as usize;
-            self.latencies
-                .get(index)
-                .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+        let pick = |q: f64| percentile_ms(&self.latencies, q);
+        let (writer_ms, sync_ms) = match &self.store_times {
+            Some(times) => (
+                format!("{:.3}", times.writer_ms_per_group),
+                format!("{:.3}", times.sync_ms_per_sync),
+            ),
+            None => ("-".to_string(), "-".to_string()),
         };
         format!(
-            "| {} | {} | {} | {:.0} | {:.0} | {:.2} | {:.2} | {:.3} |",
+            "| {} | {} | {} | {:.0} | {:.0} | {:.2} | {:.2} | {:.3} | {writer_ms} | {sync_ms} |",
             self.mode,
             self.writers,
             self.batch,
@@ -70,36 +112,13 @@ fn bench_dir(name: &str) -> PathBuf {
     dir
 }
 
-fn payload() -> Vec<u8> {
-    // About 250 bytes, like a small JSON change.
-    let text = format!(
-        "{{\"pool\":\"workers\",\"from\":3,\"to\":5,\"reason\":\"{}\"}}",
-        "x".repeat(200)
-    );
-    text.into_bytes()
-}
-
-fn new_event(payload: &[u8]) -> NewEvent {
-    NewEvent {
-        id: Uuid::now_v7(),
-        event_type: "BenchEvent".into(),
-        schema: 1,
-        actor: Actor {
-            kind: ActorKind::System,
-            name: "bench".into(),
-        },
-        cause: Cause::None,
-        correlation: Uuid::nil(),
-        payload: payload.to_vec(),
-    }
-}
-
 async fn library_point(writers: usize, batch: usize, seconds: f64) -> Point {
     let dir = bench_dir(&format!("lib-{writers}-{batch}"));
     let store = Arc::new(SledStore::open(SledStoreConfig::new(&dir)).expect("open store"));
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let started = Instant::now();
     let fsyncs_before = store.metrics().fsyncs.get();
+    let totals_before = histogram_totals(&store);
     let tasks: Vec<_> = (0..writers)
         .map(|writer| {
             let store = store.clone();
@@ -108,7 +127,7 @@ async fn library_point(writers: usize, batch: usize, seconds: f64) -> Point {
                 let mut latencies = Vec::new();
                 let mut sequence = 0u64;
                 while Instant::now() < deadline {
-                    let events = (0..batch).map(|_| new_event(&payload)).collect();
+                    let events = (0..batch).map(|_| new_event(payload.as_bytes())).collect();
                     let request = AppendRequest {
                         // Streams chosen among 1,000, as the suite's peers use.
                         stream: format!("bench/{}", (writer as u64 * 7919 + sequence) % 1000),
@@ -132,6 +151,7 @@ async fn library_point(writers: usize, batch: usize, seconds: f64) -> Point {
     let elapsed = started.elapsed();
     let appends = latencies.len() as u64;
     let fsyncs = store.metrics().fsyncs.get() - fsyncs_before;
+    let store_times = Some(StoreTimes::since(&store, &totals_before));
     store.close().await;
     Point {
         mode: "library",
@@ -142,6 +162,7 @@ async fn library_point(writers: usize, batch: usize, seconds: f64) -> Point {
         elapsed,
         latencies,
         fsyncs,
+        store_times,
     }
 }
 
@@ -230,6 +251,7 @@ async fn http_point(writers: usize, batch: usize, seconds: f64) -> Point {
         elapsed,
         latencies,
         fsyncs,
+        store_times: None,
     }
 }
 
@@ -300,8 +322,8 @@ fn main() {
         "durable appends, {seconds} s per point, data under CAIRN_BENCH_DIR or target/bench-data"
     );
     println!();
-    println!("| mode | writers | events/append | events/s | appends/s | p50 ms | p99 ms | fsyncs/append |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| mode | writers | events/append | events/s | appends/s | p50 ms | p99 ms | fsyncs/append | writer ms/group | sync ms/sync |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     // Each point runs in a fresh process of this program, so that no point
     // inherits another's heap, threads or runtime (in one process, the first
     // HTTP point after the library points ran at a fifth of its speed alone).

@@ -68,6 +68,10 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+#[path = "bench_event.rs"]
+mod bench_event;
+use bench_event::{new_event, payload, percentile_ms};
+
 const STREAMS: usize = 1000;
 const TARGETS: [&str; 6] = [
     "cairn-http",
@@ -142,12 +146,7 @@ fn summarize(
         mut latencies,
     } = measured;
     latencies.sort();
-    let pick = |q: f64| {
-        let index = ((latencies.len() as f64 - 1.0) * q).round() as usize;
-        latencies
-            .get(index)
-            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
-    };
+    let pick = |q: f64| percentile_ms(&latencies, q);
     let requests = latencies.len() as u64;
     let events = requests * batch as u64;
     PointResult {
@@ -169,13 +168,6 @@ fn summarize(
 }
 
 /// About 250 bytes of JSON, the same as bench_append's events carry.
-fn payload() -> String {
-    format!(
-        "{{\"pool\":\"workers\",\"from\":3,\"to\":5,\"reason\":\"{}\"}}",
-        "x".repeat(200)
-    )
-}
-
 /// The streams writer `writer` of `writers` owns, with their next versions.
 struct OwnedStreams {
     /// The point's prefix of every stream name, e.g. `w64b1-`.
@@ -405,7 +397,6 @@ async fn cairn_lib_point(
     dir: &Path,
     prefix: &str,
 ) -> Result<PointResult> {
-    use cairn::event::{Actor, ActorKind, Cause, NewEvent};
     use cairn::store::{AppendRequest, EventStore, ExpectedVersion, SledStore, SledStoreConfig};
     let store = std::sync::Arc::new(SledStore::open(SledStoreConfig::new(dir))?);
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
@@ -418,20 +409,7 @@ async fn cairn_lib_point(
         async move {
             let mut latencies = Vec::new();
             while Instant::now() < deadline {
-                let events = (0..batch)
-                    .map(|_| NewEvent {
-                        id: Uuid::now_v7(),
-                        event_type: "BenchEvent".into(),
-                        schema: 1,
-                        actor: Actor {
-                            kind: ActorKind::System,
-                            name: "bench".into(),
-                        },
-                        cause: Cause::None,
-                        correlation: Uuid::nil(),
-                        payload: payload.clone(),
-                    })
-                    .collect();
+                let events = (0..batch).map(|_| new_event(&payload)).collect();
                 let (stream, _) = streams.next();
                 let request = AppendRequest {
                     stream,
@@ -880,15 +858,13 @@ fn options() -> Result<Options> {
 const CAIRN_DATA_VARIABLE: &str = "CAIRN_BENCH_DATA";
 
 fn cairn_data_dir() -> Result<PathBuf> {
-    let builder = {
-        let mut builder = tempfile::Builder::new();
-        builder.prefix("cairn-bench-");
-        builder
+    let Some(base) = std::env::var_os(CAIRN_DATA_VARIABLE) else {
+        bail!("{CAIRN_DATA_VARIABLE} is not set: run the bench without --only");
     };
-    Ok(match std::env::var_os(CAIRN_DATA_VARIABLE) {
-        Some(base) => builder.tempdir_in(base)?.keep(),
-        None => bail!("{CAIRN_DATA_VARIABLE} is not set: run the bench without --only"),
-    })
+    Ok(tempfile::Builder::new()
+        .prefix("cairn-bench-")
+        .tempdir_in(base)?
+        .keep())
 }
 
 fn run_child(options: &Options, target: &str, port: u16) -> Result<()> {
