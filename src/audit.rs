@@ -555,19 +555,19 @@ mod tests {
 
     use super::*;
     use crate::event::NewEvent;
-    use crate::store::{AppendRequest, ExpectedVersion, SledStore, SledStoreConfig};
+    use crate::store::{AppendRequest, ExpectedVersion};
 
     fn base_time() -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2026, 11, 25, 3, 0, 0).unwrap()
     }
 
     /// A store whose clock moves one second per event appended.
-    fn store(dir: &std::path::Path) -> SledStore {
+    fn store(dir: &std::path::Path) -> Arc<dyn crate::store::EventStore> {
         let tick = Arc::new(AtomicI64::new(0));
-        let mut config = SledStoreConfig::new(dir);
+        let mut config = crate::store::StoreConfig::new(dir);
         config.clock =
             Arc::new(move || base_time() + Duration::seconds(tick.fetch_add(1, Ordering::SeqCst)));
-        SledStore::open(config).unwrap()
+        crate::store::open(config).unwrap()
     }
 
     fn actor(kind: ActorKind, name: &str) -> Actor {
@@ -579,7 +579,7 @@ mod tests {
 
     /// Appends one event and returns it.
     async fn append(
-        store: &SledStore,
+        store: &dyn crate::store::EventStore,
         stream: &str,
         event_type: &str,
         actor: Actor,
@@ -621,7 +621,7 @@ mod tests {
 
     /// Every page of a query, with the limit given, as seqs; checks that the
     /// cursor moves forward and that the last page says so.
-    async fn all_pages(store: &SledStore, query: &EventQuery) -> Vec<u64> {
+    async fn all_pages(store: &dyn crate::store::EventStore, query: &EventQuery) -> Vec<u64> {
         let mut query = query.clone();
         let mut seqs = Vec::new();
         for _ in 0..1000 {
@@ -642,7 +642,7 @@ mod tests {
     /// seq 1: change (alice, request r1), 2: started (caused by 1), 3: other
     /// change (bob, request r2), 4: succeeded (caused by 2), 5: condition
     /// (caused by 1), 6: a change of r1 in another stream, 7: failed (caused by 2).
-    async fn story(store: &SledStore) -> (Uuid, Uuid, Vec<Arc<Event>>) {
+    async fn story(store: &dyn crate::store::EventStore) -> (Uuid, Uuid, Vec<Arc<Event>>) {
         let (c1, c2) = (Uuid::now_v7(), Uuid::now_v7());
         let alice = actor(ActorKind::User, "alice");
         let bob = actor(ActorKind::User, "bob");
@@ -758,7 +758,7 @@ mod tests {
     async fn every_filter_selects_exactly_its_events_on_every_page_size() {
         let dir = tempfile::tempdir().unwrap();
         let store = store(dir.path());
-        let (c1, c2, e) = story(&store).await;
+        let (c1, c2, e) = story(&*store).await;
         let at = |i: usize| e[i - 1].time;
         let id = |i: usize| e[i - 1].id.to_string();
         let cases: Vec<(EventQuery, Vec<u64>)> = vec![
@@ -970,7 +970,7 @@ mod tests {
                     limit,
                     ..query.clone()
                 };
-                assert_eq!(all_pages(&store, &query).await, expected, "{query:?}");
+                assert_eq!(all_pages(&*store, &query).await, expected, "{query:?}");
             }
         }
     }
@@ -979,16 +979,16 @@ mod tests {
     async fn an_index_page_says_whether_more_can_follow() {
         let dir = tempfile::tempdir().unwrap();
         let store = store(dir.path());
-        let (_, _, e) = story(&store).await;
+        let (_, _, e) = story(&*store).await;
         let query = EventQuery {
             cause: Some(e[1].id.to_string()),
             limit: 1,
             ..Default::default()
         };
-        let first = events(&store, &query).await.unwrap();
+        let first = events(&*store, &query).await.unwrap();
         assert_eq!(first.next_after, Some(4));
         let last = events(
-            &store,
+            &*store,
             &EventQuery {
                 after: 4,
                 ..query.clone()
@@ -1001,7 +1001,7 @@ mod tests {
         // An exactly full last page of the log still points past its end
         // only when something is after it.
         let whole = events(
-            &store,
+            &*store,
             &EventQuery {
                 limit: 7,
                 ..Default::default()
@@ -1016,9 +1016,9 @@ mod tests {
     async fn a_trace_follows_causes_up_and_effects_down() {
         let dir = tempfile::tempdir().unwrap();
         let store = store(dir.path());
-        let (_, _, e) = story(&store).await;
+        let (_, _, e) = story(&*store).await;
 
-        let of_change = trace(&store, e[0].id, TraceLimits::default())
+        let of_change = trace(&*store, e[0].id, TraceLimits::default())
             .await
             .unwrap()
             .unwrap();
@@ -1035,7 +1035,7 @@ mod tests {
         let correlated: Vec<u64> = of_change.correlated.iter().map(|e| e.seq).collect();
         assert_eq!(correlated, vec![6], "same correlation, outside the chain");
 
-        let of_outcome = trace(&store, e[3].id, TraceLimits::default())
+        let of_outcome = trace(&*store, e[3].id, TraceLimits::default())
             .await
             .unwrap()
             .unwrap();
@@ -1046,7 +1046,7 @@ mod tests {
         let correlated: Vec<u64> = of_outcome.correlated.iter().map(|e| e.seq).collect();
         assert_eq!(correlated, vec![5, 6, 7]);
 
-        assert!(trace(&store, Uuid::now_v7(), TraceLimits::default())
+        assert!(trace(&*store, Uuid::now_v7(), TraceLimits::default())
             .await
             .unwrap()
             .is_none());
@@ -1056,13 +1056,13 @@ mod tests {
     async fn a_trace_is_bounded_and_says_so() {
         let dir = tempfile::tempdir().unwrap();
         let store = store(dir.path());
-        let (_, _, e) = story(&store).await;
+        let (_, _, e) = story(&*store).await;
         let limits = TraceLimits {
             causes: 1,
             effects: 2,
             correlated: 1,
         };
-        let of_change = trace(&store, e[0].id, limits).await.unwrap().unwrap();
+        let of_change = trace(&*store, e[0].id, limits).await.unwrap().unwrap();
         let effects: Vec<u64> = of_change.effects.iter().map(|e| e.event.seq).collect();
         assert_eq!(
             effects,
@@ -1073,7 +1073,7 @@ mod tests {
         assert_eq!(of_change.correlated.len(), 1);
         assert!(of_change.correlated_truncated);
 
-        let of_outcome = trace(&store, e[3].id, limits).await.unwrap().unwrap();
+        let of_outcome = trace(&*store, e[3].id, limits).await.unwrap().unwrap();
         assert_eq!(of_outcome.causes.len(), 1);
         assert_eq!(of_outcome.causes[0].seq, 2, "the nearest cause is kept");
         assert!(of_outcome.causes_truncated);
@@ -1083,7 +1083,7 @@ mod tests {
             effects: 4,
             ..TraceLimits::default()
         };
-        let of_change = trace(&store, e[0].id, limits).await.unwrap().unwrap();
+        let of_change = trace(&*store, e[0].id, limits).await.unwrap().unwrap();
         assert_eq!(of_change.effects.len(), 4);
         assert!(!of_change.effects_truncated);
     }

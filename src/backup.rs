@@ -57,7 +57,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::event::{payload, Actor, Cause, Event, Hash, GENESIS_HASH};
-use crate::store::{EventStore, Head, SledStore, SledStoreConfig, StoreError};
+use crate::store::{EventStore, Head, StoreError};
 
 /// The `format` of the header line.
 pub const FORMAT_NAME: &str = "cairn-export";
@@ -901,8 +901,8 @@ async fn import_staged<R>(
 where
     R: BufRead + Send + 'static,
 {
-    let store = SledStore::open(SledStoreConfig::new(staging))?;
-    let result = import_batched(&store, input, batch_events).await;
+    let store = crate::store::open(crate::store::StoreConfig::new(staging))?;
+    let result = import_batched(store.as_ref(), input, batch_events).await;
     // The writer finishes and syncs; dropping the store closes sled's files.
     store.close().await;
     drop(store);
@@ -934,7 +934,7 @@ fn check_target(dir: &Path) -> Result<(), BackupError> {
                 .map_err(|error| BackupError::io("cannot list", dir, error))?;
             match entries.next() {
                 None => Ok(()),
-                Some(_) if dir.join("db").exists() => Err(not_empty(
+                Some(_) if crate::store::holds_a_log(dir) => Err(not_empty(
                     "it is already a Cairn data directory (an import never merges into a log)",
                 )),
                 Some(_) => Err(not_empty("the directory is not empty")),

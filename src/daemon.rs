@@ -24,7 +24,7 @@ use crate::provider::exec::ExecProvider;
 use crate::provider::sim::SimCloud;
 use crate::provider::{Provider, Providers};
 use crate::reconcile::Reconciler;
-use crate::store::{EventStore, SledStore, SledStoreConfig, StoreError};
+use crate::store::{EventStore, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -58,13 +58,14 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> Result<RunningDaemon, DaemonError> {
     let damaged = |source: StoreError| match source {
-        StoreError::Corrupt { .. } => DaemonError::Damaged {
+        StoreError::Corrupt { .. } | StoreError::DamagedLog { .. } => DaemonError::Damaged {
             dir: config.data_dir.display().to_string(),
             source,
         },
         other => DaemonError::Store(other),
     };
-    let store = Arc::new(SledStore::open(SledStoreConfig::new(&config.data_dir)).map_err(damaged)?);
+    let store =
+        crate::store::open(crate::store::StoreConfig::new(&config.data_dir)).map_err(damaged)?;
     let metrics = Arc::new(Metrics::new(store.metrics()));
     let started = std::time::Instant::now();
     let ledger = Ledger::open_with(

@@ -7,7 +7,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::store::sled_store::StoreMetrics;
+use crate::store::metrics::StoreMetrics;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResponseLabels {
@@ -83,56 +83,7 @@ pub struct Metrics {
 impl Metrics {
     pub fn new(store: &StoreMetrics) -> Metrics {
         let mut registry = Registry::with_prefix("cairn");
-        registry.register(
-            "events_appended",
-            "Events committed to the log",
-            store.events_appended.clone(),
-        );
-        registry.register(
-            "append_requests",
-            "Append requests answered by the writer, accepted or not",
-            store.append_requests.clone(),
-        );
-        registry.register(
-            "group_commits",
-            "Syncs of applied groups, each one flush and one fdatasync (one can cover several groups)",
-            store.group_commits.clone(),
-        );
-        registry.register(
-            "fsyncs",
-            "fdatasync calls on the database file",
-            store.fsyncs.clone(),
-        );
-        registry.register(
-            "group_commit_requests",
-            "Append requests per group the writer applies",
-            store.group_size.clone(),
-        );
-        registry.register(
-            "append_batch_events",
-            "Events per accepted append request",
-            store.batch_size.clone(),
-        );
-        registry.register(
-            "flush_seconds",
-            "Seconds per sync in sled's flush (writes and sync_file_range)",
-            store.flush_seconds.clone(),
-        );
-        registry.register(
-            "apply_seconds",
-            "Seconds per group in the writer: staging it and applying it to sled",
-            store.apply_seconds.clone(),
-        );
-        registry.register(
-            "fsync_seconds",
-            "Seconds per sync in the fdatasync of the database file",
-            store.fsync_seconds.clone(),
-        );
-        registry.register(
-            "head_seq",
-            "The seq of the last committed event",
-            store.head_seq.clone(),
-        );
+        store.register(&mut registry);
         let http_responses = Family::<ResponseLabels, Counter>::default();
         registry.register(
             "http_responses",

@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::projection::{Projections, SnapshotError};
 use crate::store::read_ahead::read_ahead;
-use crate::store::{EventStore, SledStore, SledStoreConfig, StoreError};
+use crate::store::{EventStore, StoreError};
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -52,7 +52,7 @@ impl ReplayReport {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
-    #[error("{0} is not a Cairn data directory (no db file)")]
+    #[error("{0} is not a Cairn data directory (it holds no log)")]
     NotADataDir(String),
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -60,10 +60,10 @@ pub enum ReplayError {
 
 /// Replays the log of a data directory that no daemon holds.
 pub async fn replay_offline(dir: &Path) -> Result<ReplayReport, ReplayError> {
-    if !dir.join("db").exists() {
+    if !crate::store::holds_a_log(dir) {
         return Err(ReplayError::NotADataDir(dir.display().to_string()));
     }
-    let store: Arc<dyn EventStore> = Arc::new(SledStore::open(SledStoreConfig::new(dir))?);
+    let store: Arc<dyn EventStore> = crate::store::open(crate::store::StoreConfig::new(dir))?;
     let report = replay(store.clone()).await;
     store.close().await;
     report
@@ -198,7 +198,7 @@ mod tests {
     async fn replay_names_the_part_of_a_snapshot_that_differs() {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn EventStore> =
-            Arc::new(SledStore::open(SledStoreConfig::new(dir.path())).unwrap());
+            crate::store::open(crate::store::StoreConfig::new(dir.path())).unwrap();
         for text in ["1", "2", "3", "4"] {
             store
                 .append(request("cluster/x", ExpectedVersion::Any, &[text]))

@@ -17,11 +17,10 @@
 //! alternates replicas, so every apply appends exactly 1 or 100 PoolScaled events.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cairn::config::Config;
-use cairn::store::{AppendRequest, EventStore, ExpectedVersion, SledStore, SledStoreConfig};
+use cairn::store::{AppendRequest, EventStore, ExpectedVersion};
 use tokio_util::sync::CancellationToken;
 
 #[path = "bench_event.rs"]
@@ -53,7 +52,7 @@ struct StoreTimes {
 
 impl StoreTimes {
     /// Mean milliseconds per observation since `before`.
-    fn since(store: &SledStore, before: &[(f64, u64); 3]) -> StoreTimes {
+    fn since(store: &dyn EventStore, before: &[(f64, u64); 3]) -> StoreTimes {
         let now = histogram_totals(store);
         let mean = |sum: f64, count: u64| sum * 1000.0 / count.max(1) as f64;
         StoreTimes {
@@ -67,7 +66,7 @@ impl StoreTimes {
 }
 
 /// Sum and count of the writer's apply, the flush and the fdatasync histograms.
-fn histogram_totals(store: &SledStore) -> [(f64, u64); 3] {
+fn histogram_totals(store: &dyn EventStore) -> [(f64, u64); 3] {
     let metrics = store.metrics();
     [
         &metrics.apply_seconds,
@@ -114,11 +113,11 @@ fn bench_dir(name: &str) -> PathBuf {
 
 async fn library_point(writers: usize, batch: usize, seconds: f64) -> Point {
     let dir = bench_dir(&format!("lib-{writers}-{batch}"));
-    let store = Arc::new(SledStore::open(SledStoreConfig::new(&dir)).expect("open store"));
+    let store = cairn::store::open(cairn::store::StoreConfig::new(&dir)).expect("open store");
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let started = Instant::now();
     let fsyncs_before = store.metrics().fsyncs.get();
-    let totals_before = histogram_totals(&store);
+    let totals_before = histogram_totals(&*store);
     let tasks: Vec<_> = (0..writers)
         .map(|writer| {
             let store = store.clone();
@@ -151,7 +150,7 @@ async fn library_point(writers: usize, batch: usize, seconds: f64) -> Point {
     let elapsed = started.elapsed();
     let appends = latencies.len() as u64;
     let fsyncs = store.metrics().fsyncs.get() - fsyncs_before;
-    let store_times = Some(StoreTimes::since(&store, &totals_before));
+    let store_times = Some(StoreTimes::since(&*store, &totals_before));
     store.close().await;
     Point {
         mode: "library",

@@ -120,7 +120,7 @@ use cairn::model::{
 };
 use cairn::projection::Projections;
 use cairn::replay;
-use cairn::store::{EventStore, SledStore, SledStoreConfig};
+use cairn::store::EventStore;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio_util::sync::CancellationToken;
@@ -704,7 +704,7 @@ struct Generated {
 }
 
 async fn generate(dir: &Path, args: &Args) -> Generated {
-    let store = Arc::new(SledStore::open(SledStoreConfig::new(dir)).expect("the store opens"));
+    let store = cairn::store::open(cairn::store::StoreConfig::new(dir)).expect("the store opens");
     let ledger = Ledger::open_with(
         store.clone() as Arc<dyn EventStore>,
         LedgerConfig::default(),
@@ -1008,14 +1008,14 @@ async fn import(
     expected: cairn::store::Head,
     limit_kib: u64,
 ) -> Imported {
-    let store = SledStore::open(SledStoreConfig::new(target)).expect("a fresh store");
+    let store = cairn::store::open(cairn::store::StoreConfig::new(target)).expect("a fresh store");
     let input = BufReader::with_capacity(1024 * 1024, File::open(file).expect("the export"));
     let export_bytes = std::fs::metadata(file).expect("the export file").len();
     let rss_before_kib = proc_status_kib("self", "VmRSS:");
     let begun = Instant::now();
     let mut stopped_at_rss_kib = None;
     let outcome = {
-        let import = backup::import_into_store(&store, input);
+        let import = backup::import_into_store(&*store, input);
         tokio::pin!(import);
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         loop {
@@ -1625,7 +1625,7 @@ async fn run(args: Args) {
     // 1. Generation.
     // The bytes on disk of a reused log, before the daemon touches it.
     let mut reused_disk_bytes = 0;
-    let generated = if data_dir.join("db").exists() {
+    let generated = if cairn::store::holds_a_log(&data_dir) {
         println!("reusing the log in {}", data_dir.display());
         reused_disk_bytes = disk_bytes(&data_dir);
         None
@@ -1730,7 +1730,7 @@ async fn run(args: Args) {
     // 4. Reopen: sled, then the ledger (newest snapshot + tail).
     let begun = Instant::now();
     let store =
-        Arc::new(SledStore::open(SledStoreConfig::new(&data_dir)).expect("the store reopens"));
+        cairn::store::open(cairn::store::StoreConfig::new(&data_dir)).expect("the store reopens");
     let store_open = begun.elapsed();
     let head = store.head();
     let snapshot_seqs = store.snapshot_seqs().await.expect("snapshot seqs");

@@ -20,7 +20,7 @@
 //!   `X-Cairn-Reason` header sized so that an event's data plus its reason is
 //!   about 250 bytes, like the peers' payload; the bench reads one stored event
 //!   back through `GET /v1/events` to report the actual size.
-//! - cairn-lib: `SledStore::append` directly, as `tools/bench_append.rs` does:
+//! - cairn-lib: `EventStore::append` on `store::open` directly, as `tools/bench_append.rs` does:
 //!   the same ~250-byte JSON payload, one stream per append chosen among 1,000
 //!   (a batch is `batch` events on one stream), fsynced before it returns.
 //! - etcd: started with `tools/peers.sh start etcd DIR` (a fresh member, default
@@ -397,8 +397,8 @@ async fn cairn_lib_point(
     dir: &Path,
     prefix: &str,
 ) -> Result<PointResult> {
-    use cairn::store::{AppendRequest, EventStore, ExpectedVersion, SledStore, SledStoreConfig};
-    let store = std::sync::Arc::new(SledStore::open(SledStoreConfig::new(dir))?);
+    use cairn::store::{AppendRequest, ExpectedVersion};
+    let store = cairn::store::open(cairn::store::StoreConfig::new(dir))?;
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let payload = payload().into_bytes();
     let payload_bytes = payload.len();

@@ -40,7 +40,7 @@ use cairn::model::{parse_manifest, ConditionType, Manifest, ManifestFormat, Reso
 use cairn::provider::sim::{SimCloud, SimConfig, SimLatency};
 use cairn::provider::{Provider, Providers};
 use cairn::reconcile::{Backoff, Reconciler, ReconcilerConfig};
-use cairn::store::{EventStore, SledStore, SledStoreConfig};
+use cairn::store::EventStore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -73,7 +73,7 @@ fn context() -> CommandContext {
 struct Running {
     ledger: Arc<Ledger>,
     reconciler: Arc<Reconciler>,
-    store: Arc<SledStore>,
+    store: Arc<dyn EventStore>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
     _dir: tempfile::TempDir,
@@ -82,7 +82,7 @@ struct Running {
 async fn start(failure_rate: f64, latency_ms: u64) -> Running {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let store =
-        Arc::new(SledStore::open(SledStoreConfig::new(dir.path())).expect("the store opens"));
+        cairn::store::open(cairn::store::StoreConfig::new(dir.path())).expect("the store opens");
     let ledger = Ledger::open(store.clone() as Arc<dyn EventStore>)
         .await
         .expect("the ledger opens");

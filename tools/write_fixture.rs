@@ -12,9 +12,7 @@ use cairn::event::payload;
 use cairn::event::{Actor, ActorKind, Cause, Event, NewEvent};
 use cairn::model::{diff, parse_manifest, Manifest, ManifestFormat};
 use cairn::projection::DesiredState;
-use cairn::store::{
-    AppendRequest, EventStore, ExpectedVersion, Idempotency, SledStore, SledStoreConfig,
-};
+use cairn::store::{AppendRequest, ExpectedVersion, Idempotency};
 use uuid::Uuid;
 
 #[tokio::main]
@@ -28,7 +26,7 @@ async fn main() {
         std::process::exit(1);
     }
     let data_dir = std::env::temp_dir().join(format!("cairn-fixture-{}", std::process::id()));
-    let store = SledStore::open(SledStoreConfig::new(&data_dir)).unwrap();
+    let store = cairn::store::open(cairn::store::StoreConfig::new(&data_dir)).unwrap();
     let base = parse_manifest(
         include_bytes!("../docs/examples/prod-eu.yaml"),
         ManifestFormat::Yaml,

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use cairn::event::{Actor, ActorKind, Event};
 use cairn::ledger::{ApplyOptions, CommandContext, Ledger, Point};
 use cairn::model::{parse_manifest, ManifestFormat};
-use cairn::store::{EventStore, SledStore, SledStoreConfig};
+use cairn::store::EventStore;
 use tokio_util::sync::CancellationToken;
 
 const MANIFEST: &str = "apiVersion: cairn/v1\nkind: Cluster\nmetadata: {name: history}\nspec:\n  provider: sim\n  \
@@ -44,7 +44,7 @@ async fn main() {
         std::process::exit(1);
     }
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(SledStore::open(SledStoreConfig::new(dir.path())).unwrap());
+    let store = cairn::store::open(cairn::store::StoreConfig::new(dir.path())).unwrap();
     let ledger = Ledger::open(store.clone() as Arc<dyn EventStore>)
         .await
         .unwrap();

@@ -15,7 +15,7 @@ use cairn::event::{Actor, ActorKind, Event};
 use cairn::ledger::{ApplyOptions, CommandContext, Ledger};
 use cairn::metrics::Metrics;
 use cairn::model::{parse_manifest, ManifestFormat};
-use cairn::store::{EventStore, SledStore, SledStoreConfig};
+use cairn::store::EventStore;
 use cairn::webhook::inbox::{Delivery, Inbox};
 use cairn::webhook::{GenericSettings, HookConfig, ReceiverConfig};
 use tokio_util::sync::CancellationToken;
@@ -39,9 +39,9 @@ async fn main() {
         std::process::exit(1);
     }
     let dir = tempfile::tempdir().unwrap();
-    let sled = SledStore::open(SledStoreConfig::new(dir.path())).unwrap();
+    let sled = cairn::store::open(cairn::store::StoreConfig::new(dir.path())).unwrap();
     let metrics = Arc::new(Metrics::new(sled.metrics()));
-    let store = Arc::new(sled);
+    let store = sled;
     let ledger = Ledger::open(store.clone() as Arc<dyn EventStore>)
         .await
         .unwrap();

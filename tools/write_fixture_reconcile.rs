@@ -19,7 +19,7 @@ use cairn::model::{parse_manifest, ManifestFormat, ResourceKind};
 use cairn::provider::sim::{SimCloud, SimConfig, SimLatency};
 use cairn::provider::{Provider, Providers};
 use cairn::reconcile::{Backoff, Reconciler, ReconcilerConfig};
-use cairn::store::{EventStore, SledStore, SledStoreConfig};
+use cairn::store::EventStore;
 use tokio_util::sync::CancellationToken;
 
 const MANIFEST: &str = "apiVersion: cairn/v1\nkind: Cluster\nmetadata: {name: fixture}\nspec:\n  provider: sim\n  \
@@ -51,7 +51,7 @@ async fn main() {
         std::process::exit(1);
     }
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(SledStore::open(SledStoreConfig::new(dir.path())).unwrap());
+    let store = cairn::store::open(cairn::store::StoreConfig::new(dir.path())).unwrap();
     let ledger = Ledger::open(store.clone() as Arc<dyn EventStore>)
         .await
         .unwrap();

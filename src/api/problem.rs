@@ -127,8 +127,11 @@ impl From<StoreError> for ApiError {
             }
             StoreError::InvalidRequest(_) => ApiError::bad_request("invalid_request", detail),
             StoreError::ImportRejected { .. } => ApiError::bad_request("import_rejected", detail),
-            StoreError::Corrupt { .. } => {
+            StoreError::Corrupt { .. } | StoreError::DamagedLog { .. } => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "corrupt_log", detail)
+            }
+            StoreError::WrongFormat(_) => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "wrong_format", detail)
             }
             StoreError::OutcomeUnknown(_) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "outcome_unknown", detail)

@@ -53,11 +53,11 @@ fn chain(count: u64) -> Vec<Event> {
 }
 
 async fn store_with(dir: &Path, events: &[Event]) -> Arc<dyn EventStore> {
-    let store = SledStore::open(SledStoreConfig::new(dir)).unwrap();
+    let store = crate::store::open(crate::store::StoreConfig::new(dir)).unwrap();
     if !events.is_empty() {
         store.import(events.to_vec()).await.unwrap();
     }
-    Arc::new(store)
+    store
 }
 
 async fn export_text(events: &[Event]) -> String {
@@ -383,7 +383,7 @@ async fn import_into_dir_round_trips_and_maps_store_rejections_to_lines() {
         .unwrap();
     assert_eq!(summary.events, 7);
     assert_eq!(summary.head.hash, events[6].hash);
-    let store = SledStore::open(SledStoreConfig::new(&target)).unwrap();
+    let store = crate::store::open(crate::store::StoreConfig::new(&target)).unwrap();
     assert_eq!(store.read(0, 100).await.unwrap().len(), 7);
     assert!(store.verify().await.unwrap().is_ok());
     store.close().await;

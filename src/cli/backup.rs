@@ -3,14 +3,12 @@
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use serde::Serialize;
 
 use super::client::Client;
 use super::{output, ExportArgs, Failure, ImportArgs, OutputFormat};
 use crate::backup::{self, BackupError};
-use crate::store::{EventStore, SledStore, SledStoreConfig};
 
 /// Reading and writing files in large pieces: an export is many small lines.
 const IO_BUFFER_BYTES: usize = 1024 * 1024;
@@ -100,15 +98,14 @@ pub(super) async fn export(client: &Client, args: ExportArgs) -> Result<(), Fail
 }
 
 async fn export_offline(dir: &Path, out: &mut dyn Write) -> Result<String, Failure> {
-    if !dir.join("db").exists() {
+    if !crate::store::holds_a_log(dir) {
         return Err(Failure::Other(format!(
-            "{} is not a Cairn data directory (no db file)",
+            "{} is not a Cairn data directory (it holds no log)",
             dir.display()
         )));
     }
-    let store = SledStore::open(SledStoreConfig::new(dir))
+    let store = crate::store::open(crate::store::StoreConfig::new(dir))
         .map_err(|error| Failure::Other(error.to_string()))?;
-    let store: Arc<dyn EventStore> = Arc::new(store);
     let result = backup::write_export(store.clone(), out).await;
     store.close().await;
     let summary = result.map_err(|error| Failure::Other(error.to_string()))?;

@@ -721,16 +721,8 @@ fn report_verify(view: &VerifyView, format: OutputFormat) -> Result<(), Failure>
 
 /// Verifies a data directory without a daemon.
 pub fn verify_offline(dir: &std::path::Path) -> Result<VerifyView, Failure> {
-    if !dir.join("db").exists() {
-        return Err(Failure::Other(format!(
-            "{} is not a Cairn data directory (no db file)",
-            dir.display()
-        )));
-    }
-    let db = crate::store::sled_store::open_db(dir, 64 * 1024 * 1024)
-        .map_err(|error| Failure::Other(error.to_string()))?;
-    let report = crate::store::sled_store::verify_tree(&db, None)
-        .map_err(|error| Failure::Other(error.to_string()))?;
+    let report =
+        crate::store::verify_offline(dir).map_err(|error| Failure::Other(error.to_string()))?;
     Ok(VerifyView::from_report(&report))
 }
 

@@ -165,7 +165,6 @@ mod tests {
     use crate::ledger::{ApplyOptions, CommandContext};
     use crate::model::{parse_manifest, Manifest, ManifestFormat};
     use crate::projection::SNAPSHOT_FORMAT;
-    use crate::store::{SledStore, SledStoreConfig};
 
     fn manifest(name: &str, replicas: i64) -> Manifest {
         let text = format!(
@@ -199,7 +198,7 @@ mod tests {
     async fn the_follower_takes_snapshots_and_start_up_loads_the_newest() {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn EventStore> =
-            Arc::new(SledStore::open(SledStoreConfig::new(dir.path())).unwrap());
+            crate::store::open(crate::store::StoreConfig::new(dir.path())).unwrap();
         let config = LedgerConfig { snapshot_every: 3 };
         let ledger = Ledger::open_with(store.clone(), config).await.unwrap();
         let shutdown = CancellationToken::new();

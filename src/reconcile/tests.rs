@@ -20,7 +20,7 @@ use crate::model::{
 };
 use crate::provider::sim::{SimCloud, SimConfig, SimLatency};
 use crate::provider::{Provider, ProviderError, Providers};
-use crate::store::{EventStore, SledStore, SledStoreConfig};
+use crate::store::EventStore;
 
 fn manifest(drift: &str, replicas: i64, image: &str, firewall: bool) -> String {
     let firewall = if firewall {
@@ -174,7 +174,7 @@ fn reconciler_config(resync: Duration, concurrency: usize) -> ReconcilerConfig {
 /// latency per create, and a reconciler resyncing every `resync`.
 async fn setup_with(text: &str, resync: Duration, create_ms: u64) -> Setup {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(SledStore::open(SledStoreConfig::new(dir.path())).unwrap());
+    let store = crate::store::open(crate::store::StoreConfig::new(dir.path())).unwrap();
     let ledger = Ledger::open(store as Arc<dyn EventStore>).await.unwrap();
     let shutdown = CancellationToken::new();
     tokio::spawn(ledger.clone().follow(shutdown.clone()));
@@ -658,7 +658,7 @@ async fn an_orphan_with_a_wanted_name_is_cleaned_up_without_blocking_the_cluster
 /// together, with these limits (overall, per cluster).
 async fn most_creates_at_once(concurrency: usize, cluster_concurrency: usize) -> usize {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(SledStore::open(SledStoreConfig::new(dir.path())).unwrap());
+    let store = crate::store::open(crate::store::StoreConfig::new(dir.path())).unwrap();
     let ledger = Ledger::open(store as Arc<dyn EventStore>).await.unwrap();
     let shutdown = CancellationToken::new();
     tokio::spawn(ledger.clone().follow(shutdown.clone()));

@@ -33,7 +33,13 @@
 //! **Architecture Invariant:** the store knows nothing of clusters, manifests or
 //! payload types. It moves envelopes with opaque payload bytes.
 
+#[cfg(test)]
+pub(crate) mod contract_tests;
+pub mod disk;
+pub mod memory;
+pub mod metrics;
 pub mod read_ahead;
+pub mod rules;
 mod sled_indexes;
 mod sled_snapshots;
 pub mod sled_store;
@@ -41,6 +47,7 @@ pub mod subscription;
 #[cfg(test)]
 pub(crate) mod test_support;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -52,7 +59,6 @@ use uuid::Uuid;
 
 use crate::event::{Event, Hash, NewEvent};
 
-pub use sled_store::{SledStore, SledStoreConfig};
 pub use subscription::Subscription;
 
 /// The stream version an append expects to find.
@@ -67,7 +73,7 @@ pub enum ExpectedVersion {
 }
 
 impl ExpectedVersion {
-    fn admits(self, current: u64) -> bool {
+    pub(crate) fn admits(self, current: u64) -> bool {
         match self {
             ExpectedVersion::Any => true,
             ExpectedVersion::NoStream => current == 0,
@@ -192,6 +198,17 @@ pub enum StoreError {
     },
     #[error("the data directory {path} is in use by another process (is a daemon running? ask it instead)")]
     Locked { path: String },
+    /// The log's files are damaged before their end: an operator must look.
+    /// Nothing was cut or changed.
+    #[error("the log is damaged in {path} at offset {offset}: {reason}")]
+    DamagedLog {
+        path: String,
+        offset: u64,
+        reason: String,
+    },
+    /// The data directory holds something this build cannot read.
+    #[error("{0}")]
+    WrongFormat(String),
 }
 
 impl StoreError {
@@ -215,9 +232,13 @@ impl StoreError {
     }
 }
 
-/// The event log. See the module docs for the contract.
+/// A source of wall-clock time, injectable so tests can step it backwards.
+pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
+
+/// The log: appends, reads, and live delivery. See the module docs for the
+/// contract.
 #[async_trait]
-pub trait EventStore: Send + Sync + 'static {
+pub trait EventLog: Send + Sync + 'static {
     /// Appends atomically and durably; see `AppendRequest`.
     async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, StoreError>;
 
@@ -238,12 +259,9 @@ pub trait EventStore: Send + Sync + 'static {
     /// What an idempotency key was used for, if it was.
     async fn idempotency_record(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError>;
 
-    /// The last committed event. (A store shared by several daemons will make
+    /// The last durable event. (A store shared by several daemons will make
     /// this a read; today's single writer keeps it in memory.)
     fn head(&self) -> Head;
-
-    /// Why the store stopped taking appends, if it did.
-    fn failure(&self) -> Option<String>;
 
     /// The largest stored record the store accepts (`EventTooLarge` beyond).
     fn max_record_bytes(&self) -> usize;
@@ -252,18 +270,19 @@ pub trait EventStore: Send + Sync + 'static {
     /// receiver that lags gets `RecvError::Lagged` and must catch up with
     /// `read`; `read` is the source of truth, the broadcast only a wake-up.
     fn subscribe_committed(&self) -> broadcast::Receiver<Arc<Event>>;
+}
 
-    /// Recomputes the whole hash chain.
-    async fn verify(&self) -> Result<VerifyReport, StoreError>;
-
+/// Lookups over envelope fields, derived from the log.
+#[async_trait]
+pub trait EventIndex: Send + Sync + 'static {
     /// The seq of the event with this id.
     async fn seq_of_id(&self, id: Uuid) -> Result<Option<u64>, StoreError>;
 
     /// The last seq whose time is at or before `time`; 0 when the log starts later.
     async fn seq_at_time(&self, time: DateTime<Utc>) -> Result<u64, StoreError>;
 
-    /// Up to `limit` seqs after `after` of events whose cause is `Cause::Event`
-    /// naming the event at `cause_seq`, in order.
+    /// Up to `limit` seqs after `after` of events whose cause names the event
+    /// at `cause_seq` (`Cause::causing_event`), in order.
     async fn caused_by(
         &self,
         cause_seq: u64,
@@ -278,14 +297,11 @@ pub trait EventStore: Send + Sync + 'static {
         after: u64,
         limit: usize,
     ) -> Result<Vec<u64>, StoreError>;
+}
 
-    /// Appends events exported from another log, exactly as they were (ids,
-    /// times, hashes). Each must chain onto the head: the next seq, the head's
-    /// hash as `prev_hash`, a hash that matches its content, a time not before
-    /// the head's, and the next version of its stream. Atomic and durable like
-    /// `append`; `StoreError::ImportRejected` names the first event that fails.
-    async fn import(&self, events: Vec<Event>) -> Result<Head, StoreError>;
-
+/// Snapshots: opaque named parts stored under a seq, outside the hash chain.
+#[async_trait]
+pub trait SnapshotStore: Send + Sync + 'static {
     /// Stores a snapshot: named opaque parts, as of `seq`.
     async fn save_snapshot(
         &self,
@@ -301,7 +317,92 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Every part of the snapshot at `seq`, sorted by name.
     async fn snapshot_parts(&self, seq: u64) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+}
+
+/// Verification, import, health and shutdown.
+#[async_trait]
+pub trait StoreAdmin: Send + Sync + 'static {
+    /// Recomputes the whole hash chain.
+    async fn verify(&self) -> Result<VerifyReport, StoreError>;
+
+    /// Appends events exported from another log, exactly as they were (ids,
+    /// times, hashes). Each must chain onto the head: the next seq, the head's
+    /// hash as `prev_hash`, a hash that matches its content, a time not before
+    /// the head's, and the next version of its stream. Atomic and durable like
+    /// `append`; `StoreError::ImportRejected` names the first event that fails.
+    async fn import(&self, events: Vec<Event>) -> Result<Head, StoreError>;
+
+    /// Why the store stopped taking appends, if it did.
+    fn failure(&self) -> Option<String>;
+
+    /// The store's own metrics (`StoreMetrics::register` adds them to a
+    /// Prometheus registry).
+    fn metrics(&self) -> &metrics::StoreMetrics;
 
     /// Stops taking appends, finishes the ones queued, and syncs.
     async fn close(&self);
+}
+
+/// A whole store: what the daemon and the offline commands hold, as
+/// `Arc<dyn EventStore>`. Every backend implements the four parts.
+pub trait EventStore: EventLog + EventIndex + SnapshotStore + StoreAdmin {}
+
+impl<T: EventLog + EventIndex + SnapshotStore + StoreAdmin> EventStore for T {}
+
+/// How to open the store.
+#[derive(Clone)]
+pub struct StoreConfig {
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// The most append requests one group commit takes.
+    pub max_group_requests: usize,
+    /// The largest encoded event record accepted.
+    pub max_record_bytes: usize,
+    /// How many committed events a slow subscriber may fall behind before it
+    /// gets `Lagged` and must read from the store.
+    pub broadcast_capacity: usize,
+    /// The wall clock that stamps events.
+    pub clock: Clock,
+}
+
+impl StoreConfig {
+    pub fn new(data_dir: impl Into<PathBuf>) -> StoreConfig {
+        StoreConfig {
+            data_dir: data_dir.into(),
+            max_group_requests: 4096,
+            max_record_bytes: rules::MAX_RECORD_BYTES,
+            broadcast_capacity: 4096,
+            clock: Arc::new(Utc::now),
+        }
+    }
+}
+
+/// Opens (or creates) the embedded store in `config.data_dir`. The only
+/// place outside the backends that knows which backend that is.
+pub fn open(config: StoreConfig) -> Result<Arc<dyn EventStore>, StoreError> {
+    let mut sled_config = sled_store::SledStoreConfig::new(&config.data_dir);
+    sled_config.max_group_requests = config.max_group_requests;
+    sled_config.max_record_bytes = config.max_record_bytes;
+    sled_config.broadcast_capacity = config.broadcast_capacity;
+    sled_config.clock = config.clock;
+    Ok(Arc::new(sled_store::SledStore::open(sled_config)?))
+}
+
+/// Checks the hash chain of a store's data directory that no daemon holds,
+/// including that nothing is stored past the head (`cairn verify --data-dir`).
+pub fn verify_offline(data_dir: &std::path::Path) -> Result<VerifyReport, StoreError> {
+    if !holds_a_log(data_dir) {
+        return Err(StoreError::InvalidRequest(format!(
+            "{} is not a Cairn data directory (it holds no log)",
+            data_dir.display()
+        )));
+    }
+    let db = sled_store::open_db(data_dir, 64 * 1024 * 1024)?;
+    sled_store::verify_tree(&db, None)
+}
+
+/// Whether `data_dir` holds a Cairn log (so it is a data directory, not an
+/// empty or foreign one).
+pub fn holds_a_log(data_dir: &std::path::Path) -> bool {
+    data_dir.join("db").exists()
 }

@@ -49,17 +49,15 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::{
-    AppendOutcome, AppendRequest, BadRecord, EventStore, Head, IdempotencyRecord, StoreError,
-    VerifyReport,
+    AppendOutcome, AppendRequest, BadRecord, Clock, EventIndex, EventLog, Head, IdempotencyRecord,
+    SnapshotStore, StoreAdmin, StoreError, VerifyReport,
 };
 use uuid::Uuid;
 
+use super::metrics::StoreMetrics;
 use super::sled_indexes::TimeEntry;
 use super::{sled_indexes, sled_snapshots};
 use crate::event::{
@@ -71,9 +69,6 @@ const STREAM_INDEX_PREFIX: u8 = b'v';
 const STREAM_VERSION_PREFIX: u8 = b's';
 const IDEMPOTENCY_PREFIX: u8 = b'i';
 const HEAD_KEY: &[u8] = b"h";
-
-/// A source of wall-clock time, injectable so tests can step it backwards.
-pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
 
 /// How to open a `SledStore`.
 #[derive(Clone)]
@@ -102,51 +97,6 @@ impl SledStoreConfig {
             cache_capacity_bytes: 64 * 1024 * 1024,
             broadcast_capacity: 4096,
             clock: Arc::new(Utc::now),
-        }
-    }
-}
-
-/// Write-path metrics, registered with Prometheus by the daemon.
-#[derive(Clone, Debug)]
-pub struct StoreMetrics {
-    /// Events committed.
-    pub events_appended: Counter,
-    /// Append requests answered (including rejected and deduplicated ones).
-    pub append_requests: Counter,
-    /// Syncs of applied groups (each one flush and one fdatasync, covering
-    /// every group waiting for it).
-    pub group_commits: Counter,
-    /// fdatasync calls on the database file.
-    pub fsyncs: Counter,
-    /// Append requests per group commit.
-    pub group_size: Histogram,
-    /// Events per accepted append request.
-    pub batch_size: Histogram,
-    /// Seconds in sled's flush (writes and sync_file_range), per group commit.
-    pub flush_seconds: Histogram,
-    /// Seconds the writer spends per group staging it (checks, sealing,
-    /// encoding) and applying it to sled: its CPU, beside the syncer's wait
-    /// on the disk (`flush_seconds`, `fsync_seconds`).
-    pub apply_seconds: Histogram,
-    /// Seconds in the fsync of the database file, per group commit.
-    pub fsync_seconds: Histogram,
-    /// The last committed seq.
-    pub head_seq: Gauge,
-}
-
-impl Default for StoreMetrics {
-    fn default() -> Self {
-        StoreMetrics {
-            events_appended: Counter::default(),
-            append_requests: Counter::default(),
-            group_commits: Counter::default(),
-            fsyncs: Counter::default(),
-            group_size: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
-            batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
-            flush_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 16)),
-            apply_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 16)),
-            fsync_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 16)),
-            head_seq: Gauge::default(),
         }
     }
 }
@@ -563,10 +513,6 @@ impl SledStore {
         })
     }
 
-    pub fn metrics(&self) -> &StoreMetrics {
-        &self.shared.metrics
-    }
-
     async fn submit(&self, work: Work) -> Result<AppendOutcome, StoreError> {
         let sender = self
             .sender
@@ -584,73 +530,9 @@ impl SledStore {
 }
 
 #[async_trait]
-impl EventStore for SledStore {
+impl EventLog for SledStore {
     async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, StoreError> {
         self.submit(Work::Append(request)).await
-    }
-
-    async fn import(&self, events: Vec<Event>) -> Result<Head, StoreError> {
-        let outcome = self.submit(Work::Import(events)).await?;
-        // The import's own last event: the durable head may already be past it.
-        Ok(match outcome.events.last() {
-            Some(last) => Head {
-                seq: last.seq,
-                hash: last.hash,
-            },
-            None => self.head(),
-        })
-    }
-
-    async fn seq_of_id(&self, id: Uuid) -> Result<Option<u64>, StoreError> {
-        sled_indexes::seq_of_id(&self.tree, &id, self.head().seq)
-    }
-
-    async fn seq_at_time(&self, time: DateTime<Utc>) -> Result<u64, StoreError> {
-        sled_indexes::seq_at_time(&self.tree, time, self.head().seq)
-    }
-
-    async fn caused_by(
-        &self,
-        cause_seq: u64,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<u64>, StoreError> {
-        sled_indexes::caused_by(&self.tree, cause_seq, after, limit, self.head().seq)
-    }
-
-    async fn correlated(
-        &self,
-        correlation: Uuid,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<u64>, StoreError> {
-        sled_indexes::correlated(&self.tree, &correlation, after, limit, self.head().seq)
-    }
-
-    async fn save_snapshot(
-        &self,
-        seq: u64,
-        parts: Vec<(String, Vec<u8>)>,
-    ) -> Result<(), StoreError> {
-        let tree = self.snapshots.clone();
-        tokio::task::spawn_blocking(move || sled_snapshots::save(&tree, seq, &parts))
-            .await
-            .map_err(io_error)?
-    }
-
-    async fn snapshot_seqs(&self) -> Result<Vec<u64>, StoreError> {
-        sled_snapshots::seqs(&self.snapshots)
-    }
-
-    async fn snapshot_part(&self, seq: u64, part: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        sled_snapshots::part(&self.snapshots, seq, part)
-    }
-
-    async fn snapshot_parts(&self, seq: u64) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let tree = self.snapshots.clone();
-        tokio::task::spawn_blocking(move || sled_snapshots::parts(&tree, seq))
-            .await
-            .map_err(io_error)?
     }
 
     async fn read(&self, after: u64, limit: usize) -> Result<Vec<Arc<Event>>, StoreError> {
@@ -726,10 +608,6 @@ impl EventStore for SledStore {
         *self.shared.head.lock().expect("head lock")
     }
 
-    fn failure(&self) -> Option<String> {
-        self.shared.failure.lock().expect("failure lock").clone()
-    }
-
     fn max_record_bytes(&self) -> usize {
         self.max_record_bytes
     }
@@ -741,13 +619,90 @@ impl EventStore for SledStore {
             None => broadcast::channel(1).1,
         }
     }
+}
 
+#[async_trait]
+impl EventIndex for SledStore {
+    async fn seq_of_id(&self, id: Uuid) -> Result<Option<u64>, StoreError> {
+        sled_indexes::seq_of_id(&self.tree, &id, self.head().seq)
+    }
+
+    async fn seq_at_time(&self, time: DateTime<Utc>) -> Result<u64, StoreError> {
+        sled_indexes::seq_at_time(&self.tree, time, self.head().seq)
+    }
+
+    async fn caused_by(
+        &self,
+        cause_seq: u64,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<u64>, StoreError> {
+        sled_indexes::caused_by(&self.tree, cause_seq, after, limit, self.head().seq)
+    }
+
+    async fn correlated(
+        &self,
+        correlation: Uuid,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<u64>, StoreError> {
+        sled_indexes::correlated(&self.tree, &correlation, after, limit, self.head().seq)
+    }
+}
+
+#[async_trait]
+impl SnapshotStore for SledStore {
+    async fn save_snapshot(
+        &self,
+        seq: u64,
+        parts: Vec<(String, Vec<u8>)>,
+    ) -> Result<(), StoreError> {
+        let tree = self.snapshots.clone();
+        tokio::task::spawn_blocking(move || sled_snapshots::save(&tree, seq, &parts))
+            .await
+            .map_err(io_error)?
+    }
+
+    async fn snapshot_seqs(&self) -> Result<Vec<u64>, StoreError> {
+        sled_snapshots::seqs(&self.snapshots)
+    }
+
+    async fn snapshot_part(&self, seq: u64, part: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        sled_snapshots::part(&self.snapshots, seq, part)
+    }
+
+    async fn snapshot_parts(&self, seq: u64) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let tree = self.snapshots.clone();
+        tokio::task::spawn_blocking(move || sled_snapshots::parts(&tree, seq))
+            .await
+            .map_err(io_error)?
+    }
+}
+
+#[async_trait]
+impl StoreAdmin for SledStore {
     async fn verify(&self) -> Result<VerifyReport, StoreError> {
         let tree = self.tree.clone();
         let head = self.head();
         tokio::task::spawn_blocking(move || verify_tree(&tree, Some(head)))
             .await
             .map_err(io_error)?
+    }
+
+    async fn import(&self, events: Vec<Event>) -> Result<Head, StoreError> {
+        let outcome = self.submit(Work::Import(events)).await?;
+        // The import's own last event: the durable head may already be past it.
+        Ok(match outcome.events.last() {
+            Some(last) => Head {
+                seq: last.seq,
+                hash: last.hash,
+            },
+            None => self.head(),
+        })
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.shared.failure.lock().expect("failure lock").clone()
     }
 
     async fn close(&self) {
@@ -761,6 +716,10 @@ impl EventStore for SledStore {
         }
         // With the writer gone too, subscribers now hear Closed.
         self.committed.lock().expect("committed lock").take();
+    }
+
+    fn metrics(&self) -> &StoreMetrics {
+        &self.shared.metrics
     }
 }
 
@@ -1363,6 +1322,26 @@ mod tests {
             }
         }
     }
+
+    struct SledBackend {
+        dir: tempfile::TempDir,
+    }
+
+    impl crate::store::contract_tests::Backend for SledBackend {
+        fn new() -> Self {
+            SledBackend {
+                dir: tempfile::tempdir().unwrap(),
+            }
+        }
+
+        fn open(&self, clock: Clock) -> Arc<dyn crate::store::EventStore> {
+            let mut config = SledStoreConfig::new(self.dir.path());
+            config.clock = clock;
+            Arc::new(when_released(|| SledStore::open(config.clone())))
+        }
+    }
+
+    crate::store::contract_tests::contract_suite!(SledBackend);
 
     fn open(dir: &Path) -> SledStore {
         when_released(|| SledStore::open(SledStoreConfig::new(dir)))

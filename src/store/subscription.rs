@@ -83,7 +83,7 @@ impl Subscription {
 mod tests {
     use super::*;
     use crate::store::test_support;
-    use crate::store::{AppendRequest, ExpectedVersion, SledStore, SledStoreConfig};
+    use crate::store::{AppendRequest, ExpectedVersion};
 
     fn request(stream: &str, count: usize) -> AppendRequest {
         test_support::request(stream, ExpectedVersion::Any, &vec!["payload"; count])
@@ -96,9 +96,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn subscribers_see_every_event_once_while_appends_go_on() {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = SledStoreConfig::new(dir.path());
+        let mut config = crate::store::StoreConfig::new(dir.path());
         config.broadcast_capacity = 4;
-        let store: Arc<dyn EventStore> = Arc::new(SledStore::open(config).unwrap());
+        let store: Arc<dyn EventStore> = crate::store::open(config).unwrap();
         for _ in 0..20 {
             store.append(request("before", 5)).await.unwrap();
         }
@@ -150,7 +150,7 @@ mod tests {
     #[tokio::test]
     async fn a_subscription_ends_when_the_store_closes() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(SledStore::open(SledStoreConfig::new(dir.path())).unwrap());
+        let store = crate::store::open(crate::store::StoreConfig::new(dir.path())).unwrap();
         store.append(request("a", 2)).await.unwrap();
         let mut subscription = Subscription::new(store.clone(), 1);
         assert_eq!(subscription.next().await.unwrap().unwrap().seq, 1);

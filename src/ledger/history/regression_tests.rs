@@ -12,7 +12,7 @@ use crate::model::{
     parse_manifest, validate, ClusterDeleted, Manifest, ManifestFormat, ReconcileEvent,
 };
 use crate::projection::SNAPSHOT_FORMAT;
-use crate::store::{EventStore, SledStore, SledStoreConfig};
+use crate::store::EventStore;
 
 fn manifest(name: &str, replicas: i64, cidr: &str) -> Manifest {
     let text = format!(
@@ -43,7 +43,8 @@ async fn setup(
     dir: &std::path::Path,
     every: u64,
 ) -> (Arc<dyn EventStore>, Arc<Ledger>, CancellationToken) {
-    let store: Arc<dyn EventStore> = Arc::new(SledStore::open(SledStoreConfig::new(dir)).unwrap());
+    let store: Arc<dyn EventStore> =
+        crate::store::open(crate::store::StoreConfig::new(dir)).unwrap();
     let ledger = Ledger::open_with(
         store.clone(),
         LedgerConfig {

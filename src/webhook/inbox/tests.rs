@@ -9,7 +9,6 @@ use std::sync::Arc;
 use super::*;
 use crate::metrics::Metrics;
 use crate::model::{parse_manifest, ManifestFormat};
-use crate::store::sled_store::{SledStore, SledStoreConfig};
 use crate::webhook::{GenericSettings, HookConfig, ReceiverConfig};
 
 fn report(result: ActionResult) -> ActionReport {
@@ -139,9 +138,9 @@ fn scale_delivery(id: &str, replicas: i64) -> Delivery {
 #[tokio::test]
 async fn a_delivery_recorded_without_a_worker_is_processed_once_by_the_next() {
     let dir = tempfile::tempdir().unwrap();
-    let sled = SledStore::open(SledStoreConfig::new(dir.path())).unwrap();
+    let sled = crate::store::open(crate::store::StoreConfig::new(dir.path())).unwrap();
     let metrics = Arc::new(Metrics::new(sled.metrics()));
-    let store: Arc<dyn crate::store::EventStore> = Arc::new(sled);
+    let store = sled;
     let ledger = Ledger::open(store.clone()).await.unwrap();
     let follow = CancellationToken::new();
     tokio::spawn(ledger.clone().follow(follow.clone()));
