@@ -903,7 +903,7 @@ where
 {
     let store = crate::store::open(crate::store::StoreConfig::new(staging))?;
     let result = import_batched(store.as_ref(), input, batch_events).await;
-    // The writer finishes and syncs; dropping the store closes sled's files.
+    // The writer finishes; dropping the store closes its files and lock.
     store.close().await;
     drop(store);
     result

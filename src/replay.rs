@@ -61,6 +61,8 @@ pub enum ReplayError {
 /// Replays the log of a data directory that no daemon holds.
 pub async fn replay_offline(dir: &Path) -> Result<ReplayReport, ReplayError> {
     if !crate::store::holds_a_log(dir) {
+        // A sled directory gets its own message; anything else is not one.
+        crate::store::require_a_log(dir)?;
         return Err(ReplayError::NotADataDir(dir.display().to_string()));
     }
     let store: Arc<dyn EventStore> = crate::store::open(crate::store::StoreConfig::new(dir))?;

@@ -5,12 +5,12 @@
 //!
 //! For 1, 16 and 64 concurrent writers and batches of 1 and 100 events, each
 //! writer appends as fast as its acknowledgements come back, for a fixed time.
-//! Every figure is durable: an append is acknowledged only after flush+fsync.
+//! Every figure is durable: an append is acknowledged only after fdatasync.
 //! Printed per point: events/s, append latency p50/p99, fsyncs per
 //! acknowledged append (below 1 means group commit shared fsyncs), and for
 //! the library points where a group's time goes: the writer's mean per group
-//! (staging and applying it to sled: CPU) and the syncer's mean per sync
-//! (sled's flush and the fdatasync: the disk), from the store's histograms.
+//! in staging it (checks, sealing, encoding: CPU) and in writing and
+//! fdatasyncing its frames (the disk), from the store's histograms.
 //!
 //! The HTTP writers run in the same process as the daemon (the load generator
 //! shares the machine's cores with it); each HTTP writer owns a cluster and
@@ -39,9 +39,9 @@ struct Point {
     elapsed: Duration,
     latencies: Vec<Duration>,
     fsyncs: u64,
-    /// Library points only: the writer's mean milliseconds per group (staging
-    /// and applying to sled) and the syncer's per sync (flush and
-    /// fdatasync), from the store's histograms.
+    /// Library points only: the writer's mean milliseconds per group in
+    /// staging (checks, sealing, encoding) and in the write and fdatasync of
+    /// its frames, from the store's histograms.
     store_times: Option<StoreTimes>,
 }
 
@@ -52,28 +52,21 @@ struct StoreTimes {
 
 impl StoreTimes {
     /// Mean milliseconds per observation since `before`.
-    fn since(store: &dyn EventStore, before: &[(f64, u64); 3]) -> StoreTimes {
+    fn since(store: &dyn EventStore, before: &[(f64, u64); 2]) -> StoreTimes {
         let now = histogram_totals(store);
         let mean = |sum: f64, count: u64| sum * 1000.0 / count.max(1) as f64;
         StoreTimes {
             writer_ms_per_group: mean(now[0].0 - before[0].0, now[0].1 - before[0].1),
-            sync_ms_per_sync: mean(
-                now[1].0 - before[1].0 + now[2].0 - before[2].0,
-                now[1].1 - before[1].1,
-            ),
+            sync_ms_per_sync: mean(now[1].0 - before[1].0, now[1].1 - before[1].1),
         }
     }
 }
 
-/// Sum and count of the writer's apply, the flush and the fdatasync histograms.
-fn histogram_totals(store: &dyn EventStore) -> [(f64, u64); 3] {
+/// Sum and count of the writer's staging and its write-and-fdatasync histograms.
+fn histogram_totals(store: &dyn EventStore) -> [(f64, u64); 2] {
     let metrics = store.metrics();
-    [
-        &metrics.apply_seconds,
-        &metrics.flush_seconds,
-        &metrics.fsync_seconds,
-    ]
-    .map(|histogram| (histogram.sum(), histogram.count()))
+    [&metrics.apply_seconds, &metrics.write_seconds]
+        .map(|histogram| (histogram.sum(), histogram.count()))
 }
 
 impl Point {
@@ -321,7 +314,7 @@ fn main() {
         "durable appends, {seconds} s per point, data under CAIRN_BENCH_DIR or target/bench-data"
     );
     println!();
-    println!("| mode | writers | events/append | events/s | appends/s | p50 ms | p99 ms | fsyncs/append | writer ms/group | sync ms/sync |");
+    println!("| mode | writers | events/append | events/s | appends/s | p50 ms | p99 ms | fsyncs/append | staging ms/group | write+sync ms/group |");
     println!("|---|---|---|---|---|---|---|---|---|---|");
     // Each point runs in a fresh process of this program, so that no point
     // inherits another's heap, threads or runtime (in one process, the first

@@ -62,8 +62,8 @@
 //!    in its staging directory); events/s and MB/s of each, and the imported
 //!    head hash must equal the original. The import is stopped, and its rate
 //!    so far reported, if this process's VmRSS passes `--import-rss-limit-mib`
-//!    (default 6144): at commit a078ba1 sled's garbage grows without bound
-//!    during an import (docs/PERFORMANCE.md, issue 4).
+//!    (default 6144), a guard kept from the sled store, whose garbage grew
+//!    without bound during an import (docs/PERFORMANCE.md, issue 4).
 //! 7. The daemon is started once more (a restart after a clean stop) and
 //!    stopped; then a markdown table of every figure with its goal (the goals
 //!    of issue 4 there; the JSON below carries those of issue 6).
@@ -1649,8 +1649,7 @@ async fn run(args: Args) {
         Some(generated)
     };
 
-    // 2. The daemon, first start after the generating process closed the log
-    // (sled then recovers from its last snapshot of its page table).
+    // 2. The daemon, first start after the generating process closed the log.
     let config = scratch.path().join("cairn.toml");
     std::fs::write(&config, "[reconcile]\nenabled = false\n").expect("the config file");
     let client = reqwest::Client::builder()
@@ -1727,7 +1726,7 @@ async fn run(args: Args) {
         ms(stopped)
     );
 
-    // 4. Reopen: sled, then the ledger (newest snapshot + tail).
+    // 4. Reopen: the store, then the ledger (newest snapshot + tail).
     let begun = Instant::now();
     let store =
         cairn::store::open(cairn::store::StoreConfig::new(&data_dir)).expect("the store reopens");
@@ -1744,7 +1743,7 @@ async fn run(args: Args) {
     let ledger_open = begun.elapsed();
     let tail = head.seq - snapshot_seqs.last().copied().unwrap_or(0);
     println!(
-        "reopened: sled {:.0} ms, Ledger::open_with {:.0} ms (snapshot at {:?}, tail {tail} events); head seq {}",
+        "reopened: store {:.0} ms, Ledger::open_with {:.0} ms (snapshot at {:?}, tail {tail} events); head seq {}",
         ms(store_open),
         ms(ledger_open),
         snapshot_seqs.last(),
@@ -1897,7 +1896,7 @@ async fn run(args: Args) {
         report.events_per_second, report.seconds
     );
     println!(
-        "| in process: `Ledger::open_with` (snapshot + {tail}-event tail), after sled open | {:.0} ms (+ {:.0} ms) | |",
+        "| in process: `Ledger::open_with` (snapshot + {tail}-event tail), after the store's open | {:.0} ms (+ {:.0} ms) | |",
         ms(ledger_open),
         ms(store_open)
     );

@@ -6,7 +6,7 @@
 #
 # Needs strace (Debian: apt-get install strace) and a release build
 # (cargo build --release). Prints, per phase: acknowledged appends, fsync calls,
-# fsyncs per acknowledged append, and sync_file_range calls (sled's own flush).
+# fsyncs per acknowledged append, and sync_file_range calls (none expected: the log fdatasyncs its segments).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 appends=${1:-200}

@@ -39,9 +39,8 @@ async fn main() {
         std::process::exit(1);
     }
     let dir = tempfile::tempdir().unwrap();
-    let sled = cairn::store::open(cairn::store::StoreConfig::new(dir.path())).unwrap();
-    let metrics = Arc::new(Metrics::new(sled.metrics()));
-    let store = sled;
+    let store = cairn::store::open(cairn::store::StoreConfig::new(dir.path())).unwrap();
+    let metrics = Arc::new(Metrics::new(store.metrics()));
     let ledger = Ledger::open(store.clone() as Arc<dyn EventStore>)
         .await
         .unwrap();

@@ -13,7 +13,7 @@
 //!   by the receiver's own secret, not by bearer tokens) and the listings.
 //!
 //! **Architecture Invariant:** only `api` (and later `webhook`) knows HTTP, and
-//! it never touches sled: everything goes through the `Ledger`.
+//! it never touches a store backend: everything goes through the `Ledger`.
 
 mod audit;
 pub mod auth;

@@ -98,12 +98,7 @@ pub(super) async fn export(client: &Client, args: ExportArgs) -> Result<(), Fail
 }
 
 async fn export_offline(dir: &Path, out: &mut dyn Write) -> Result<String, Failure> {
-    if !crate::store::holds_a_log(dir) {
-        return Err(Failure::Other(format!(
-            "{} is not a Cairn data directory (it holds no log)",
-            dir.display()
-        )));
-    }
+    crate::store::require_a_log(dir).map_err(|error| Failure::Other(error.to_string()))?;
     let store = crate::store::open(crate::store::StoreConfig::new(dir))
         .map_err(|error| Failure::Other(error.to_string()))?;
     let result = backup::write_export(store.clone(), out).await;

@@ -10,7 +10,7 @@
 //! - `backup.rs`: `export` (from the daemon or offline) and `import`.
 //!
 //! **Architecture Invariant:** the CLI knows nothing of warp; it speaks the
-//! API's DTOs (`api::dto`) over HTTP, and opens sled only for offline commands.
+//! API's DTOs (`api::dto`) over HTTP, and opens the store only for offline commands.
 //!
 //! Exit codes: 0 success, 1 the daemon refused the request, 2 bad usage or a
 //! local problem (an unreadable file, a data directory in use), 3 the daemon
@@ -582,7 +582,7 @@ pub async fn run_client(global: &GlobalArgs, command: Command) -> Result<(), Fai
         Command::Verify(VerifyArgs {
             data_dir: Some(dir),
         }) => {
-            let view = verify_offline(&dir)?;
+            let view = verify_offline(&dir).await?;
             report_verify(&view, format)?;
         }
         Command::Export(args) => backup::export(&client, args).await?,
@@ -720,9 +720,10 @@ fn report_verify(view: &VerifyView, format: OutputFormat) -> Result<(), Failure>
 }
 
 /// Verifies a data directory without a daemon.
-pub fn verify_offline(dir: &std::path::Path) -> Result<VerifyView, Failure> {
-    let report =
-        crate::store::verify_offline(dir).map_err(|error| Failure::Other(error.to_string()))?;
+pub async fn verify_offline(dir: &std::path::Path) -> Result<VerifyView, Failure> {
+    let report = crate::store::verify_offline(dir)
+        .await
+        .map_err(|error| Failure::Other(error.to_string()))?;
     Ok(VerifyView::from_report(&report))
 }
 

@@ -13,7 +13,7 @@
 //! **Architecture Invariant:** the record format only grows. A new field or a
 //! new payload version means a new format byte or a new `schema` number with
 //! an upcaster; the fixture log in `tests/fixtures/` must decode and verify in
-//! every later version. This module knows nothing of HTTP or sled.
+//! every later version. This module knows nothing of HTTP or of storage.
 
 pub mod payload;
 

@@ -119,6 +119,7 @@ impl Ledger {
                 }
                 Err(error) => Err(StoreError::Io(error.to_string())),
             };
+            let taken = result.is_ok();
             match result {
                 Ok(bytes) => {
                     ledger.last_snapshot_seq.store(seq, Ordering::Release);
@@ -140,6 +141,12 @@ impl Ledger {
                 }
             }
             ledger.snapshot_running.store(false, Ordering::Release);
+            // Events the follower folded while this snapshot was written
+            // found it running and did not start one; look again now, or a
+            // quiet log would wait for its next event.
+            if taken {
+                ledger.snapshot_if_due();
+            }
         });
     }
 

@@ -416,6 +416,14 @@ pub(crate) async fn import_takes_a_chain_as_it_is_and_names_the_first_event_that
 pub(crate) async fn snapshots_are_kept_by_seq<B: Backend>(backend: &B) {
     let store = backend.open(wall_clock());
     store
+        .append(request(
+            "a",
+            ExpectedVersion::Any,
+            &["1", "2", "3", "4", "5"],
+        ))
+        .await
+        .unwrap();
+    store
         .save_snapshot(
             5,
             vec![("b".into(), vec![2; 100_000]), ("a".into(), vec![1])],

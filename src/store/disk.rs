@@ -22,6 +22,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub mod sim;
 
 /// How to open a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,16 +128,15 @@ impl DiskFile for RealFile {
     }
 }
 
-/// Keeps the error's kind and raw OS error (ENOSPC stays ENOSPC) and adds
-/// the path to its message.
+/// Adds the path to an error that is not the operating system's own. An OS
+/// error is returned as it is, so that `raw_os_error()` still tells ENOSPC
+/// from EIO (the simulated disk returns them the same way); the log adds
+/// the path to its own error messages.
 fn with_path(error: io::Error, path: &Path) -> io::Error {
-    match error.raw_os_error() {
-        Some(code) => {
-            let os = io::Error::from_raw_os_error(code);
-            io::Error::new(os.kind(), format!("{}: {os}", path.display()))
-        }
-        None => io::Error::new(error.kind(), format!("{}: {error}", path.display())),
+    if error.raw_os_error().is_some() {
+        return error;
     }
+    io::Error::new(error.kind(), format!("{}: {error}", path.display()))
 }
 
 impl Disk for RealDisk {

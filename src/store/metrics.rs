@@ -1,4 +1,4 @@
-//! The store's own metrics, registered by `StoreAdmin::register_metrics`.
+//! The store's own metrics (`StoreAdmin::metrics`), registered by the daemon.
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -12,23 +12,21 @@ pub struct StoreMetrics {
     pub events_appended: Counter,
     /// Append requests answered (including rejected and deduplicated ones).
     pub append_requests: Counter,
-    /// Syncs of applied groups (each one flush and one fdatasync, covering
-    /// every group waiting for it).
+    /// Groups written (each one write and one fdatasync per segment it
+    /// touches).
     pub group_commits: Counter,
-    /// fdatasync calls on the database file.
+    /// fdatasync calls on segment files for groups.
     pub fsyncs: Counter,
     /// Append requests per group commit.
     pub group_size: Histogram,
     /// Events per accepted append request.
     pub batch_size: Histogram,
-    /// Seconds in sled's flush (writes and sync_file_range), per group commit.
-    pub flush_seconds: Histogram,
     /// Seconds the writer spends per group staging it (checks, sealing,
-    /// encoding) and applying it to sled: its CPU, beside the syncer's wait
-    /// on the disk (`flush_seconds`, `fsync_seconds`).
+    /// encoding into frames): its CPU, beside its wait on the disk
+    /// (`write_seconds`).
     pub apply_seconds: Histogram,
-    /// Seconds in the fsync of the database file, per group commit.
-    pub fsync_seconds: Histogram,
+    /// Seconds per group in the write and the fdatasync of its frames.
+    pub write_seconds: Histogram,
     /// The last committed seq.
     pub head_seq: Gauge,
 }
@@ -42,9 +40,8 @@ impl Default for StoreMetrics {
             fsyncs: Counter::default(),
             group_size: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
             batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
-            flush_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 16)),
             apply_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 16)),
-            fsync_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 16)),
+            write_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 16)),
             head_seq: Gauge::default(),
         }
     }
@@ -65,12 +62,12 @@ impl StoreMetrics {
         );
         registry.register(
             "group_commits",
-            "Syncs of applied groups, each one flush and one fdatasync (one can cover several groups)",
+            "Groups written, each with one write and one fdatasync per segment it touches",
             self.group_commits.clone(),
         );
         registry.register(
             "fsyncs",
-            "fdatasync calls on the database file",
+            "fdatasync calls on segment files for groups",
             self.fsyncs.clone(),
         );
         registry.register(
@@ -84,19 +81,14 @@ impl StoreMetrics {
             self.batch_size.clone(),
         );
         registry.register(
-            "flush_seconds",
-            "Seconds per sync in sled's flush (writes and sync_file_range)",
-            self.flush_seconds.clone(),
-        );
-        registry.register(
             "apply_seconds",
-            "Seconds per group in the writer: staging it and applying it to sled",
+            "Seconds per group in the writer: checking, sealing and encoding it",
             self.apply_seconds.clone(),
         );
         registry.register(
-            "fsync_seconds",
-            "Seconds per sync in the fdatasync of the database file",
-            self.fsync_seconds.clone(),
+            "write_seconds",
+            "Seconds per group in the write and the fdatasync of its frames",
+            self.write_seconds.clone(),
         );
         registry.register(
             "head_seq",

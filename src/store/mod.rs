@@ -1,19 +1,30 @@
-//! The event log: the `EventStore` trait and its embedded sled implementation.
+//! The event store: its contract, split into the log, the indexes, the
+//! snapshots and admin, and its backends.
 //!
 //! # Layout
 //!
-//! - `mod.rs`: the contract every store keeps (`EventStore`), its request and
-//!   result types, and its errors.
-//! - `sled_store.rs`: the embedded store: key layout, the group-commit writer
-//!   thread, reads, verification.
+//! - `mod.rs`: the contract every backend keeps (`EventLog`, `EventIndex`,
+//!   `SnapshotStore`, `StoreAdmin`, together `EventStore`), its request and
+//!   result types, its errors, and `open`, the one place that picks a backend.
+//! - `rules.rs`: the rules every backend keeps, as pure functions.
+//! - `log_store.rs`: the embedded backend: the writer and indexer threads,
+//!   reads, recovery at open, verification.
+//! - `segment.rs`: the segment files of the log (docs/storage.md).
+//! - `index.rs`: the derived indexes and snapshots in redb.
+//! - `disk.rs` and `disk/sim.rs`: the file operations of the log, real and
+//!   simulated (power loss, ENOSPC, EIO).
+//! - `memory.rs`: the in-memory backend.
+//! - `contract_tests.rs`: the suite every backend runs;
+//!   `power_loss_tests.rs`: seeded crashes of the embedded backend.
 //! - `subscription.rs`: catch-up subscriptions over any store (from a seq,
-//!   then live, no gap, no duplicate).
+//!   then live, no gap, no duplicate); `read_ahead.rs`: pages read ahead of
+//!   a fold.
 //!
 //! # The contract
 //!
 //! - `seq` is global, gap-free and starts at 1; `version` counts per stream from 1.
 //! - `append` is atomic: all events of a request are stored, or none.
-//! - `append` returns only after the events are on disk (flushed and fsynced).
+//! - `append` returns only after the events are on disk (fdatasync returned).
 //! - An idempotency key is remembered for as long as the log exists. The same key
 //!   with the same digest returns the original outcome and stores nothing; the same
 //!   key with another digest is `StoreError::IdempotencyKeyReused`.
@@ -22,7 +33,7 @@
 //!   an earlier event of the same request, is stored with that event's seq:
 //!   a request can say "caused by my first event" before seqs are assigned.
 //! - Events can be found by id, by time, by the event that caused them and by
-//!   correlation id (indexes over envelope fields, kept with the events).
+//!   correlation id (indexes over envelope fields, derived from the log).
 //! - Snapshots are opaque named parts stored under a seq, outside the hash
 //!   chain; the caller encodes them and can always rebuild them from the log.
 //!
@@ -36,13 +47,15 @@
 #[cfg(test)]
 pub(crate) mod contract_tests;
 pub mod disk;
+pub mod index;
+pub mod log_store;
 pub mod memory;
 pub mod metrics;
+#[cfg(test)]
+mod power_loss_tests;
 pub mod read_ahead;
 pub mod rules;
-mod sled_indexes;
-mod sled_snapshots;
-pub mod sled_store;
+pub mod segment;
 pub mod subscription;
 #[cfg(test)]
 pub(crate) mod test_support;
@@ -177,11 +190,11 @@ pub enum StoreError {
     /// The log on disk is damaged; an operator must look.
     #[error("corrupt record at seq {seq}: {reason}")]
     Corrupt { seq: u64, reason: String },
-    /// The disk or sled failed before anything of the request was written.
+    /// The disk failed before anything of the request was written.
     /// The writer stops taking appends after this.
     #[error("storage I/O: {0}")]
     Io(String),
-    /// The request reached sled but its fsync failed: it may or may not be on
+    /// The request was written but its fdatasync failed: it may or may not be on
     /// disk. The writer stops taking appends; after a restart, retrying with the
     /// same idempotency key is safe.
     #[error("storage I/O failed after the write, its outcome is unknown: {0}")]
@@ -380,29 +393,41 @@ impl StoreConfig {
 /// Opens (or creates) the embedded store in `config.data_dir`. The only
 /// place outside the backends that knows which backend that is.
 pub fn open(config: StoreConfig) -> Result<Arc<dyn EventStore>, StoreError> {
-    let mut sled_config = sled_store::SledStoreConfig::new(&config.data_dir);
-    sled_config.max_group_requests = config.max_group_requests;
-    sled_config.max_record_bytes = config.max_record_bytes;
-    sled_config.broadcast_capacity = config.broadcast_capacity;
-    sled_config.clock = config.clock;
-    Ok(Arc::new(sled_store::SledStore::open(sled_config)?))
+    Ok(Arc::new(log_store::LogStore::open(
+        log_store::LogStoreConfig::new(config),
+    )?))
 }
 
-/// Checks the hash chain of a store's data directory that no daemon holds,
-/// including that nothing is stored past the head (`cairn verify --data-dir`).
-pub fn verify_offline(data_dir: &std::path::Path) -> Result<VerifyReport, StoreError> {
-    if !holds_a_log(data_dir) {
-        return Err(StoreError::InvalidRequest(format!(
-            "{} is not a Cairn data directory (it holds no log)",
-            data_dir.display()
-        )));
-    }
-    let db = sled_store::open_db(data_dir, 64 * 1024 * 1024)?;
-    sled_store::verify_tree(&db, None)
+/// Checks the hash chain of a data directory that no daemon holds, from seq
+/// 1 to the head (`cairn verify --data-dir`). Opening it recovers it as a
+/// daemon's start would (a torn last write is cut; damage before the end is
+/// refused with `DamagedLog`, naming the file and offset).
+pub async fn verify_offline(data_dir: &std::path::Path) -> Result<VerifyReport, StoreError> {
+    require_a_log(data_dir)?;
+    let mut config = log_store::LogStoreConfig::new(StoreConfig::new(data_dir));
+    config.verify_in_background = false;
+    let store = log_store::LogStore::open(config)?;
+    let report = store.verify().await;
+    store.close().await;
+    report
 }
 
 /// Whether `data_dir` holds a Cairn log (so it is a data directory, not an
 /// empty or foreign one).
 pub fn holds_a_log(data_dir: &std::path::Path) -> bool {
-    data_dir.join("db").exists()
+    data_dir.join("log").is_dir()
+}
+
+/// `Ok` when `data_dir` holds a Cairn log; otherwise why not, for the
+/// offline commands (`verify`, `export`, `replay`), which never create one.
+pub fn require_a_log(data_dir: &std::path::Path) -> Result<(), StoreError> {
+    log_store::refuse_sled_directory(data_dir)?;
+    if holds_a_log(data_dir) {
+        Ok(())
+    } else {
+        Err(StoreError::InvalidRequest(format!(
+            "{} is not a Cairn data directory (it holds no log)",
+            data_dir.display()
+        )))
+    }
 }

@@ -39,7 +39,7 @@
 //! - `inbox.rs` (IO): recording, the workers, recovery, running actions.
 //!
 //! **Architecture Invariant:** nothing here knows HTTP (the route is in
-//! `api::hooks`) or sled (everything goes through the `Ledger` and its store).
+//! `api::hooks`) or the store's backends (everything goes through the `Ledger` and its store).
 
 pub mod action;
 pub mod alertmanager;

@@ -489,7 +489,7 @@ async fn health_readiness_and_metrics_endpoints_answer() {
     let metric_lines: Vec<&str> = metrics.body_text.lines().collect();
     for expected_name in [
         "cairn_events_appended_total",
-        "cairn_fsync_seconds",
+        "cairn_write_seconds",
         "cairn_head_seq",
         "cairn_append_batch_events",
     ] {

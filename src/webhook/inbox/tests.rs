@@ -138,9 +138,8 @@ fn scale_delivery(id: &str, replicas: i64) -> Delivery {
 #[tokio::test]
 async fn a_delivery_recorded_without_a_worker_is_processed_once_by_the_next() {
     let dir = tempfile::tempdir().unwrap();
-    let sled = crate::store::open(crate::store::StoreConfig::new(dir.path())).unwrap();
-    let metrics = Arc::new(Metrics::new(sled.metrics()));
-    let store = sled;
+    let store = crate::store::open(crate::store::StoreConfig::new(dir.path())).unwrap();
+    let metrics = Arc::new(Metrics::new(store.metrics()));
     let ledger = Ledger::open(store.clone()).await.unwrap();
     let follow = CancellationToken::new();
     tokio::spawn(ledger.clone().follow(follow.clone()));
