@@ -64,8 +64,12 @@ pub async fn start(
         },
         other => DaemonError::Store(other),
     };
-    let store =
-        crate::store::open(crate::store::StoreConfig::new(&config.data_dir)).map_err(damaged)?;
+    // Recovery reads and may cut the log's tail: off the runtime's workers.
+    let store_config = crate::store::StoreConfig::new(&config.data_dir);
+    let store = tokio::task::spawn_blocking(move || crate::store::open(store_config))
+        .await
+        .map_err(|error| DaemonError::Store(StoreError::Io(error.to_string())))?
+        .map_err(damaged)?;
     let metrics = Arc::new(Metrics::new(store.metrics()));
     let started = std::time::Instant::now();
     let ledger = Ledger::open_with(

@@ -723,16 +723,16 @@ impl IndexDb {
 
             for entry in &batch.events {
                 let seq = entry.seq.to_be_bytes();
-                let replaced = ids
-                    .insert(entry.id.as_bytes(), seq)
-                    .context("writing event_ids")?;
-                if let Some(earlier) = replaced {
-                    return Err(IndexError::InvalidRequest(format!(
-                        "event id {} of seq {} is already indexed at seq {}",
-                        entry.id,
-                        entry.seq,
-                        u64::from_be_bytes(earlier.value())
-                    )));
+                // Ids are UUIDv7s that the writers make, and the log does not
+                // refuse a repeated one: an acknowledged event must never
+                // stop the index. The first event with an id keeps it.
+                let earlier = ids
+                    .get(entry.id.as_bytes())
+                    .context("reading event_ids")?
+                    .map(|seq| seq.value());
+                if earlier.is_none() {
+                    ids.insert(entry.id.as_bytes(), seq)
+                        .context("writing event_ids")?;
                 }
                 if let Some((time, last_seq_with_time)) = pending_time {
                     if time != entry.time_micros {
@@ -1655,6 +1655,19 @@ mod tests {
     }
 
     #[test]
+    fn a_repeated_id_keeps_its_first_seq_and_never_stops_the_index() {
+        let dir = TestDir::new("repeated-id");
+        let index = open(&dir.file());
+        let batches = known_batches();
+        index.apply(&batches[0]).unwrap();
+        let mut repeated = batches[1].clone();
+        repeated.events[3].id = id(2);
+        index.apply(&repeated).unwrap();
+        assert_eq!(index.seq_of_id(id(2)).unwrap(), Some(2));
+        assert_eq!(index.checkpoint().unwrap(), Some(checkpoint_at(9)));
+    }
+
+    #[test]
     fn a_failing_batch_leaves_nothing_behind() {
         let dir = TestDir::new("atomic");
         let index = open(&dir.file());
@@ -1673,15 +1686,6 @@ mod tests {
         ));
         assert_eq!(index.dump().unwrap(), before);
         assert_eq!(index.seq_of_id(id(6)).unwrap(), None);
-
-        // An id that is already indexed fails the same way, mid-batch.
-        let mut bad = batches[1].clone();
-        bad.events[3].id = id(2);
-        assert!(matches!(
-            index.apply(&bad),
-            Err(IndexError::InvalidRequest(message)) if message.contains("already indexed")
-        ));
-        assert_eq!(index.dump().unwrap(), before);
 
         // The good batch still applies, and everything shows at once.
         index.apply(&batches[1]).unwrap();

@@ -488,11 +488,17 @@ impl LogStore {
             .spawn(move || indexer.run(index_receiver))
             .map_err(|error| io_error("starting the indexer", error))?;
         if config.verify_in_background {
-            let shared = shared.clone();
+            // The reader only: the index (redb allows one open per file)
+            // must close with the store, not with this thread.
+            let reader = shared.reader.clone();
             let head = caught_up.tail.head;
             let _ = std::thread::Builder::new()
                 .name("cairn-verify".into())
-                .spawn(move || match verify_chain(&shared.reader, head) {
+                .spawn(move || {
+                    // Let start-up (the ledger's snapshot and tail) have the
+                    // cores first; the check reads the whole log.
+                    std::thread::sleep(std::time::Duration::from_secs(5));
+                    match verify_chain(&reader, head) {
                     Ok(report) if report.is_ok() => {
                         tracing::debug!(events = report.events_checked, "the whole log verified")
                     }
@@ -501,6 +507,7 @@ impl LogStore {
                         "the log's hash chain is broken; `cairn verify` names the first bad record"
                     ),
                     Err(error) => tracing::error!(%error, "the background verification failed"),
+                    }
                 });
         }
         Ok(LogStore {
@@ -663,11 +670,17 @@ fn confirm_checkpoint(
     if checkpoint.seq == 0 {
         return Ok((checkpoint.hash == GENESIS_HASH).then_some(None));
     }
+    // The positions come from the index being checked: a read that fails
+    // through them (a position inside a frame, before the first segment)
+    // says the index is not this log's, not that the log is damaged. The
+    // catch-up after a confirmed checkpoint reads every frame again anyway.
     match read_event(reader, index, checkpoint.seq) {
         Ok(Some(event)) if event.hash == checkpoint.hash => Ok(Some(Some(event.time))),
         Ok(_) => Ok(None),
-        Err(StoreError::Corrupt { .. }) => Ok(None),
-        Err(other) => Err(other),
+        Err(error) => {
+            tracing::warn!(%error, "reading the index's checkpoint event failed");
+            Ok(None)
+        }
     }
 }
 
@@ -699,8 +712,21 @@ fn read_range(
         },
         None => reader.segment_of_seq(first),
     };
+    // Read about what the range needs: the indexed frame is at most
+    // `FRAME_INDEX_EVERY_SEQS` events before `first`, and an event is a few
+    // hundred bytes. A point read then reads a few KiB, not a whole buffer.
+    let wanted = (last - first)
+        .min(limit as u64)
+        .saturating_add(1 + FRAME_INDEX_EVERY_SEQS);
+    let mut read_bytes = usize::try_from(wanted.saturating_mul(512))
+        .unwrap_or(usize::MAX)
+        .clamp(4 << 10, 256 << 10);
     loop {
-        let frames = reader.read_frames(position, 256 << 10).map_err(log_error)?;
+        let frames = reader
+            .read_frames(position, read_bytes)
+            .map_err(log_error)?;
+        // Past the first read, the range goes on: read in large pieces.
+        read_bytes = 256 << 10;
         let Some(tail) = frames.last() else {
             return Ok(events);
         };
@@ -822,7 +848,6 @@ enum Staged {
     /// To be written as one frame.
     Frame {
         sealed: Box<Sealed>,
-        records: Vec<Vec<u8>>,
         meta: Vec<u8>,
         hash: crate::event::Hash,
         first_seq: u64,
@@ -873,14 +898,13 @@ impl Writer {
             .iter()
             .filter_map(|staged| match staged {
                 Staged::Frame {
-                    records,
+                    sealed,
                     meta,
                     hash,
                     first_seq,
-                    ..
                 } => Some(FrameInput {
                     first_seq: *first_seq,
-                    records,
+                    records: &sealed.records,
                     meta,
                     last_hash: *hash,
                 }),
@@ -1001,8 +1025,14 @@ impl Writer {
         for event in published {
             let _ = self.committed.send(event);
         }
-        if !committed_frames.is_empty() {
-            let _ = self.to_index.send(committed_frames);
+        if !committed_frames.is_empty() && self.to_index.send(committed_frames).is_err() {
+            // The indexer is gone (it failed or panicked): `Recent` would grow
+            // without end, so the store stops taking appends and says why.
+            let reason = "the indexer stopped; restart the daemon to rebuild the index".to_string();
+            tracing::error!(%reason);
+            self.failed = Some(reason.clone());
+            let mut failure = self.shared.failure.lock().expect("failure lock");
+            failure.get_or_insert(reason);
         }
     }
 
@@ -1100,11 +1130,9 @@ impl Writer {
                 .idempotency
                 .insert(key.clone(), (record.clone(), sealed.events.clone()));
         }
-        let records = sealed.records.clone();
         Ok(Staged::Frame {
             hash: tail.head.hash,
             first_seq,
-            records,
             meta,
             sealed: Box::new(sealed),
         })
@@ -1150,7 +1178,6 @@ impl Writer {
         Ok(Staged::Frame {
             hash: tail.head.hash,
             first_seq,
-            records: sealed.records.clone(),
             meta: Vec::new(),
             sealed: Box::new(sealed),
         })
@@ -1203,19 +1230,20 @@ impl Indexer {
         use std::sync::mpsc::RecvTimeoutError;
         const DURABLE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
         let mut dirty = false;
+        let mut last_durable = Instant::now();
         loop {
+            // About once a second, busy or quiet, what was indexed is made
+            // durable, so a crash replays at most a second of the log.
+            if dirty && last_durable.elapsed() >= DURABLE_EVERY {
+                if let Err(error) = self.shared.index.make_durable() {
+                    tracing::warn!(%error, "the index could not be made durable");
+                }
+                dirty = false;
+                last_durable = Instant::now();
+            }
             let mut frames = match receiver.recv_timeout(DURABLE_EVERY) {
                 Ok(frames) => frames,
-                Err(RecvTimeoutError::Timeout) => {
-                    // Quiet for a second: make what was indexed durable.
-                    if dirty {
-                        if let Err(error) = self.shared.index.make_durable() {
-                            tracing::warn!(%error, "the index could not be made durable");
-                        }
-                        dirty = false;
-                    }
-                    continue;
-                }
+                Err(RecvTimeoutError::Timeout) => continue,
                 Err(RecvTimeoutError::Disconnected) => break,
             };
             while let Ok(more) = receiver.try_recv() {

@@ -137,8 +137,8 @@ pub fn seal_request(
             }
         }
         seq_of_id.insert(new.id, head.seq + 1);
-        let event = Event::seal(new, &request.stream, head.seq + 1, version, time, head.hash);
-        let record = event.encode_record();
+        let (event, record) =
+            Event::seal_with_record(new, &request.stream, head.seq + 1, version, time, head.hash);
         if record.len() > max_record_bytes {
             return Err(StoreError::EventTooLarge {
                 index,
