@@ -112,6 +112,8 @@ pub enum Command {
     Rollback(RollbackArgs),
     /// Rebuild every projection from seq 1, offline, and compare with the stored snapshots.
     Replay(ReplayArgs),
+    /// Rebuild the log's derived indexes (index.redb) from the log, offline.
+    Reindex(ReplayArgs),
     /// Webhook receivers: list them, their deliveries, send a signed test one.
     #[command(subcommand)]
     Hooks(hooks::HooksCommand),
@@ -443,6 +445,12 @@ pub async fn run_client(global: &GlobalArgs, command: Command) -> Result<(), Fai
                     report.differing()
                 )));
             }
+        }
+        Command::Reindex(args) => {
+            let report = crate::store::reindex_offline(&args.data_dir)
+                .await
+                .map_err(|error| Failure::Other(error.to_string()))?;
+            output::print_reindex(&report, format);
         }
         Command::History(args) => {
             let query = [

@@ -451,6 +451,16 @@ pub fn print_rollback(response: &RollbackResponse, format: OutputFormat) {
     }
 }
 
+pub fn print_reindex(report: &crate::store::ReindexReport, format: OutputFormat) {
+    if print_structured(report, format) {
+        return;
+    }
+    println!(
+        "reindexed {} events up to seq {} in {:.3} s (snapshots kept)",
+        report.events_indexed, report.head_seq, report.seconds
+    );
+}
+
 pub fn print_replay(report: &ReplayReport, format: OutputFormat) {
     if print_structured(report, format) {
         return;

@@ -1,4 +1,4 @@
-//! The embedded store: Cairn's own log in segment files (`segment.rs`), the
+//! The embedded store: Cairn's own log in segment files (`segment/`), the
 //! source of truth, with derived indexes and snapshots in redb (`index.rs`).
 //!
 //! # Layout of a data directory
@@ -389,6 +389,22 @@ fn index_frames(
     Ok(Some(checkpoint))
 }
 
+/// A store dropped without `close` still lets its writer finish the jobs
+/// queued and its indexer make the index durable before the directory's
+/// lock goes with the `_lock` field, so a second opener never finds the
+/// threads of the first still writing.
+impl Drop for LogStore {
+    fn drop(&mut self) {
+        self.sender.lock().expect("sender lock").take();
+        if let Some(writer) = self.writer.lock().expect("writer lock").take() {
+            let _ = writer.join();
+        }
+        if let Some(indexer) = self.indexer.lock().expect("indexer lock").take() {
+            let _ = indexer.join();
+        }
+    }
+}
+
 impl LogStore {
     /// Opens (or creates) the store; see the module docs.
     pub fn open(config: LogStoreConfig) -> Result<LogStore, StoreError> {
@@ -545,6 +561,31 @@ impl LogStore {
         tokio::task::spawn_blocking(move || read(&shared))
             .await
             .map_err(|error| io_error("a read task", error))?
+    }
+}
+
+/// Empties the derived tables of the index (snapshots stay), so that the
+/// next open rebuilds them from the first frame.
+pub(crate) fn clear_index(config: &LogStoreConfig) -> Result<(), StoreError> {
+    refuse_sled_directory(&config.store.data_dir)?;
+    let _lock = if config.lock_directory {
+        Some(lock_directory(&config.store.data_dir)?)
+    } else {
+        None
+    };
+    let index = open_index(&config.store.data_dir, &config.index)?;
+    index.clear_indexes().map_err(index_error)
+}
+
+impl LogStore {
+    /// The seq the index is built through.
+    pub(crate) fn indexed_seq(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .shared
+            .index
+            .checkpoint()
+            .map_err(index_error)?
+            .map_or(0, |checkpoint| checkpoint.seq))
     }
 }
 

@@ -9,7 +9,7 @@
 //! - `rules.rs`: the rules every backend keeps, as pure functions.
 //! - `log_store.rs`: the embedded backend: the writer and indexer threads,
 //!   reads, recovery at open, verification.
-//! - `segment.rs`: the segment files of the log (docs/storage.md).
+//! - `segment/`: the segment files of the log (docs/storage.md).
 //! - `index.rs`: the derived indexes and snapshots in redb.
 //! - `disk.rs` and `disk/sim.rs`: the file operations of the log, real and
 //!   simulated (power loss, ENOSPC, EIO).
@@ -430,4 +430,37 @@ pub fn require_a_log(data_dir: &std::path::Path) -> Result<(), StoreError> {
             data_dir.display()
         )))
     }
+}
+
+/// What `reindex_offline` did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReindexReport {
+    pub events_indexed: u64,
+    pub head_seq: u64,
+    pub seconds: f64,
+}
+
+/// Empties the derived indexes of a data directory that no daemon holds and
+/// builds them again from the log (`cairn reindex --data-dir`); snapshots
+/// are kept (they are checked against the log when loaded). An index file
+/// redb cannot open is deleted and made anew.
+pub async fn reindex_offline(data_dir: &std::path::Path) -> Result<ReindexReport, StoreError> {
+    require_a_log(data_dir)?;
+    let started = std::time::Instant::now();
+    let mut config = log_store::LogStoreConfig::new(StoreConfig::new(data_dir));
+    config.verify_in_background = false;
+    let store = tokio::task::spawn_blocking(move || {
+        log_store::clear_index(&config)?;
+        log_store::LogStore::open(config)
+    })
+    .await
+    .map_err(|error| StoreError::Io(error.to_string()))??;
+    let report = ReindexReport {
+        events_indexed: store.indexed_seq()?,
+        head_seq: store.head().seq,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    store.close().await;
+    Ok(report)
 }

@@ -788,3 +788,49 @@ fn a_second_process_on_the_data_directory_of_a_running_daemon_is_refused() {
     // The first daemon is unharmed.
     daemon.terminate();
 }
+
+/// The index is derived: deleted, it is rebuilt at the next start;
+/// `cairn reindex` rebuilds it offline; lookups by id answer the same after
+/// both.
+#[tokio::test]
+async fn a_deleted_index_is_rebuilt_at_start_and_reindex_rebuilds_it_offline() {
+    let data_directory = tempfile::tempdir().unwrap();
+    let data_path = data_directory.path().join("data");
+    let client = http_client();
+    let daemon = Daemon::start(&data_path);
+    post_apply(&client, &daemon, "/v1/apply", &example_manifest_text(), &[])
+        .await
+        .assert_status(201);
+    let scaled = manifest_with_name_and_worker_replicas("prod-eu", 7);
+    post_apply(&client, &daemon, "/v1/apply", &scaled, &[])
+        .await
+        .assert_status(200);
+    let before = all_events(&client, &daemon).await;
+    let last_id = before.last().unwrap()["id"].as_str().unwrap().to_string();
+    daemon.terminate();
+
+    let trace_finds = |daemon: &Daemon| {
+        let url = daemon.url(&format!("/v1/events/{last_id}/trace"));
+        let client = client.clone();
+        async move { get(&client, &url).await.status }
+    };
+
+    std::fs::remove_file(data_path.join("index.redb")).unwrap();
+    let daemon = Daemon::start(&data_path);
+    assert_eq!(trace_finds(&daemon).await, 200);
+    let after = all_events(&client, &daemon).await;
+    assert_eq!(after[..before.len()], before[..]);
+    daemon.terminate();
+
+    let data_argument = data_path.to_str().unwrap();
+    let reindexed = run_command_line(None, &["reindex", "--data-dir", data_argument], None);
+    assert_eq!(reindexed.exit_code, 0, "{}", reindexed.all_output());
+    assert!(
+        reindexed.standard_output.starts_with("reindexed "),
+        "{}",
+        reindexed.standard_output
+    );
+    let daemon = Daemon::start(&data_path);
+    assert_eq!(trace_finds(&daemon).await, 200);
+    daemon.terminate();
+}

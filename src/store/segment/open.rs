@@ -241,11 +241,16 @@ fn create_first_segment(target: &SpareTarget) -> Result<(), LogError> {
 }
 
 fn check_contiguous(dir: &Path, numbers: &[u64]) -> Result<(), LogError> {
-    if numbers[0] == 0 {
+    // No segment is ever removed (there is no retention yet), so a log
+    // whose first segment is not 1 has lost its beginning.
+    if numbers[0] != 1 {
         return Err(corrupt(
-            &dir.join(segment_file_name(0)),
+            &dir.join(segment_file_name(numbers[0])),
             0,
-            "segment numbers start at 1".to_string(),
+            format!(
+                "the log's first segment is {:016x}: segment numbers start at 1, and earlier ones are missing",
+                numbers[0]
+            ),
         ));
     }
     for pair in numbers.windows(2) {
@@ -281,6 +286,16 @@ fn read_header(file: &dyn DiskFile, path: &Path, number: u64) -> Result<SegmentH
     }
     if header.first_seq < FIRST_SEQ {
         return Err(corrupt(path, 0, "the header's first seq is 0".to_string()));
+    }
+    if number == 1 && header.first_seq != FIRST_SEQ {
+        return Err(corrupt(
+            path,
+            0,
+            format!(
+                "the first segment starts at seq {}, not {FIRST_SEQ}",
+                header.first_seq
+            ),
+        ));
     }
     let sane_size = (super::MIN_SEGMENT_BYTES..=super::MAX_SEGMENT_BYTES)
         .contains(&header.segment_bytes)

@@ -630,6 +630,21 @@ fn a_missing_segment_or_broken_seq_chain_refuses_to_open() {
         open_real(&dir),
         Err(LogError::Corrupt { segment, .. }) if segment == segment_path(&dir, 3)
     ));
+
+    // A log whose first segment is gone has lost its beginning.
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().join("log");
+    let (mut writer, _, _) = open_real(&dir).unwrap();
+    let mut next_seq = FIRST_SEQ;
+    for group in make_groups(&mut next_seq, 20, 4, 200) {
+        append_group(&mut writer, &group);
+    }
+    drop(writer);
+    fs::remove_file(segment_path(&dir, 1)).unwrap();
+    assert!(matches!(
+        open_real(&dir),
+        Err(LogError::Corrupt { segment, .. }) if segment == segment_path(&dir, 2)
+    ));
 }
 
 #[test]
