@@ -317,23 +317,7 @@ impl Event {
         time: DateTime<Utc>,
         prev_hash: Hash,
     ) -> Event {
-        let mut event = Event {
-            seq,
-            stream: stream.to_string(),
-            version,
-            id: new.id,
-            event_type: new.event_type,
-            schema: new.schema,
-            time,
-            actor: new.actor,
-            cause: new.cause,
-            correlation: new.correlation,
-            payload: new.payload,
-            prev_hash,
-            hash: [0; 32],
-        };
-        event.hash = event.compute_hash();
-        event
+        Event::seal_with_record(new, stream, seq, version, time, prev_hash).0
     }
 }
 

@@ -556,6 +556,22 @@ fn rewrite_record(data_dir: &Path, seq: u64, fix_checksum: bool, change: impl Fn
     std::fs::write(&frame.segment, &bytes).unwrap();
 }
 
+/// A daemon on `data_path` whose log holds the example cluster and three
+/// scale changes (four events of desired state).
+async fn daemon_with_four_changes(client: &reqwest::Client, data_path: &Path) -> Daemon {
+    let daemon = Daemon::start(data_path);
+    post_apply(client, &daemon, "/v1/apply", &example_manifest_text(), &[])
+        .await
+        .assert_status(201);
+    for replicas in [6, 7, 8] {
+        let scaled = manifest_with_name_and_worker_replicas("prod-eu", replicas);
+        post_apply(client, &daemon, "/v1/apply", &scaled, &[])
+            .await
+            .assert_status(200);
+    }
+    daemon
+}
+
 /// Runs `cairn serve` on `data_dir` until it exits (a daemon that cannot
 /// open its log exits at once).
 fn serve_until_exit(data_dir: &Path) -> crate::harness::ProcessOutput {
@@ -571,16 +587,7 @@ async fn a_torn_last_write_is_cut_and_damage_before_the_end_is_refused() {
     let data_directory = tempfile::tempdir().unwrap();
     let data_path = data_directory.path().join("data");
     let client = http_client();
-    let daemon = Daemon::start(&data_path);
-    post_apply(&client, &daemon, "/v1/apply", &example_manifest_text(), &[])
-        .await
-        .assert_status(201);
-    for replicas in [6, 7, 8] {
-        let scaled = manifest_with_name_and_worker_replicas("prod-eu", replicas);
-        post_apply(&client, &daemon, "/v1/apply", &scaled, &[])
-            .await
-            .assert_status(200);
-    }
+    let daemon = daemon_with_four_changes(&client, &data_path).await;
     let acknowledged = all_events(&client, &daemon).await;
     daemon.terminate();
     let pristine = data_directory.path().join("pristine");
@@ -680,16 +687,7 @@ async fn offline_verify_names_the_first_tampered_seq() {
     let data_directory = tempfile::tempdir().unwrap();
     let data_path = data_directory.path().join("data");
     let client = http_client();
-    let daemon = Daemon::start(&data_path);
-    post_apply(&client, &daemon, "/v1/apply", &example_manifest_text(), &[])
-        .await
-        .assert_status(201);
-    for replicas in [6, 7, 8] {
-        let scaled = manifest_with_name_and_worker_replicas("prod-eu", replicas);
-        post_apply(&client, &daemon, "/v1/apply", &scaled, &[])
-            .await
-            .assert_status(200);
-    }
+    let daemon = daemon_with_four_changes(&client, &data_path).await;
     let log = all_events(&client, &daemon).await;
     assert_eq!(log.len(), 4);
     daemon.terminate();
