@@ -56,7 +56,7 @@
 //! durable commit until the next one, so the file holds free pages in
 //! proportion to the pages the batches between two durable commits touched.
 //! Calling `make_durable` every few thousand events or every second or so
-//! keeps that small (see `examples/size.rs`).
+//! keeps that small (see `tools/index_size.rs`).
 //!
 //! # Damage
 //!
@@ -128,8 +128,8 @@
 //! Every table but `snapshots` and `snapshot_parts` is derived from the log:
 //! [`IndexDb::clear_indexes`] empties them, and [`IndexDb::dump`] lists them.
 //!
-//! Measured with `examples/size.rs` (200,000 synthetic events with random
-//! ids): the tables take about 101 bytes per event in pages in use, and the
+//! Measured with `cargo run --release --example index-size`
+//! (`tools/index_size.rs`: 200,000 synthetic events with random ids): the tables take about 101 bytes per event in pages in use, and the
 //! file about 147 bytes per event on disk with a durable commit every 1,000
 //! events.
 

@@ -1528,15 +1528,9 @@ impl EventIndex for LogStore {
         limit: usize,
     ) -> Result<Vec<u64>, StoreError> {
         self.blocking(move |shared| {
-            let recent: Vec<u64> = shared
-                .recent
-                .lock()
-                .expect("recent lock")
-                .events
-                .iter()
-                .filter(|event| event.cause.causing_event().map(|(seq, _)| seq) == Some(cause_seq))
-                .map(|event| event.seq)
-                .collect();
+            let recent = shared.recent_seqs(|event| {
+                event.cause.causing_event().map(|(seq, _)| seq) == Some(cause_seq)
+            });
             let indexed = shared
                 .index
                 .caused_by(cause_seq, after, limit)
@@ -1556,15 +1550,7 @@ impl EventIndex for LogStore {
             return Ok(Vec::new());
         }
         self.blocking(move |shared| {
-            let recent: Vec<u64> = shared
-                .recent
-                .lock()
-                .expect("recent lock")
-                .events
-                .iter()
-                .filter(|event| event.correlation == correlation)
-                .map(|event| event.seq)
-                .collect();
+            let recent = shared.recent_seqs(|event| event.correlation == correlation);
             let indexed = shared
                 .index
                 .correlated(correlation, after, limit)
@@ -1580,6 +1566,18 @@ impl EventIndex for LogStore {
 const CHAIN_PART: &str = "\u{0}chain";
 
 impl Shared {
+    /// The seqs of the durable, not yet indexed events that `matches`.
+    fn recent_seqs(&self, matches: impl Fn(&Event) -> bool) -> Vec<u64> {
+        self.recent
+            .lock()
+            .expect("recent lock")
+            .events
+            .iter()
+            .filter(|event| matches(event))
+            .map(|event| event.seq)
+            .collect()
+    }
+
     /// Whether the snapshot at `seq` was taken on this log: the event at its
     /// seq still has the chain hash the snapshot recorded.
     fn snapshot_matches_log(&self, seq: u64) -> Result<bool, StoreError> {
