@@ -6,6 +6,12 @@ use tokio_util::sync::CancellationToken;
 use cairn::cli::{run_client, Cli, Command, ServeArgs};
 use cairn::config::{Config, ConfigOverrides, LogFormat};
 
+/// mimalloc rather than glibc's malloc: events are decoded on one thread and
+/// dropped on another (replay, the writer and the indexer, HTTP reads), and
+/// glibc's arenas made that a third of a replay's time (docs/PERFORMANCE.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let cli = Cli::parse();
     if !matches!(cli.command, Command::Serve(_)) {

@@ -11,7 +11,10 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::projection::{Projections, SnapshotError};
+use tokio::sync::mpsc;
+
+use crate::event::Event;
+use crate::projection::{decode_for_fold, FoldPayload, Projections, SnapshotError};
 use crate::store::read_ahead::read_ahead;
 use crate::store::{EventStore, StoreError};
 
@@ -80,7 +83,7 @@ pub async fn replay(store: Arc<dyn EventStore>) -> Result<ReplayReport, ReplayEr
     let started = Instant::now();
     let mut compare_seconds = 0.0;
     let until = store.head().seq;
-    let mut pages = read_ahead(store.clone(), 0, until);
+    let mut pages = decode_ahead(read_ahead(store.clone(), 0, until));
     loop {
         // Compare every snapshot the fold has reached (one at seq 0 first).
         while let Some(&seq) = pending.peek() {
@@ -96,8 +99,8 @@ pub async fn replay(store: Arc<dyn EventStore>) -> Result<ReplayReport, ReplayEr
             break;
         };
         let mut next_snapshot = pending.peek().copied().unwrap_or(u64::MAX);
-        for event in page? {
-            projections.apply(&event);
+        for (event, payload) in page? {
+            projections.apply_decoded(&event, payload);
             if event.seq == next_snapshot {
                 let compared = Instant::now();
                 pending.next();
@@ -131,6 +134,37 @@ pub async fn replay(store: Arc<dyn EventStore>) -> Result<ReplayReport, ReplayEr
         skipped_events: projections.desired.skipped_events + projections.observed.skipped_events,
         snapshots: checks,
     })
+}
+
+/// A page of events, each with its payload decoded for the fold.
+type DecodedPage = Vec<(Arc<Event>, FoldPayload)>;
+
+/// Decodes the payloads of the pages `read_ahead` reads, on a blocking
+/// thread of its own: the three stages (read and decode the records, decode
+/// the payloads, fold) run at once, and the fold's thread does nothing but
+/// fold. The channel ends after the last page, or after an error.
+fn decode_ahead(
+    mut pages: mpsc::Receiver<Result<Vec<Arc<Event>>, StoreError>>,
+) -> mpsc::Receiver<Result<DecodedPage, StoreError>> {
+    let (sender, receiver) = mpsc::channel(4);
+    tokio::task::spawn_blocking(move || {
+        while let Some(page) = pages.blocking_recv() {
+            let decoded = page.map(|events| {
+                events
+                    .into_iter()
+                    .map(|event| {
+                        let payload = decode_for_fold(&event);
+                        (event, payload)
+                    })
+                    .collect::<DecodedPage>()
+            });
+            let failed = decoded.is_err();
+            if sender.blocking_send(decoded).is_err() || failed {
+                return;
+            }
+        }
+    });
+    receiver
 }
 
 async fn check(

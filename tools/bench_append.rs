@@ -19,6 +19,11 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+/// The daemon's allocator (src/main.rs), so that the library figures are
+/// those of the process that ships.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use cairn::config::Config;
 use cairn::store::{AppendRequest, EventStore, ExpectedVersion};
 use tokio_util::sync::CancellationToken;

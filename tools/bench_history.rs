@@ -104,6 +104,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// The daemon's allocator (src/main.rs), so that the library figures are
+/// those of the process that ships.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 // The command-line helpers of the shared file serve the reconcile bench.
 #[allow(dead_code)]
 #[path = "bench_json.rs"]

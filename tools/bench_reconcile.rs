@@ -31,6 +31,11 @@ mod bench_json;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// The daemon's allocator (src/main.rs), so that the library figures are
+/// those of the process that ships.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use bench_json::Figures;
 
 use cairn::event::{Actor, ActorKind};

@@ -194,46 +194,71 @@ pub fn diff(old: Option<&Manifest>, new: &Manifest) -> Result<Vec<Change>, Vec<F
 /// rather than fail or guess. Removals and template changes match by name
 /// only and do not compare the recorded old value with the state.
 pub fn apply_change(state: Option<Manifest>, change: &Change) -> Option<Manifest> {
-    let mut manifest = match (state, change) {
-        (Some(manifest), _) => manifest,
-        (None, Change::ClusterDeclared(declared)) => return Some(declared.manifest.clone()),
-        (None, _) => return None,
-    };
+    match (state, change) {
+        (Some(mut manifest), _) => {
+            apply_change_in_place(&mut manifest, change.clone());
+            Some(manifest)
+        }
+        (None, Change::ClusterDeclared(declared)) => Some(declared.manifest.clone()),
+        (None, _) => None,
+    }
+}
+
+/// Applies one change to an existing manifest in place, taking the change's
+/// data instead of copying it, and says whether the manifest changed (the
+/// same as comparing `apply_change`'s answer with the manifest before). The
+/// fold of the log calls this once per change, so it must not clone a
+/// manifest to find out.
+pub fn apply_change_in_place(manifest: &mut Manifest, change: Change) -> bool {
+    fn replace<T: PartialEq>(slot: &mut T, value: T) -> bool {
+        let changed = *slot != value;
+        if changed {
+            *slot = value;
+        }
+        changed
+    }
     let spec = &mut manifest.spec;
     match change {
-        Change::ClusterDeclared(declared) => manifest = declared.manifest.clone(),
-        Change::LabelsChanged(change) => manifest.metadata.labels = change.to.clone(),
-        Change::KubernetesVersionChanged(change) => spec.kubernetes_version = change.to.clone(),
-        Change::DriftPolicyChanged(change) => spec.policy.drift = change.to.clone(),
+        Change::ClusterDeclared(declared) => replace(manifest, declared.manifest),
+        Change::LabelsChanged(change) => replace(&mut manifest.metadata.labels, change.to),
+        Change::KubernetesVersionChanged(change) => {
+            replace(&mut spec.kubernetes_version, change.to)
+        }
+        Change::DriftPolicyChanged(change) => replace(&mut spec.policy.drift, change.to),
         Change::SubnetAdded(change) => {
-            insert_sorted(&mut spec.network.subnets, &change.subnet, subnet_name);
+            insert_sorted(&mut spec.network.subnets, change.subnet, subnet_name)
         }
         Change::SubnetRemoved(change) => {
-            remove_named(&mut spec.network.subnets, &change.subnet.name, subnet_name);
+            remove_named(&mut spec.network.subnets, &change.subnet.name, subnet_name)
         }
         Change::FirewallRuleAdded(change) => {
-            insert_sorted(&mut spec.firewall, &change.rule, rule_name);
+            insert_sorted(&mut spec.firewall, change.rule, rule_name)
         }
         Change::FirewallRuleRemoved(change) => {
-            remove_named(&mut spec.firewall, &change.rule.name, rule_name);
+            remove_named(&mut spec.firewall, &change.rule.name, rule_name)
         }
-        Change::PoolAdded(change) => insert_sorted(&mut spec.pools, &change.pool, pool_name),
+        Change::PoolAdded(change) => insert_sorted(&mut spec.pools, change.pool, pool_name),
         Change::PoolRemoved(change) => remove_named(&mut spec.pools, &change.pool.name, pool_name),
-        Change::PoolScaled(change) => {
-            if let Some(pool) = spec.pools.iter_mut().find(|pool| pool.name == change.pool) {
-                pool.replicas = change.to;
-            }
-        }
+        Change::PoolScaled(change) => spec
+            .pools
+            .iter_mut()
+            .find(|pool| pool.name == change.pool)
+            .is_some_and(|pool| replace(&mut pool.replicas, change.to)),
         Change::PoolTemplateChanged(change) => {
-            if let Some(pool) = spec.pools.iter_mut().find(|pool| pool.name == change.pool) {
-                pool.role = change.to.role.clone();
-                pool.machine_type = change.to.machine_type.clone();
-                pool.image = change.to.image.clone();
-                pool.subnets = change.to.subnets.clone();
+            match spec.pools.iter_mut().find(|pool| pool.name == change.pool) {
+                Some(pool) => {
+                    let to = change.to;
+                    // Every field is assigned; `|` rather than `||` so that
+                    // none is skipped once one has changed.
+                    replace(&mut pool.role, to.role)
+                        | replace(&mut pool.machine_type, to.machine_type)
+                        | replace(&mut pool.image, to.image)
+                        | replace(&mut pool.subnets, to.subnets)
+                }
+                None => false,
             }
         }
     }
-    Some(manifest)
 }
 
 fn subnet_name(subnet: &Subnet) -> &str {
@@ -258,19 +283,24 @@ fn by_name<T>(items: &[T], name: impl Fn(&T) -> &String) -> BTreeMap<&str, &T> {
 
 /// Inserts `item` before the first item with a greater name, unless an item
 /// with its name is already there.
-fn insert_sorted<T: Clone>(items: &mut Vec<T>, item: &T, name: fn(&T) -> &str) {
-    let new_name = name(item);
+fn insert_sorted<T>(items: &mut Vec<T>, item: T, name: fn(&T) -> &str) -> bool {
+    let new_name = name(&item);
     if items.iter().any(|existing| name(existing) == new_name) {
-        return;
+        return false;
     }
     let position = items.partition_point(|existing| name(existing) < new_name);
-    items.insert(position, item.clone());
+    items.insert(position, item);
+    true
 }
 
 /// Removes the item called `removed`, if there is one.
-fn remove_named<T>(items: &mut Vec<T>, removed: &str, name: fn(&T) -> &str) {
-    if let Some(position) = items.iter().position(|item| name(item) == removed) {
-        items.remove(position);
+fn remove_named<T>(items: &mut Vec<T>, removed: &str, name: fn(&T) -> &str) -> bool {
+    match items.iter().position(|item| name(item) == removed) {
+        Some(position) => {
+            items.remove(position);
+            true
+        }
+        None => false,
     }
 }
 
@@ -491,6 +521,27 @@ mod tests {
             let changes = diff(Some(&old), &new).unwrap();
             prop_assert_eq!(changes.is_empty(), old == new);
             prop_assert_eq!(fold(Some(old), &changes), Some(new));
+        }
+
+        #[test]
+        fn a_change_in_place_says_whether_it_changed_the_manifest(
+            old in manifest_strategy("prod"),
+            new in manifest_strategy("prod"),
+            other in manifest_strategy("prod"),
+        ) {
+            // The changes fit `old` one after the other; on `new` and on an
+            // unrelated manifest most of them do not fit, or change nothing.
+            let changes = diff(Some(&old), &new).unwrap();
+            for start in [old, new, other] {
+                let mut manifest = start;
+                for change in &changes {
+                    let before = manifest.clone();
+                    let changed = apply_change_in_place(&mut manifest, change.clone());
+                    prop_assert_eq!(changed, manifest != before, "{:?}", change);
+                    let folded = apply_change(Some(before), change);
+                    prop_assert_eq!(Some(&manifest), folded.as_ref());
+                }
+            }
         }
 
         #[test]

@@ -10,17 +10,15 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::event::payload::{self, Payload};
+use super::{decode_for_fold, decode_payload, ends_a_cluster, FoldPayload};
+use crate::event::payload::Payload;
 use crate::event::{Actor, Event};
-use crate::model::{apply_change, Lifecycle, Manifest, ReconcileEvent};
+use crate::model::{apply_change_in_place, Change, Lifecycle, Manifest};
 
 /// The prefix of every cluster stream.
 pub const CLUSTER_STREAM_PREFIX: &str = "cluster/";
 /// The prefix of every reconciler stream.
 pub const RECONCILE_STREAM_PREFIX: &str = "reconcile/";
-
-/// The type name of `ClusterDeleted`, the one reconciler event this projection folds.
-const CLUSTER_DELETED: &str = "ClusterDeleted";
 
 /// What the log says one cluster should look like.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -103,41 +101,35 @@ impl DesiredState {
 
     /// Folds one event. See the module docs of `projection` for the rules.
     pub fn apply(&mut self, event: &Event) {
+        self.apply_decoded(event, decode_for_fold(event));
+    }
+
+    /// Folds one event whose payload the caller decoded with
+    /// [`decode_for_fold`] (a replay decodes on another thread); `None`
+    /// decodes it here.
+    pub fn apply_decoded(&mut self, event: &Event, payload: FoldPayload) {
+        if event.stream.starts_with(RECONCILE_STREAM_PREFIX) {
+            let payload = payload.unwrap_or_else(|| decode_payload(event));
+            self.apply_reconcile(event, ends_a_cluster(&payload));
+            return;
+        }
         if event.seq <= self.applied_seq {
             return;
         }
         self.applied_seq = event.seq;
-        if let Some(name) = event.stream.strip_prefix(RECONCILE_STREAM_PREFIX) {
-            // Of the reconcilers' events only the end of a cluster matters
-            // here; the others are decoded by the observed projection alone.
-            if event.event_type != CLUSTER_DELETED {
-                return;
-            }
-            if let Ok(Payload::Reconcile(reconcile)) =
-                payload::decode(&event.event_type, event.schema, &event.payload)
-            {
-                // A deletion called off before the reconciler finished
-                // leaves the cluster wanted: it is built again.
-                if let ReconcileEvent::ClusterDeleted(_) = *reconcile {
-                    if self
-                        .clusters
-                        .get(name)
-                        .is_some_and(|cluster| cluster.deletion_requested)
-                    {
-                        self.clusters.remove(name);
-                    }
-                }
-            }
-            return;
-        }
         let Some(name) = event.stream.strip_prefix(CLUSTER_STREAM_PREFIX) else {
             return;
         };
-        self.stream_versions.insert(name.to_string(), event.version);
+        match self.stream_versions.get_mut(name) {
+            Some(version) => *version = event.version,
+            None => {
+                self.stream_versions.insert(name.to_string(), event.version);
+            }
+        }
         if let Some(cluster) = self.clusters.get_mut(name) {
             cluster.stream_version = event.version;
         }
-        let change = match payload::decode(&event.event_type, event.schema, &event.payload) {
+        let change = match payload.unwrap_or_else(|| decode_payload(event)) {
             Ok(Payload::Change(change)) => *change,
             Ok(Payload::Lifecycle(lifecycle)) => {
                 self.apply_lifecycle(name, &lifecycle, event);
@@ -149,37 +141,69 @@ impl DesiredState {
                 return;
             }
         };
-        let existing = self.clusters.get(name);
-        let before = existing.map(|cluster| cluster.manifest.clone());
-        let Some(manifest) = apply_change(before.clone(), &change) else {
-            self.skipped_events += 1;
-            return;
-        };
-        if before.as_ref() == Some(&manifest) {
-            self.skipped_events += 1;
+        match self.clusters.get_mut(name) {
+            Some(cluster) => {
+                // Changed in place: a fold of the whole log must not copy
+                // a manifest per change.
+                if !apply_change_in_place(&mut cluster.manifest, change) {
+                    self.skipped_events += 1;
+                    return;
+                }
+                cluster.stream_version = event.version;
+                cluster.updated_seq = event.seq;
+                cluster.updated_time = event.time;
+                if cluster.updated_by != event.actor {
+                    cluster.updated_by = event.actor.clone();
+                }
+                cluster.updated_id = event.id;
+                cluster.correlation = event.correlation;
+            }
+            None => {
+                let Change::ClusterDeclared(declared) = change else {
+                    self.skipped_events += 1;
+                    return;
+                };
+                self.clusters.insert(
+                    name.to_string(),
+                    ClusterState {
+                        manifest: declared.manifest,
+                        stream_version: event.version,
+                        declared_seq: event.seq,
+                        updated_seq: event.seq,
+                        updated_time: event.time,
+                        updated_by: event.actor.clone(),
+                        updated_id: event.id,
+                        correlation: event.correlation,
+                        paused: false,
+                        deletion_requested: false,
+                        replacements: BTreeMap::new(),
+                    },
+                );
+            }
+        }
+    }
+
+    /// Folds an event of a `reconcile/` stream: of the reconcilers' events
+    /// only the end of a cluster (`ends_cluster`: a `ClusterDeleted` that
+    /// decoded) matters here; the others are for the observed projection.
+    pub(super) fn apply_reconcile(&mut self, event: &Event, ends_cluster: bool) {
+        if event.seq <= self.applied_seq {
             return;
         }
-        let declared_seq = existing.map_or(event.seq, |cluster| cluster.declared_seq);
-        let paused = existing.is_some_and(|cluster| cluster.paused);
-        let deletion_requested = existing.is_some_and(|cluster| cluster.deletion_requested);
-        let replacements =
-            existing.map_or_else(BTreeMap::new, |cluster| cluster.replacements.clone());
-        self.clusters.insert(
-            name.to_string(),
-            ClusterState {
-                manifest,
-                stream_version: event.version,
-                declared_seq,
-                updated_seq: event.seq,
-                updated_time: event.time,
-                updated_by: event.actor.clone(),
-                updated_id: event.id,
-                correlation: event.correlation,
-                paused,
-                deletion_requested,
-                replacements,
-            },
-        );
+        self.applied_seq = event.seq;
+        let Some(name) = event.stream.strip_prefix(RECONCILE_STREAM_PREFIX) else {
+            return;
+        };
+        // A deletion called off before the reconciler finished leaves the
+        // cluster wanted: it is built again.
+        if ends_cluster
+            && self
+                .clusters
+                .get(name)
+                .is_some_and(|cluster| cluster.deletion_requested)
+        {
+            self.clusters.remove(name);
+        }
     }
 
     fn apply_lifecycle(&mut self, name: &str, lifecycle: &Lifecycle, event: &Event) {
@@ -218,6 +242,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::event::payload;
     use crate::event::{ActorKind, Cause, Hash, NewEvent, GENESIS_HASH};
     use crate::model::arbitrary::manifest_strategy;
     use crate::model::diff;

@@ -37,7 +37,31 @@ pub use desired::*;
 pub use observed::*;
 pub use snapshot::{SnapshotError, HEADER_PART, SNAPSHOT_FORMAT};
 
-use crate::event::Event;
+use crate::event::payload::{self, Payload};
+use crate::event::{DecodeError, Event};
+use crate::model::ReconcileEvent;
+
+/// An event's payload as the fold uses it: `None` for a stream that no
+/// projection reads (then nothing was decoded).
+pub type FoldPayload = Option<Result<Payload, DecodeError>>;
+
+/// Decodes what the fold needs of an event's payload. Pure, so a replay
+/// runs it on another thread than the fold ([`Projections::apply_decoded`]).
+pub fn decode_for_fold(event: &Event) -> FoldPayload {
+    let folded = event.stream.starts_with(CLUSTER_STREAM_PREFIX)
+        || event.stream.starts_with(RECONCILE_STREAM_PREFIX);
+    folded.then(|| decode_payload(event))
+}
+
+fn decode_payload(event: &Event) -> Result<Payload, DecodeError> {
+    payload::decode(&event.event_type, event.schema, &event.payload)
+}
+
+/// Whether a reconciler's event ends its cluster (`ClusterDeleted`).
+fn ends_a_cluster(payload: &Result<Payload, DecodeError>) -> bool {
+    matches!(payload, Ok(Payload::Reconcile(reconcile))
+        if matches!(**reconcile, ReconcileEvent::ClusterDeleted(_)))
+}
 
 /// Every projection, folded to the same seq.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -48,8 +72,23 @@ pub struct Projections {
 
 impl Projections {
     pub fn apply(&mut self, event: &Event) {
-        self.desired.apply(event);
-        self.observed.apply(event);
+        self.apply_decoded(event, decode_for_fold(event));
+    }
+
+    /// Folds an event whose payload [`decode_for_fold`] decoded, maybe on
+    /// another thread; `None` decodes it here. The payload is decoded once
+    /// for both projections, and what it holds is moved into the state.
+    pub fn apply_decoded(&mut self, event: &Event, payload: FoldPayload) {
+        if event.stream.starts_with(RECONCILE_STREAM_PREFIX) {
+            let payload = payload.unwrap_or_else(|| decode_payload(event));
+            self.desired
+                .apply_reconcile(event, ends_a_cluster(&payload));
+            self.observed.apply_decoded(event, Some(payload));
+        } else {
+            // The observed projection reads only reconcile streams.
+            self.observed.apply_decoded(event, None);
+            self.desired.apply_decoded(event, payload);
+        }
     }
 
     pub fn applied_seq(&self) -> u64 {

@@ -15,7 +15,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::desired::RECONCILE_STREAM_PREFIX;
-use crate::event::payload::{self, Payload};
+use super::{decode_for_fold, decode_payload, FoldPayload};
+use crate::event::payload::Payload;
 use crate::event::Event;
 use crate::model::{
     Action, ActionFailed, ActionStarted, ActionSucceeded, CloudResource, ConditionChanged,
@@ -119,6 +120,12 @@ impl ObservedState {
 
     /// Folds one event. See the module docs of `projection` for the rules.
     pub fn apply(&mut self, event: &Event) {
+        self.apply_decoded(event, decode_for_fold(event));
+    }
+
+    /// Folds one event whose payload the caller decoded with
+    /// [`decode_for_fold`]; `None` decodes it here.
+    pub fn apply_decoded(&mut self, event: &Event, payload: FoldPayload) {
         if event.seq <= self.applied_seq {
             return;
         }
@@ -126,7 +133,7 @@ impl ObservedState {
         let Some(name) = event.stream.strip_prefix(RECONCILE_STREAM_PREFIX) else {
             return;
         };
-        let reconcile = match payload::decode(&event.event_type, event.schema, &event.payload) {
+        let reconcile = match payload.unwrap_or_else(|| decode_payload(event)) {
             Ok(Payload::Reconcile(reconcile)) => *reconcile,
             Ok(_) => return,
             Err(_) => {
@@ -134,7 +141,14 @@ impl ObservedState {
                 return;
             }
         };
-        let cluster = self.clusters.entry(name.to_string()).or_default();
+        if !self.clusters.contains_key(name) {
+            self.clusters
+                .insert(name.to_string(), ObservedCluster::default());
+        }
+        let cluster = self
+            .clusters
+            .get_mut(name)
+            .expect("the cluster was inserted above");
         cluster.updated_seq = event.seq;
         cluster.stream_version = event.version;
         match reconcile {

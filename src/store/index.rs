@@ -103,7 +103,7 @@
 //! | `idempotency`     | `&str`: the idempotency key                           | `&[u8]`: the caller's record, opaque               | one per key |
 //! | `frames`          | `[u8; 8]`: `0..8` the frame's first seq               | `[u8; 16]`: `0..8` segment, `8..16` offset         | one per frame position |
 //! | `snapshots`       | `[u8; 8]`: `0..8` seq                                 | `()`                                               | one per snapshot |
-//! | `snapshot_parts`  | `&[u8]`: `0..8` seq, `8..` the part's name (UTF-8)    | `&[u8]`: the part, opaque                          | one per part |
+//! | `snapshot_parts`  | `&[u8]`: `0..8` seq, `8..` the part's name (UTF-8)    | `&[u8]`: `0..4` the part's length (`u32`, little-endian), `4..` the part, LZ4-compressed (block format) | one per part |
 //!
 //! The rows of `meta`:
 //!
@@ -145,7 +145,40 @@ use redb::{
 use uuid::Uuid;
 
 /// The layout version this build reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
+
+/// The longest snapshot part a stored length may claim; a damaged length
+/// must not make a read allocate gigabytes.
+const MAX_SNAPSHOT_PART_BYTES: usize = 256 << 20;
+
+/// A snapshot part as `snapshot_parts` stores it: its length, then LZ4.
+fn pack_snapshot_part(part: &[u8]) -> Vec<u8> {
+    lz4_flex::block::compress_prepend_size(part)
+}
+
+/// The part that `pack_snapshot_part` stored; `Damaged` when the bytes are
+/// not what it writes.
+fn unpack_snapshot_part(seq: u64, name: &str, stored: &[u8]) -> Result<Vec<u8>, IndexError> {
+    let damaged =
+        |why: String| IndexError::Damaged(format!("the part {name:?} of snapshot {seq}: {why}"));
+    let (length, compressed) = stored
+        .split_first_chunk::<4>()
+        .ok_or_else(|| damaged(format!("{} bytes, too short for its length", stored.len())))?;
+    let length = u32::from_le_bytes(*length) as usize;
+    if length > MAX_SNAPSHOT_PART_BYTES {
+        return Err(damaged(format!("a length of {length} bytes")));
+    }
+    let part = lz4_flex::block::decompress(compressed, length)
+        .map_err(|error| damaged(error.to_string()))?;
+    // The length is an upper bound to the decoder; it must be exact here.
+    if part.len() != length {
+        return Err(damaged(format!(
+            "{} bytes where its length says {length}",
+            part.len()
+        )));
+    }
+    Ok(part)
+}
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const EVENT_IDS: TableDefinition<[u8; 16], [u8; 8]> = TableDefinition::new("event_ids");
@@ -720,18 +753,27 @@ impl IndexDb {
             // The time entry waiting to be written: only the last seq with a
             // time gets one, and seqs of one time are adjacent.
             let mut pending_time: Option<(i64, u64)> = None;
+            // Causes and correlations point back at earlier events, and a
+            // batch's events belong to many streams, so those keys are
+            // scattered over their tables: inserted in key order, one batch
+            // touches each page once instead of once per key.
+            let mut cause_keys = Vec::new();
+            let mut correlation_keys = Vec::new();
+            let mut stream_event_rows = Vec::with_capacity(batch.events.len());
 
             for entry in &batch.events {
                 let seq = entry.seq.to_be_bytes();
                 // Ids are UUIDv7s that the writers make, and the log does not
                 // refuse a repeated one: an acknowledged event must never
                 // stop the index. The first event with an id keeps it.
+                // One insert, not a lookup and an insert: a repeated id is
+                // rare, and then the earlier seq is put back.
                 let earlier = ids
-                    .get(entry.id.as_bytes())
-                    .context("reading event_ids")?
-                    .map(|seq| seq.value());
-                if earlier.is_none() {
-                    ids.insert(entry.id.as_bytes(), seq)
+                    .insert(entry.id.as_bytes(), seq)
+                    .context("writing event_ids")?
+                    .map(|earlier| earlier.value());
+                if let Some(earlier) = earlier {
+                    ids.insert(entry.id.as_bytes(), earlier)
                         .context("writing event_ids")?;
                 }
                 if let Some((time, last_seq_with_time)) = pending_time {
@@ -743,14 +785,10 @@ impl IndexDb {
                 }
                 pending_time = Some((entry.time_micros, entry.seq));
                 if let Some(causing_seq) = entry.causing_seq {
-                    causes
-                        .insert(pair_key(causing_seq, entry.seq), ())
-                        .context("writing causes")?;
+                    cause_keys.push(pair_key(causing_seq, entry.seq));
                 }
                 if let Some(correlation) = entry.correlation {
-                    correlations
-                        .insert(correlation_key(correlation, entry.seq), ())
-                        .context("writing correlations")?;
+                    correlation_keys.push(correlation_key(correlation, entry.seq));
                 }
                 let row = match touched.entry(entry.stream) {
                     Entry::Occupied(row) => row.into_mut(),
@@ -779,14 +817,28 @@ impl IndexDb {
                     )));
                 }
                 row.version = entry.version;
-                stream_events
-                    .insert(stream_event_key(row.number, entry.version), seq)
-                    .context("writing stream_events")?;
+                stream_event_rows.push((stream_event_key(row.number, entry.version), seq));
             }
             if let Some((time, last_seq_with_time)) = pending_time {
                 times
                     .insert(time_key(time), last_seq_with_time.to_be_bytes())
                     .context("writing event_times")?;
+            }
+            cause_keys.sort_unstable();
+            for key in cause_keys {
+                causes.insert(key, ()).context("writing causes")?;
+            }
+            correlation_keys.sort_unstable();
+            for key in correlation_keys {
+                correlations
+                    .insert(key, ())
+                    .context("writing correlations")?;
+            }
+            stream_event_rows.sort_unstable();
+            for (key, seq) in stream_event_rows {
+                stream_events
+                    .insert(key, seq)
+                    .context("writing stream_events")?;
             }
 
             for (stream, row) in touched {
@@ -1025,7 +1077,10 @@ impl IndexDb {
             removed.context("removing the parts of an earlier snapshot at the same seq")?;
             for (name, bytes) in parts {
                 stored
-                    .insert(snapshot_part_key(seq, name).as_slice(), bytes.as_slice())
+                    .insert(
+                        snapshot_part_key(seq, name).as_slice(),
+                        pack_snapshot_part(bytes).as_slice(),
+                    )
                     .context("writing a snapshot part")?;
             }
             markers
@@ -1056,7 +1111,9 @@ impl IndexDb {
         let bytes = stored
             .get(snapshot_part_key(seq, part).as_slice())
             .context("reading a snapshot part")?;
-        Ok(bytes.map(|value| value.value().to_vec()))
+        bytes
+            .map(|value| unpack_snapshot_part(seq, part, value.value()))
+            .transpose()
     }
 
     /// Every part of the snapshot at `seq`, by name; empty when there is no
@@ -1079,7 +1136,8 @@ impl IndexDb {
             let name = std::str::from_utf8(name).map_err(|_| {
                 IndexError::Damaged(format!("a part name of snapshot {seq} is not UTF-8"))
             })?;
-            parts.push((name.to_string(), value.value().to_vec()));
+            let part = unpack_snapshot_part(seq, name, value.value())?;
+            parts.push((name.to_string(), part));
         }
         Ok(parts)
     }
@@ -2248,6 +2306,34 @@ mod tests {
             IndexDb::open(&dir.file(), small_config()),
             Err(IndexError::Damaged(_))
         ));
+    }
+
+    #[test]
+    fn a_snapshot_part_is_stored_compressed_and_read_back_whole() {
+        let part: Vec<u8> = b"subnet-a subnet-b subnet-c ".repeat(100);
+        let packed = pack_snapshot_part(&part);
+        assert!(packed.len() < part.len() / 4, "{} bytes", packed.len());
+        assert_eq!(unpack_snapshot_part(7, "x", &packed).unwrap(), part);
+        assert_eq!(
+            unpack_snapshot_part(7, "x", &pack_snapshot_part(&[])).unwrap(),
+            b""
+        );
+
+        // A length the bytes do not fill, a huge length, and no length at
+        // all are damage that names the part, never a panic or a huge
+        // allocation.
+        let mut wrong_length = packed.clone();
+        wrong_length[..4].copy_from_slice(&(part.len() as u32 + 1).to_le_bytes());
+        let mut huge_length = packed.clone();
+        huge_length[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        for stored in [wrong_length, huge_length, vec![1, 2]] {
+            match unpack_snapshot_part(7, "x", &stored) {
+                Err(IndexError::Damaged(reason)) => {
+                    assert!(reason.contains("\"x\" of snapshot 7"), "{reason}")
+                }
+                other => panic!("expected Damaged, got {other:?}"),
+            }
+        }
     }
 
     #[test]

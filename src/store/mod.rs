@@ -406,6 +406,9 @@ pub async fn verify_offline(data_dir: &std::path::Path) -> Result<VerifyReport, 
     require_a_log(data_dir)?;
     let mut config = log_store::LogStoreConfig::new(StoreConfig::new(data_dir));
     config.verify_in_background = false;
+    // An operator's check reads every page of the index too; a damaged
+    // index is rebuilt from the log by the open.
+    config.verify_index_pages = true;
     let store = log_store::LogStore::open(config)?;
     let report = store.verify().await;
     store.close().await;
