@@ -57,27 +57,42 @@ pub async fn start(
     config: Config,
     shutdown: CancellationToken,
 ) -> Result<RunningDaemon, DaemonError> {
-    let damaged = |source: StoreError| match source {
-        StoreError::Corrupt { .. } | StoreError::DamagedLog { .. } => DaemonError::Damaged {
-            dir: config.data_dir.display().to_string(),
-            source,
-        },
-        other => DaemonError::Store(other),
-    };
+    let damaged = |source| store_error(&config, source);
     // Recovery reads and may cut the log's tail: off the runtime's workers.
     let store_config = crate::store::StoreConfig::new(&config.data_dir);
     let store = tokio::task::spawn_blocking(move || crate::store::open(store_config))
         .await
         .map_err(|error| DaemonError::Store(StoreError::Io(error.to_string())))?
         .map_err(damaged)?;
+    start_on_store(config, shutdown, store).await
+}
+
+/// A store error at start-up; damage names the directory and the command
+/// that finds the first bad record.
+fn store_error(config: &Config, source: StoreError) -> DaemonError {
+    match source {
+        StoreError::Corrupt { .. } | StoreError::DamagedLog { .. } => DaemonError::Damaged {
+            dir: config.data_dir.display().to_string(),
+            source,
+        },
+        other => DaemonError::Store(other),
+    }
+}
+
+/// [`start`] on a store the caller opened (the tests open one on a
+/// simulated disk whose faults they choose). The daemon closes it when it
+/// stops.
+pub(crate) async fn start_on_store(
+    config: Config,
+    shutdown: CancellationToken,
+    store: Arc<dyn EventStore>,
+) -> Result<RunningDaemon, DaemonError> {
+    let damaged = |source| store_error(&config, source);
     let metrics = Arc::new(Metrics::new(store.metrics()));
     let started = std::time::Instant::now();
-    let ledger = Ledger::open_with(
-        store.clone() as Arc<dyn EventStore>,
-        config.snapshots.ledger_config(),
-    )
-    .await
-    .map_err(damaged)?;
+    let ledger = Ledger::open_with(store.clone(), config.snapshots.ledger_config())
+        .await
+        .map_err(damaged)?;
     tracing::info!(
         head_seq = store.head().seq,
         clusters = ledger.clusters().len(),
@@ -165,4 +180,131 @@ pub async fn start(
         tracing::info!(head_seq = store.head().seq, "stopped");
     });
     Ok(RunningDaemon { addr, finished })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::disk::sim::{Fault, FaultError, FaultOp, SimDisk};
+    use crate::store::index::MemoryIndexFile;
+    use crate::store::log_store::{IndexLocation, LogStore, LogStoreConfig};
+    use crate::store::StoreConfig;
+
+    const MANIFEST: &str = include_str!("../docs/examples/prod-eu.yaml");
+
+    /// A daemon on a store whose disk is `sim`, on 127.0.0.1:0.
+    async fn daemon_on(
+        sim: &SimDisk,
+        index: &MemoryIndexFile,
+        data_dir: &std::path::Path,
+    ) -> (RunningDaemon, CancellationToken) {
+        let store = LogStore::open(LogStoreConfig {
+            disk: Arc::new(sim.clone()),
+            index: IndexLocation::Memory(index.clone()),
+            lock_directory: false,
+            verify_in_background: false,
+            ..LogStoreConfig::new(StoreConfig::new(data_dir))
+        })
+        .expect("the store opens");
+        let mut config = Config::default();
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        config.data_dir = data_dir.to_path_buf();
+        config.reconcile.enabled = false;
+        let shutdown = CancellationToken::new();
+        let daemon = start_on_store(config, shutdown.clone(), Arc::new(store))
+            .await
+            .expect("the daemon starts");
+        (daemon, shutdown)
+    }
+
+    async fn apply(client: &reqwest::Client, base: &str, manifest: &str) -> reqwest::Response {
+        client
+            .post(format!("{base}/v1/apply"))
+            .header("content-type", "application/yaml")
+            .body(manifest.to_string())
+            .send()
+            .await
+            .expect("the daemon answers")
+    }
+
+    async fn readyz(client: &reqwest::Client, base: &str) -> (u16, serde_json::Value) {
+        let response = client.get(format!("{base}/readyz")).send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap())
+    }
+
+    /// The end-to-end half of the store's fault test: with the disk full
+    /// (or failing) under a running daemon, the request gets a clear error,
+    /// `/readyz` answers 503 and says why, and a restart once the fault is
+    /// gone serves again with every acknowledged change.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_disk_fault_makes_readyz_say_why_and_a_restart_without_it_serves_again() {
+        for (op, error, words) in [
+            (
+                FaultOp::SyncData,
+                FaultError::NoSpace,
+                "No space left on device",
+            ),
+            (FaultOp::Write, FaultError::Io, "Input/output error"),
+        ] {
+            let data_dir = tempfile::tempdir().unwrap();
+            let sim = SimDisk::new(11);
+            let index = MemoryIndexFile::default();
+            let client = reqwest::Client::new();
+
+            let (daemon, shutdown) = daemon_on(&sim, &index, data_dir.path()).await;
+            let base = format!("http://{}", daemon.addr);
+            assert!(apply(&client, &base, MANIFEST).await.status().is_success());
+            assert_eq!(readyz(&client, &base).await.0, 200);
+
+            sim.inject(Fault {
+                op,
+                error,
+                after: 0,
+                sticky: true,
+            });
+            let scaled = MANIFEST.replace("replicas: 5", "replicas: 7");
+            let refused = apply(&client, &base, &scaled).await;
+            assert_eq!(refused.status().as_u16(), 503, "{op:?} {error:?}");
+            let problem: serde_json::Value = refused.json().await.unwrap();
+            assert!(
+                problem.to_string().contains(words),
+                "{op:?} {error:?}: {problem}"
+            );
+            let (status, body) = readyz(&client, &base).await;
+            assert_eq!(status, 503, "{body}");
+            assert_eq!(body["ready"], false);
+            let failure = body["storeFailure"].as_str().unwrap_or_default();
+            assert!(failure.contains(words), "{op:?} {error:?}: {failure}");
+
+            shutdown.cancel();
+            daemon.finished.await.unwrap();
+            sim.clear_faults();
+
+            let (daemon, shutdown) = daemon_on(&sim, &index, data_dir.path()).await;
+            let base = format!("http://{}", daemon.addr);
+            assert_eq!(readyz(&client, &base).await.0, 200);
+            let cluster: serde_json::Value = client
+                .get(format!("{base}/v1/clusters/prod-eu"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            // The acknowledged declaration is there. The refused change's
+            // outcome was unknown (its write may have reached the file
+            // before the fdatasync failed), so it may be there too.
+            assert_eq!(cluster["declaredSeq"], 1, "{cluster}");
+            let workers = &cluster["desired"]["spec"]["pools"][1];
+            assert!(
+                workers["replicas"] == 5 || workers["replicas"] == 7,
+                "{workers}"
+            );
+            let again = MANIFEST.replace("replicas: 5", "replicas: 9");
+            assert!(apply(&client, &base, &again).await.status().is_success());
+            shutdown.cancel();
+            daemon.finished.await.unwrap();
+        }
+    }
 }
