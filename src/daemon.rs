@@ -206,9 +206,11 @@ mod tests {
             ..LogStoreConfig::new(StoreConfig::new(data_dir))
         })
         .expect("the store opens");
-        let mut config = Config::default();
-        config.listen = "127.0.0.1:0".parse().unwrap();
-        config.data_dir = data_dir.to_path_buf();
+        let mut config = Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: data_dir.to_path_buf(),
+            ..Config::default()
+        };
         config.reconcile.enabled = false;
         let shutdown = CancellationToken::new();
         let daemon = start_on_store(config, shutdown.clone(), Arc::new(store))
