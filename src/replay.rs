@@ -13,9 +13,13 @@ use serde::Serialize;
 
 use tokio::sync::mpsc;
 
-use crate::event::Event;
+use std::ops::Range;
+
+use bytes::Bytes;
+
+use crate::event::{ActorRef, EventRef};
 use crate::projection::{decode_for_fold, FoldPayload, Projections, SnapshotError};
-use crate::store::read_ahead::read_ahead;
+use crate::store::read_ahead::read_records_ahead;
 use crate::store::{EventStore, StoreError};
 
 #[derive(Debug, Clone, Serialize)]
@@ -83,7 +87,7 @@ pub async fn replay(store: Arc<dyn EventStore>) -> Result<ReplayReport, ReplayEr
     let started = Instant::now();
     let mut compare_seconds = 0.0;
     let until = store.head().seq;
-    let mut pages = decode_ahead(read_ahead(store.clone(), 0, until));
+    let mut pages = decode_ahead(read_records_ahead(store.clone(), 0, until), 0);
     loop {
         // Compare every snapshot the fold has reached (one at seq 0 first).
         while let Some(&seq) = pending.peek() {
@@ -99,7 +103,8 @@ pub async fn replay(store: Arc<dyn EventStore>) -> Result<ReplayReport, ReplayEr
             break;
         };
         let mut next_snapshot = pending.peek().copied().unwrap_or(u64::MAX);
-        for (event, payload) in page? {
+        for (record, located, payload) in page? {
+            let event = located.view(&record)?;
             projections.apply_decoded(&event, payload);
             if event.seq == next_snapshot {
                 let compared = Instant::now();
@@ -136,27 +141,114 @@ pub async fn replay(store: Arc<dyn EventStore>) -> Result<ReplayReport, ReplayEr
     })
 }
 
-/// A page of events, each with its payload decoded for the fold.
-type DecodedPage = Vec<(Arc<Event>, FoldPayload)>;
+/// A page of stored records, each with where its fields are and its
+/// payload decoded for the fold.
+type DecodedPage = Vec<(Bytes, Located, FoldPayload)>;
 
-/// Decodes the payloads of the pages `read_ahead` reads, on a blocking
-/// thread of its own: the three stages (read and decode the records, decode
-/// the payloads, fold) run at once, and the fold's thread does nothing but
-/// fold. The channel ends after the last page, or after an error.
+/// Where an event's fields are in its record, found by the decode stage so
+/// that the fold's thread does not parse the record again: the fixed-size
+/// fields copied, the strings and the payload as byte ranges.
+struct Located {
+    seq: u64,
+    version: u64,
+    id: uuid::Uuid,
+    schema: u16,
+    time: chrono::DateTime<chrono::Utc>,
+    actor_kind: crate::event::ActorKind,
+    correlation: uuid::Uuid,
+    stream: Range<usize>,
+    event_type: Range<usize>,
+    actor_name: Range<usize>,
+    payload: Range<usize>,
+}
+
+impl Located {
+    fn new(record: &[u8], event: &EventRef<'_>) -> Located {
+        // Every slice of `event` borrows from `record`.
+        let range = |part: &[u8]| {
+            let start = part.as_ptr() as usize - record.as_ptr() as usize;
+            start..start + part.len()
+        };
+        Located {
+            seq: event.seq,
+            version: event.version,
+            id: event.id,
+            schema: event.schema,
+            time: event.time,
+            actor_kind: event.actor.kind,
+            correlation: event.correlation,
+            stream: range(event.stream.as_bytes()),
+            event_type: range(event.event_type.as_bytes()),
+            actor_name: range(event.actor.name.as_bytes()),
+            payload: range(event.payload),
+        }
+    }
+
+    /// The event again, borrowed from the same record.
+    fn view<'a>(&self, record: &'a [u8]) -> Result<EventRef<'a>, StoreError> {
+        let text = |range: &Range<usize>| {
+            std::str::from_utf8(&record[range.clone()]).map_err(|error| StoreError::Corrupt {
+                seq: self.seq,
+                reason: error.to_string(),
+            })
+        };
+        Ok(EventRef {
+            seq: self.seq,
+            stream: text(&self.stream)?,
+            version: self.version,
+            id: self.id,
+            event_type: text(&self.event_type)?,
+            schema: self.schema,
+            time: self.time,
+            actor: ActorRef {
+                kind: self.actor_kind,
+                name: text(&self.actor_name)?,
+            },
+            correlation: self.correlation,
+            payload: &record[self.payload.clone()],
+        })
+    }
+}
+
+/// The event a stored record holds, read in place; it must be the event at
+/// `seq`.
+fn read_in_place(record: &[u8], seq: u64) -> Result<EventRef<'_>, StoreError> {
+    let event = EventRef::decode_record(record).map_err(|error| StoreError::Corrupt {
+        seq,
+        reason: error.to_string(),
+    })?;
+    if event.seq != seq {
+        return Err(StoreError::Corrupt {
+            seq,
+            reason: format!("the record says seq {}", event.seq),
+        });
+    }
+    Ok(event)
+}
+
+/// Reads the records `read_records_ahead` reads (from seq `after + 1`) in
+/// place and decodes their payloads, on a blocking thread of its own:
+/// reading, decoding and folding run at once, and the fold's thread only
+/// folds. The channel ends after the last page, or after an error.
 fn decode_ahead(
-    mut pages: mpsc::Receiver<Result<Vec<Arc<Event>>, StoreError>>,
+    mut pages: mpsc::Receiver<Result<Vec<Bytes>, StoreError>>,
+    after: u64,
 ) -> mpsc::Receiver<Result<DecodedPage, StoreError>> {
     let (sender, receiver) = mpsc::channel(4);
     tokio::task::spawn_blocking(move || {
+        let mut seq = after;
         while let Some(page) = pages.blocking_recv() {
-            let decoded = page.map(|events| {
-                events
+            let decoded = page.and_then(|records| {
+                records
                     .into_iter()
-                    .map(|event| {
+                    .map(|record| {
+                        seq += 1;
+                        let event = read_in_place(&record, seq)?;
+                        let located = Located::new(&record, &event);
                         let payload = decode_for_fold(&event);
-                        (event, payload)
+                        Ok((record, located, payload))
                     })
-                    .collect::<DecodedPage>()
+                    .collect::<Result<DecodedPage, StoreError>>()
             });
             let failed = decoded.is_err();
             if sender.blocking_send(decoded).is_err() || failed {

@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use super::{decode_for_fold, decode_payload, ends_a_cluster, FoldPayload};
 use crate::event::payload::Payload;
-use crate::event::{Actor, Event};
+use crate::event::{Actor, Event, EventRef};
 use crate::model::{apply_change_in_place, Change, Lifecycle, Manifest};
 
 /// The prefix of every cluster stream.
@@ -101,13 +101,14 @@ impl DesiredState {
 
     /// Folds one event. See the module docs of `projection` for the rules.
     pub fn apply(&mut self, event: &Event) {
-        self.apply_decoded(event, decode_for_fold(event));
+        let event = event.view();
+        self.apply_decoded(&event, decode_for_fold(&event));
     }
 
     /// Folds one event whose payload the caller decoded with
     /// [`decode_for_fold`] (a replay decodes on another thread); `None`
     /// decodes it here.
-    pub fn apply_decoded(&mut self, event: &Event, payload: FoldPayload) {
+    pub fn apply_decoded(&mut self, event: &EventRef<'_>, payload: FoldPayload) {
         if event.stream.starts_with(RECONCILE_STREAM_PREFIX) {
             let payload = payload.unwrap_or_else(|| decode_payload(event));
             self.apply_reconcile(event, ends_a_cluster(&payload));
@@ -152,8 +153,8 @@ impl DesiredState {
                 cluster.stream_version = event.version;
                 cluster.updated_seq = event.seq;
                 cluster.updated_time = event.time;
-                if cluster.updated_by != event.actor {
-                    cluster.updated_by = event.actor.clone();
+                if !event.actor.is(&cluster.updated_by) {
+                    cluster.updated_by = event.actor.to_actor();
                 }
                 cluster.updated_id = event.id;
                 cluster.correlation = event.correlation;
@@ -171,7 +172,7 @@ impl DesiredState {
                         declared_seq: event.seq,
                         updated_seq: event.seq,
                         updated_time: event.time,
-                        updated_by: event.actor.clone(),
+                        updated_by: event.actor.to_actor(),
                         updated_id: event.id,
                         correlation: event.correlation,
                         paused: false,
@@ -186,7 +187,7 @@ impl DesiredState {
     /// Folds an event of a `reconcile/` stream: of the reconcilers' events
     /// only the end of a cluster (`ends_cluster`: a `ClusterDeleted` that
     /// decoded) matters here; the others are for the observed projection.
-    pub(super) fn apply_reconcile(&mut self, event: &Event, ends_cluster: bool) {
+    pub(super) fn apply_reconcile(&mut self, event: &EventRef<'_>, ends_cluster: bool) {
         if event.seq <= self.applied_seq {
             return;
         }
@@ -206,7 +207,7 @@ impl DesiredState {
         }
     }
 
-    fn apply_lifecycle(&mut self, name: &str, lifecycle: &Lifecycle, event: &Event) {
+    fn apply_lifecycle(&mut self, name: &str, lifecycle: &Lifecycle, event: &EventRef<'_>) {
         // A rollback request only names the changes that follow it; it may
         // precede the declaration that brings a deleted cluster back.
         if let Lifecycle::RollbackRequested(_) = lifecycle {
@@ -230,7 +231,7 @@ impl DesiredState {
         }
         cluster.updated_seq = event.seq;
         cluster.updated_time = event.time;
-        cluster.updated_by = event.actor.clone();
+        cluster.updated_by = event.actor.to_actor();
         cluster.updated_id = event.id;
         cluster.correlation = event.correlation;
     }

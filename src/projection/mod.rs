@@ -38,7 +38,7 @@ pub use observed::*;
 pub use snapshot::{SnapshotError, HEADER_PART, SNAPSHOT_FORMAT};
 
 use crate::event::payload::{self, Payload};
-use crate::event::{DecodeError, Event};
+use crate::event::{DecodeError, Event, EventRef};
 use crate::model::ReconcileEvent;
 
 /// An event's payload as the fold uses it: `None` for a stream that no
@@ -47,14 +47,14 @@ pub type FoldPayload = Option<Result<Payload, DecodeError>>;
 
 /// Decodes what the fold needs of an event's payload. Pure, so a replay
 /// runs it on another thread than the fold ([`Projections::apply_decoded`]).
-pub fn decode_for_fold(event: &Event) -> FoldPayload {
+pub fn decode_for_fold(event: &EventRef<'_>) -> FoldPayload {
     let folded = event.stream.starts_with(CLUSTER_STREAM_PREFIX)
         || event.stream.starts_with(RECONCILE_STREAM_PREFIX);
     folded.then(|| decode_payload(event))
 }
 
-fn decode_payload(event: &Event) -> Result<Payload, DecodeError> {
-    payload::decode(&event.event_type, event.schema, &event.payload)
+fn decode_payload(event: &EventRef<'_>) -> Result<Payload, DecodeError> {
+    payload::decode(event.event_type, event.schema, event.payload)
 }
 
 /// Whether a reconciler's event ends its cluster (`ClusterDeleted`).
@@ -72,13 +72,14 @@ pub struct Projections {
 
 impl Projections {
     pub fn apply(&mut self, event: &Event) {
-        self.apply_decoded(event, decode_for_fold(event));
+        let event = event.view();
+        self.apply_decoded(&event, decode_for_fold(&event));
     }
 
     /// Folds an event whose payload [`decode_for_fold`] decoded, maybe on
     /// another thread; `None` decodes it here. The payload is decoded once
     /// for both projections, and what it holds is moved into the state.
-    pub fn apply_decoded(&mut self, event: &Event, payload: FoldPayload) {
+    pub fn apply_decoded(&mut self, event: &EventRef<'_>, payload: FoldPayload) {
         if event.stream.starts_with(RECONCILE_STREAM_PREFIX) {
             let payload = payload.unwrap_or_else(|| decode_payload(event));
             self.desired

@@ -17,7 +17,7 @@ use uuid::Uuid;
 use super::desired::RECONCILE_STREAM_PREFIX;
 use super::{decode_for_fold, decode_payload, FoldPayload};
 use crate::event::payload::Payload;
-use crate::event::Event;
+use crate::event::{Event, EventRef};
 use crate::model::{
     Action, ActionFailed, ActionStarted, ActionSucceeded, CloudResource, ConditionChanged,
     ConditionType, DriftDetected, ReconcileEvent, ResourceKey,
@@ -120,12 +120,13 @@ impl ObservedState {
 
     /// Folds one event. See the module docs of `projection` for the rules.
     pub fn apply(&mut self, event: &Event) {
-        self.apply_decoded(event, decode_for_fold(event));
+        let event = event.view();
+        self.apply_decoded(&event, decode_for_fold(&event));
     }
 
     /// Folds one event whose payload the caller decoded with
     /// [`decode_for_fold`]; `None` decodes it here.
-    pub fn apply_decoded(&mut self, event: &Event, payload: FoldPayload) {
+    pub fn apply_decoded(&mut self, event: &EventRef<'_>, payload: FoldPayload) {
         if event.seq <= self.applied_seq {
             return;
         }
@@ -170,7 +171,7 @@ fn is_orphan(cluster: &ObservedCluster, action: &Action) -> bool {
     matches!(action, Action::Delete { provider_id, .. } if cluster.orphans.contains_key(provider_id))
 }
 
-fn started_action(cluster: &mut ObservedCluster, started: ActionStarted, event: &Event) {
+fn started_action(cluster: &mut ObservedCluster, started: ActionStarted, event: &EventRef<'_>) {
     cluster.deleted = false;
     // An orphan's clean-up does not count as a try of the resource under its key.
     if !is_orphan(cluster, &started.action) {
@@ -301,7 +302,11 @@ fn drift_detected(cluster: &mut ObservedCluster, drift: DriftDetected, seq: u64)
     );
 }
 
-fn condition_changed(cluster: &mut ObservedCluster, changed: ConditionChanged, event: &Event) {
+fn condition_changed(
+    cluster: &mut ObservedCluster,
+    changed: ConditionChanged,
+    event: &EventRef<'_>,
+) {
     cluster.conditions.insert(
         changed.condition,
         Condition {

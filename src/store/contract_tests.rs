@@ -110,6 +110,35 @@ pub(crate) async fn seqs_are_gap_free_and_versions_count_per_stream<B: Backend>(
     assert!(store.verify().await.unwrap().is_ok());
 }
 
+pub(crate) async fn records_are_the_stored_form_of_what_read_reads<B: Backend>(backend: &B) {
+    async fn compare(store: &dyn EventStore, after: u64, limit: usize) -> usize {
+        let events = store.read(after, limit).await.unwrap();
+        let records = store.read_records(after, limit).await.unwrap();
+        let encoded: Vec<Vec<u8>> = events.iter().map(|event| event.encode_record()).collect();
+        let stored: Vec<Vec<u8>> = records.iter().map(|record| record.to_vec()).collect();
+        assert_eq!(stored, encoded, "after {after}, limit {limit}");
+        records.len()
+    }
+    {
+        // Just appended (the log store answers these from memory).
+        let store = backend.open(wall_clock());
+        store
+            .append(request("a", ExpectedVersion::Any, &["1", "2", "3"]))
+            .await
+            .unwrap();
+        store.append(keyed("b", "k", 1, &["4", "5"])).await.unwrap();
+        assert_eq!(compare(store.as_ref(), 0, 10).await, 5);
+        store.close().await;
+    }
+    // After a restart (the log store reads them from its files).
+    let store = backend.open(wall_clock());
+    assert_eq!(compare(store.as_ref(), 0, 10).await, 5);
+    assert_eq!(compare(store.as_ref(), 1, 2).await, 2);
+    assert_eq!(compare(store.as_ref(), 4, 10).await, 1);
+    assert_eq!(compare(store.as_ref(), 5, 10).await, 0);
+    assert_eq!(compare(store.as_ref(), 0, 0).await, 0);
+}
+
 pub(crate) async fn wrong_expected_version_is_a_conflict_carrying_the_current_version<
     B: Backend,
 >(
@@ -517,6 +546,7 @@ macro_rules! contract_suite {
     ($backend:ty) => {
         $crate::store::contract_tests::contract_suite!(@cases $backend;
             seqs_are_gap_free_and_versions_count_per_stream,
+            records_are_the_stored_form_of_what_read_reads,
             wrong_expected_version_is_a_conflict_carrying_the_current_version,
             idempotency_key_returns_the_original_outcome_across_restarts,
             a_key_alone_is_recorded_by_an_empty_append,

@@ -44,6 +44,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -761,9 +762,51 @@ fn read_range(
     limit: usize,
 ) -> Result<Vec<Arc<Event>>, StoreError> {
     let mut events = Vec::new();
+    for_records_in_range(reader, index, first, last, limit, |seq, record| {
+        let event = decode(seq, record)?;
+        if event.seq != seq {
+            return Err(StoreError::Corrupt {
+                seq,
+                reason: format!("the record says seq {}", event.seq),
+            });
+        }
+        events.push(Arc::new(event));
+        Ok(())
+    })?;
+    Ok(events)
+}
+
+/// Up to `limit` stored records with seqs `first..=last`, as the segment
+/// files hold them (slices of the read buffers, not copies).
+fn read_record_range(
+    reader: &SegmentReader,
+    index: &IndexDb,
+    first: u64,
+    last: u64,
+    limit: usize,
+) -> Result<Vec<Bytes>, StoreError> {
+    let mut records = Vec::new();
+    for_records_in_range(reader, index, first, last, limit, |_, record| {
+        records.push(record.clone());
+        Ok(())
+    })?;
+    Ok(records)
+}
+
+/// Calls `visit` with each of the first `limit` records with seqs
+/// `first..=last`, in order, and its seq (from its frame's first seq).
+fn for_records_in_range(
+    reader: &SegmentReader,
+    index: &IndexDb,
+    first: u64,
+    last: u64,
+    limit: usize,
+    mut visit: impl FnMut(u64, &Bytes) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
     if first > last || limit == 0 {
-        return Ok(events);
+        return Ok(());
     }
+    let mut visited = 0;
     let mut position = match index.frame_at_or_before(first).map_err(index_error)? {
         Some(frame) => Position {
             segment: frame.segment,
@@ -787,7 +830,7 @@ fn read_range(
         // Past the first read, the range goes on: read in large pieces.
         read_bytes = 256 << 10;
         let Some(tail) = frames.last() else {
-            return Ok(events);
+            return Ok(());
         };
         position = tail.next;
         for frame in &frames {
@@ -800,17 +843,11 @@ fn read_range(
                 if seq < first {
                     continue;
                 }
-                if seq > last || events.len() == limit {
-                    return Ok(events);
+                if seq > last || visited == limit {
+                    return Ok(());
                 }
-                let event = decode(seq, record)?;
-                if event.seq != seq {
-                    return Err(StoreError::Corrupt {
-                        seq,
-                        reason: format!("the record says seq {}", event.seq),
-                    });
-                }
-                events.push(Arc::new(event));
+                visit(seq, record)?;
+                visited += 1;
             }
         }
     }
@@ -1384,6 +1421,25 @@ impl EventLog for LogStore {
         let head = self.head().seq;
         self.blocking(move |shared| read_range(&shared.reader, &shared.index, first, head, limit))
             .await
+    }
+
+    async fn read_records(&self, after: u64, limit: usize) -> Result<Vec<Bytes>, StoreError> {
+        let first = after.saturating_add(1);
+        {
+            let recent = self.shared.recent.lock().expect("recent lock");
+            if first >= recent.first_seq() {
+                return Ok((first..=recent.head.seq)
+                    .take(limit)
+                    .filter_map(|seq| recent.event(seq))
+                    .map(|event| Bytes::from(event.encode_record()))
+                    .collect());
+            }
+        }
+        let head = self.head().seq;
+        self.blocking(move |shared| {
+            read_record_range(&shared.reader, &shared.index, first, head, limit)
+        })
+        .await
     }
 
     async fn read_stream(
