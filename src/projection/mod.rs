@@ -14,6 +14,11 @@
 //!
 //! # The contract
 //!
+//! The fold reads `EventRef`s (an event borrowed from its record, or
+//! `Event::view` of a decoded one), so that a replay decodes nothing it does
+//! not need: `apply(&Event)` is `apply_decoded(&event.view(), payload)`, and
+//! a replay decodes the payloads on another thread (`decode_for_fold`).
+//!
 //! `apply(&mut self, &Event)` must be deterministic: no clock, no randomness,
 //! no IO. It is total: an event it cannot use leaves the state as it was,
 //! because the fold is replayed from the log and must never stop at an old
