@@ -1409,14 +1409,8 @@ impl EventLog for LogStore {
 
     async fn read(&self, after: u64, limit: usize) -> Result<Vec<Arc<Event>>, StoreError> {
         let first = after.saturating_add(1);
-        {
-            let recent = self.shared.recent.lock().expect("recent lock");
-            if first >= recent.first_seq() {
-                return Ok((first..=recent.head.seq)
-                    .take(limit)
-                    .filter_map(|seq| recent.event(seq))
-                    .collect());
-            }
+        if let Some(events) = self.shared.recent_from(first, limit) {
+            return Ok(events);
         }
         let head = self.head().seq;
         self.blocking(move |shared| read_range(&shared.reader, &shared.index, first, head, limit))
@@ -1425,15 +1419,11 @@ impl EventLog for LogStore {
 
     async fn read_records(&self, after: u64, limit: usize) -> Result<Vec<Bytes>, StoreError> {
         let first = after.saturating_add(1);
-        {
-            let recent = self.shared.recent.lock().expect("recent lock");
-            if first >= recent.first_seq() {
-                return Ok((first..=recent.head.seq)
-                    .take(limit)
-                    .filter_map(|seq| recent.event(seq))
-                    .map(|event| Bytes::from(event.encode_record()))
-                    .collect());
-            }
+        if let Some(events) = self.shared.recent_from(first, limit) {
+            return Ok(events
+                .iter()
+                .map(|event| Bytes::from(event.encode_record()))
+                .collect());
         }
         let head = self.head().seq;
         self.blocking(move |shared| {
@@ -1651,6 +1641,19 @@ impl EventIndex for LogStore {
 const CHAIN_PART: &str = "\u{0}chain";
 
 impl Shared {
+    /// Up to `limit` events from seq `first` on, when `first` is among the
+    /// durable events not yet indexed (or past the head: then none);
+    /// `None` when the range starts in the files.
+    fn recent_from(&self, first: u64, limit: usize) -> Option<Vec<Arc<Event>>> {
+        let recent = self.recent.lock().expect("recent lock");
+        (first >= recent.first_seq()).then(|| {
+            (first..=recent.head.seq)
+                .take(limit)
+                .filter_map(|seq| recent.event(seq))
+                .collect()
+        })
+    }
+
     /// The seqs of the durable, not yet indexed events that `matches`.
     fn recent_seqs(&self, matches: impl Fn(&Event) -> bool) -> Vec<u64> {
         self.recent
