@@ -273,6 +273,12 @@ mod tests {
                 problem.to_string().contains(words),
                 "{op:?} {error:?}: {problem}"
             );
+            // Every later request says the store has stopped, and that a
+            // retry against this process will not help.
+            let again = apply(&client, &base, &scaled).await;
+            assert_eq!(again.status().as_u16(), 503);
+            let problem: serde_json::Value = again.json().await.unwrap();
+            assert_eq!(problem["code"], "store_failed", "{problem}");
             let (status, body) = readyz(&client, &base).await;
             assert_eq!(status, 503, "{body}");
             assert_eq!(body["ready"], false);

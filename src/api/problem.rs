@@ -136,6 +136,9 @@ impl From<StoreError> for ApiError {
             StoreError::OutcomeUnknown(_) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "outcome_unknown", detail)
             }
+            StoreError::Failed(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_failed", detail)
+            }
             StoreError::Io(_) | StoreError::Closed | StoreError::Locked { .. } => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", detail)
             }

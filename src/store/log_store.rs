@@ -20,7 +20,8 @@
 //!   it move the durable head, keep the group's events in `Recent`, answer
 //!   the requests, publish the events and pass them to the indexer. A failed
 //!   write or fdatasync fails the store for good: that group's requests get
-//!   `OutcomeUnknown`, every later one `Io`, and `failure()` says why.
+//!   `OutcomeUnknown` (or `Io`, when nothing was written), every later one
+//!   `Failed`, and `failure()` says why.
 //! - The **indexer** folds committed frames into redb behind the
 //!   acknowledgement, with the position and chain hash it is built through
 //!   (its checkpoint), then drops them from `Recent`.
@@ -974,7 +975,7 @@ impl Writer {
         }
         if let Some(reason) = &self.failed {
             for job in jobs {
-                let _ = job.reply.send(Err(StoreError::Io(reason.clone())));
+                let _ = job.reply.send(Err(StoreError::Failed(reason.clone())));
             }
             return;
         }

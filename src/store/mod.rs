@@ -202,6 +202,11 @@ pub enum StoreError {
     /// The store is shutting down or has failed; retry against a healthy daemon.
     #[error("the store is closed")]
     Closed,
+    /// An earlier write, fdatasync or index update failed (the reason), and
+    /// the store takes no appends until the process restarts: retrying
+    /// against this process fails the same way.
+    #[error("the store stopped taking appends after a failure ({0}); restart the daemon once the cause is fixed")]
+    Failed(String),
     /// Deterministic: an imported event does not chain onto the log.
     #[error("imported event {index} (seq {seq}) does not fit the log: {reason}")]
     ImportRejected {

@@ -460,11 +460,15 @@ async fn disk_faults_fail_the_store_without_losing_what_was_acknowledged() {
         };
         let failure = store.failure().expect("the store says why it stopped");
         assert!(failure.contains(expected_text), "{failure}");
-        // Later requests are refused at once, without touching the disk.
-        assert!(matches!(
-            append_one(&store, "e").await,
-            Err(StoreError::Io(_))
-        ));
+        // Later requests are refused at once, without touching the disk,
+        // and say that retrying this process will not help.
+        match append_one(&store, "e").await {
+            Err(error @ StoreError::Failed(_)) => {
+                assert!(!error.is_retryable(), "{error}");
+                assert!(error.to_string().contains(expected_text), "{error}");
+            }
+            other => panic!("{op:?} {error:?}: expected Failed, got {other:?}"),
+        }
         store.close().await;
         drop(store);
         sim.clear_faults();
