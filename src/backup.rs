@@ -901,7 +901,7 @@ async fn import_staged<R>(
 where
     R: BufRead + Send + 'static,
 {
-    let store = crate::store::open(crate::store::StoreConfig::new(staging))?;
+    let store = crate::store::open_off_runtime(crate::store::StoreConfig::new(staging)).await?;
     let result = import_batched(store.as_ref(), input, batch_events).await;
     // The writer finishes; dropping the store closes its files and lock.
     store.close().await;

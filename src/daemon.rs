@@ -60,9 +60,8 @@ pub async fn start(
     let damaged = |source| store_error(&config, source);
     // Recovery reads and may cut the log's tail: off the runtime's workers.
     let store_config = crate::store::StoreConfig::new(&config.data_dir);
-    let store = tokio::task::spawn_blocking(move || crate::store::open(store_config))
+    let store = crate::store::open_off_runtime(store_config)
         .await
-        .map_err(|error| DaemonError::Store(StoreError::Io(error.to_string())))?
         .map_err(damaged)?;
     start_on_store(config, shutdown, store).await
 }

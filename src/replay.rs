@@ -72,7 +72,7 @@ pub async fn replay_offline(dir: &Path) -> Result<ReplayReport, ReplayError> {
         crate::store::require_a_log(dir)?;
         return Err(ReplayError::NotADataDir(dir.display().to_string()));
     }
-    let store: Arc<dyn EventStore> = crate::store::open(crate::store::StoreConfig::new(dir))?;
+    let store = crate::store::open_off_runtime(crate::store::StoreConfig::new(dir)).await?;
     let report = replay(store.clone()).await;
     store.close().await;
     report

@@ -99,7 +99,8 @@ pub(super) async fn export(client: &Client, args: ExportArgs) -> Result<(), Fail
 
 async fn export_offline(dir: &Path, out: &mut dyn Write) -> Result<String, Failure> {
     crate::store::require_a_log(dir).map_err(|error| Failure::Other(error.to_string()))?;
-    let store = crate::store::open(crate::store::StoreConfig::new(dir))
+    let store = crate::store::open_off_runtime(crate::store::StoreConfig::new(dir))
+        .await
         .map_err(|error| Failure::Other(error.to_string()))?;
     let result = backup::write_export(store.clone(), out).await;
     store.close().await;

@@ -421,6 +421,15 @@ pub fn open(config: StoreConfig) -> Result<Arc<dyn EventStore>, StoreError> {
     )?))
 }
 
+/// [`open`] on tokio's blocking pool: opening reads the tail segment whole,
+/// may cut a torn write and fsync, and catches the index up, none of which
+/// may run on a runtime worker. What every async caller uses.
+pub async fn open_off_runtime(config: StoreConfig) -> Result<Arc<dyn EventStore>, StoreError> {
+    tokio::task::spawn_blocking(move || open(config))
+        .await
+        .map_err(|error| StoreError::Io(format!("opening the store: {error}")))?
+}
+
 /// Checks the hash chain of a data directory that no daemon holds, from seq
 /// 1 to the head (`cairn verify --data-dir`). Opening it recovers it as a
 /// daemon's start would (a torn last write is cut; damage before the end is
@@ -432,7 +441,9 @@ pub async fn verify_offline(data_dir: &std::path::Path) -> Result<VerifyReport, 
     // An operator's check reads every page of the index too; a damaged
     // index is rebuilt from the log by the open.
     config.verify_index_pages = true;
-    let store = log_store::LogStore::open(config)?;
+    let store = tokio::task::spawn_blocking(move || log_store::LogStore::open(config))
+        .await
+        .map_err(|error| StoreError::Io(format!("opening the store: {error}")))??;
     let report = store.verify().await;
     store.close().await;
     report
