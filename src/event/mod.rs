@@ -221,14 +221,20 @@ enum CauseRef<'a> {
     },
 }
 
+/// A stored record's encoding, after its format byte; the one place that
+/// knows which format bytes this build reads.
+fn record_body(bytes: &[u8]) -> Result<&[u8], DecodeError> {
+    match bytes.first() {
+        None => Err(DecodeError::Empty),
+        Some(&RECORD_FORMAT_V1) => Ok(&bytes[1..]),
+        Some(&other) => Err(DecodeError::UnknownFormat(other)),
+    }
+}
+
 impl<'a> EventRef<'a> {
     /// Reads a stored record of any known format in place.
     pub fn decode_record(bytes: &'a [u8]) -> Result<EventRef<'a>, DecodeError> {
-        let body = match bytes.first() {
-            None => return Err(DecodeError::Empty),
-            Some(&RECORD_FORMAT_V1) => &bytes[1..],
-            Some(&other) => return Err(DecodeError::UnknownFormat(other)),
-        };
+        let body = record_body(bytes)?;
         let (record, used): (RecordRef<'a>, usize) =
             bincode::serde::borrow_decode_from_slice(body, bincode_decode_config())
                 .map_err(|error| DecodeError::Bincode(error.to_string()))?;
@@ -399,11 +405,7 @@ impl Event {
 
     /// Decodes a stored record of any known format.
     pub fn decode_record(bytes: &[u8]) -> Result<Event, DecodeError> {
-        match bytes.first() {
-            None => Err(DecodeError::Empty),
-            Some(&RECORD_FORMAT_V1) => from_bincode(&bytes[1..]),
-            Some(&other) => Err(DecodeError::UnknownFormat(other)),
-        }
+        from_bincode(record_body(bytes)?)
     }
 
     /// The most bytes `new` can take once stored in `stream`: its record with

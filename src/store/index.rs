@@ -233,11 +233,18 @@ pub enum IndexError {
 /// [`IndexError`].
 trait Context<T> {
     fn context(self, what: &str) -> Result<T, IndexError>;
+
+    /// `context`, with the text made only on an error.
+    fn with_context(self, what: impl FnOnce() -> String) -> Result<T, IndexError>;
 }
 
 impl<T, E: Into<redb::Error>> Context<T> for Result<T, E> {
     fn context(self, what: &str) -> Result<T, IndexError> {
         self.map_err(|error| classify(what, error.into()))
+    }
+
+    fn with_context(self, what: impl FnOnce() -> String) -> Result<T, IndexError> {
+        self.map_err(|error| classify(&what(), error.into()))
     }
 }
 
@@ -936,16 +943,12 @@ impl IndexDb {
             return Ok(Vec::new());
         };
         let read = self.begin_read()?;
-        let causes = read.open_table(CAUSES).context("opening causes")?;
-        let range = causes
-            .range(pair_key(causing_seq, first)..=pair_key(causing_seq, u64::MAX))
-            .context("reading causes")?;
-        let mut seqs = Vec::new();
-        for row in range.take(limit) {
-            let (key, _) = row.context("reading causes")?;
-            seqs.push(be_u64(&key.value()[8..]));
-        }
-        Ok(seqs)
+        seqs_ending_keys(
+            &read,
+            CAUSES,
+            pair_key(causing_seq, first)..=pair_key(causing_seq, u64::MAX),
+            limit,
+        )
     }
 
     /// Seqs of the events with this correlation id, after `after_seq`,
@@ -960,18 +963,12 @@ impl IndexDb {
             return Ok(Vec::new());
         };
         let read = self.begin_read()?;
-        let correlations = read
-            .open_table(CORRELATIONS)
-            .context("opening correlations")?;
-        let range = correlations
-            .range(correlation_key(correlation, first)..=correlation_key(correlation, u64::MAX))
-            .context("reading correlations")?;
-        let mut seqs = Vec::new();
-        for row in range.take(limit) {
-            let (key, _) = row.context("reading correlations")?;
-            seqs.push(be_u64(&key.value()[16..]));
-        }
-        Ok(seqs)
+        seqs_ending_keys(
+            &read,
+            CORRELATIONS,
+            correlation_key(correlation, first)..=correlation_key(correlation, u64::MAX),
+            limit,
+        )
     }
 
     /// Seqs of the stream's events with versions above `after_version`,
@@ -1293,6 +1290,31 @@ impl IndexDb {
         measure!(SNAPSHOT_PARTS, "snapshot_parts");
         Ok(sizes)
     }
+}
+
+/// The seqs that end the keys of `keys` in `table` (`causes` and
+/// `correlations`: a lookup value, then the seq of the event it names),
+/// ascending, at most `limit`.
+fn seqs_ending_keys<const N: usize>(
+    read: &ReadTransaction,
+    table: TableDefinition<[u8; N], ()>,
+    keys: std::ops::RangeInclusive<[u8; N]>,
+    limit: usize,
+) -> Result<Vec<u64>, IndexError> {
+    let what = table.name();
+    let table = read
+        .open_table(table)
+        .with_context(|| format!("opening {what}"))?;
+    let mut seqs = Vec::new();
+    for row in table
+        .range(keys)
+        .with_context(|| format!("reading {what}"))?
+        .take(limit)
+    {
+        let (key, _) = row.with_context(|| format!("reading {what}"))?;
+        seqs.push(be_u64(&key.value()[N - 8..]));
+    }
+    Ok(seqs)
 }
 
 /// One stream's row, as a read transaction sees it.

@@ -119,6 +119,14 @@ pub(super) fn read_all(reader: &SegmentReader) -> Vec<Frame> {
     }
 }
 
+/// A log in `dir` on a disk whose hooks the test sets; the writer makes the
+/// spare segments itself, so every operation is on the test's thread.
+fn open_hooked(dir: &Path) -> (Arc<HookedDisk>, SegmentWriter, SegmentReader) {
+    let disk = HookedDisk::new();
+    let (writer, reader, _) = open_with(disk.clone(), dir, config(), SpareMaker::Writer).unwrap();
+    (disk, writer, reader)
+}
+
 fn segment_path(dir: &Path, number: u64) -> PathBuf {
     dir.join(segment_file_name(number))
 }
@@ -265,9 +273,7 @@ fn appends_across_many_segments_roll_and_seal_them() {
 fn a_group_costs_one_write_and_one_sync_per_segment() {
     let temp = tempfile::tempdir().unwrap();
     let dir = temp.path().join("log");
-    let disk = HookedDisk::new();
-    let (mut writer, _reader, _) =
-        open_with(disk.clone(), &dir, config(), SpareMaker::Writer).unwrap();
+    let (disk, mut writer, _reader) = open_hooked(&dir);
     let mut next_seq = FIRST_SEQ;
     let first = make_groups(&mut next_seq, 1, 1, 1000);
     append_group(&mut writer, &first[0]);
@@ -308,9 +314,7 @@ fn a_group_costs_one_write_and_one_sync_per_segment() {
 fn read_frames_never_passes_the_durable_end() {
     let temp = tempfile::tempdir().unwrap();
     let dir = temp.path().join("log");
-    let disk = HookedDisk::new();
-    let (mut writer, reader, _) =
-        open_with(disk.clone(), &dir, config(), SpareMaker::Writer).unwrap();
+    let (disk, mut writer, reader) = open_hooked(&dir);
     let mut next_seq = FIRST_SEQ;
     let groups = make_groups(&mut next_seq, 2, 3, 40);
     append_group(&mut writer, &groups[0]);
@@ -743,8 +747,7 @@ fn a_leftover_spare_is_replaced() {
 fn a_new_log_directory_is_made_durable_up_to_the_existing_level() {
     let temp = tempfile::tempdir().unwrap();
     let dir = temp.path().join("data").join("log");
-    let disk = HookedDisk::new();
-    let (writer, _reader, _) = open_with(disk.clone(), &dir, config(), SpareMaker::Writer).unwrap();
+    let (disk, writer, _reader) = open_hooked(&dir);
     let events = disk.hooks.take_events();
     let temp_name = temp
         .path()
@@ -771,8 +774,7 @@ fn a_new_log_directory_is_made_durable_up_to_the_existing_level() {
 fn an_oversized_frame_is_refused_before_anything_is_written() {
     let temp = tempfile::tempdir().unwrap();
     let dir = temp.path().join("log");
-    let disk = HookedDisk::new();
-    let (mut writer, _, _) = open_with(disk.clone(), &dir, config(), SpareMaker::Writer).unwrap();
+    let (disk, mut writer, _) = open_hooked(&dir);
     disk.hooks.take_events();
     let fits = TestFrame::new(1, 1, 10);
     let too_large = TestFrame::new(2, 1, SEGMENT_BYTES as usize);
@@ -810,9 +812,7 @@ fn an_oversized_frame_is_refused_before_anything_is_written() {
 fn a_write_error_fails_the_writer_for_good() {
     let temp = tempfile::tempdir().unwrap();
     let dir = temp.path().join("log");
-    let disk = HookedDisk::new();
-    let (mut writer, reader, _) =
-        open_with(disk.clone(), &dir, config(), SpareMaker::Writer).unwrap();
+    let (disk, mut writer, reader) = open_hooked(&dir);
     let mut next_seq = FIRST_SEQ;
     let groups = make_groups(&mut next_seq, 3, 2, 20);
     append_group(&mut writer, &groups[0]);
@@ -838,9 +838,7 @@ fn a_write_error_fails_the_writer_for_good() {
 fn a_failed_fdatasync_is_never_retried() {
     let temp = tempfile::tempdir().unwrap();
     let dir = temp.path().join("log");
-    let disk = HookedDisk::new();
-    let (mut writer, reader, _) =
-        open_with(disk.clone(), &dir, config(), SpareMaker::Writer).unwrap();
+    let (disk, mut writer, reader) = open_hooked(&dir);
     let durable = reader.durable_end();
     disk.hooks.fail_syncs.store(true, Ordering::SeqCst);
     let frame = TestFrame::new(1, 1, 10);
