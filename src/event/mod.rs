@@ -265,6 +265,36 @@ impl<'a> EventRef<'a> {
             payload: record.payload,
         })
     }
+
+    /// The stream of a stored record, read without decoding the rest: the
+    /// seq and the stream are the first two fields, so this costs a few
+    /// bytes. None when the record does not start like a record; its full
+    /// decode then says why.
+    pub fn stream_of_record(bytes: &'a [u8]) -> Option<&'a str> {
+        let body = record_body(bytes).ok()?;
+        let (_seq, rest) = split_varint(body)?;
+        let (len, rest) = split_varint(rest)?;
+        let len = usize::try_from(len).ok()?;
+        std::str::from_utf8(rest.get(..len)?).ok()
+    }
+}
+
+/// A bincode varint (its standard configuration) and the bytes after it.
+fn split_varint(bytes: &[u8]) -> Option<(u64, &[u8])> {
+    let (&first, rest) = bytes.split_first()?;
+    let take = |width: usize| -> Option<(u64, &[u8])> {
+        let (value, rest) = (rest.get(..width)?, &rest[width..]);
+        let mut le = [0u8; 8];
+        le[..width].copy_from_slice(value);
+        Some((u64::from_le_bytes(le), rest))
+    };
+    match first {
+        0..=250 => Some((u64::from(first), rest)),
+        251 => take(2),
+        252 => take(4),
+        253 => take(8),
+        _ => None,
+    }
 }
 
 /// What a writer hands to the store: the envelope fields the writer decides.
@@ -596,6 +626,26 @@ mod tests {
             Event::seal_with_record(new, &event.stream, 3, 3, event.time, [7; 32]);
         assert_eq!(sealed, event);
         assert_eq!(record, event.encode_record());
+    }
+
+    #[test]
+    fn the_stream_of_a_record_is_read_without_decoding_it() {
+        // Seqs of every varint width, and streams of one and two length bytes.
+        for seq in [1, 250, 251, 70_000, 5_000_000_000] {
+            for stream in [
+                "cluster/a".to_string(),
+                format!("reconcile/{}", "x".repeat(300)),
+            ] {
+                let mut event = sample(seq, GENESIS_HASH);
+                event.stream = stream.clone();
+                let record = event.encode_record();
+                assert_eq!(EventRef::stream_of_record(&record), Some(stream.as_str()));
+                assert_eq!(EventRef::decode_record(&record).unwrap().stream, stream);
+                assert_eq!(EventRef::stream_of_record(&record[..4]), None);
+            }
+        }
+        assert_eq!(EventRef::stream_of_record(&[]), None);
+        assert_eq!(EventRef::stream_of_record(&[RECORD_FORMAT_V1, 254]), None);
     }
 
     #[test]

@@ -40,7 +40,7 @@ mod snapshot;
 
 pub use desired::*;
 pub use observed::*;
-pub use snapshot::{SnapshotError, HEADER_PART, SNAPSHOT_FORMAT};
+pub use snapshot::{join_shares, ShareParts, SnapshotError, HEADER_PART, SNAPSHOT_FORMAT};
 
 use crate::event::payload::{self, Payload};
 use crate::event::{DecodeError, Event, EventRef};

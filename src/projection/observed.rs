@@ -142,14 +142,12 @@ impl ObservedState {
                 return;
             }
         };
-        if !self.clusters.contains_key(name) {
-            self.clusters
-                .insert(name.to_string(), ObservedCluster::default());
-        }
-        let cluster = self
-            .clusters
-            .get_mut(name)
-            .expect("the cluster was inserted above");
+        // One lookup for a known cluster (nearly every event of a replay);
+        // the name is copied only for a new one.
+        let cluster = match self.clusters.get_mut(name) {
+            Some(cluster) => cluster,
+            None => self.clusters.entry(name.to_string()).or_default(),
+        };
         cluster.updated_seq = event.seq;
         cluster.stream_version = event.version;
         match reconcile {

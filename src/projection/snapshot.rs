@@ -99,16 +99,50 @@ fn decode_header(bytes: &[u8]) -> Result<Header, SnapshotError> {
     decode(HEADER_PART, bytes)
 }
 
+/// What one fold encodes of a snapshot: see [`Projections::share_parts`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShareParts {
+    pub cluster_parts: Vec<(String, Vec<u8>)>,
+    pub desired_skipped: u64,
+    pub observed_skipped: u64,
+}
+
+/// The snapshot at `applied_seq` of a fold split by cluster: every share
+/// folded the events of its own clusters (a cluster's state depends only on
+/// its two streams), so their parts together, sorted by name, with the
+/// counters added up under one header, are the parts of the whole fold.
+pub fn join_shares(applied_seq: u64, shares: Vec<ShareParts>) -> Vec<(String, Vec<u8>)> {
+    let mut desired_skipped = 0;
+    let mut observed_skipped = 0;
+    let mut cluster_parts = Vec::new();
+    for share in shares {
+        desired_skipped += share.desired_skipped;
+        observed_skipped += share.observed_skipped;
+        cluster_parts.extend(share.cluster_parts);
+    }
+    cluster_parts.sort_by(|a, b| a.0.cmp(&b.0));
+    let header = Header {
+        format: SNAPSHOT_FORMAT,
+        applied_seq,
+        desired_skipped,
+        observed_skipped,
+    };
+    let mut parts = vec![(HEADER_PART.to_string(), encode(&header))];
+    parts.extend(cluster_parts);
+    parts
+}
+
 impl Projections {
     /// The snapshot parts of the whole state, header first.
     pub fn snapshot_parts(&self) -> Vec<(String, Vec<u8>)> {
-        let header = Header {
-            format: SNAPSHOT_FORMAT,
-            applied_seq: self.applied_seq(),
-            desired_skipped: self.desired.skipped_events,
-            observed_skipped: self.observed.skipped_events,
-        };
-        let mut parts = vec![(HEADER_PART.to_string(), encode(&header))];
+        join_shares(self.applied_seq(), vec![self.share_parts()])
+    }
+
+    /// This state's share of a snapshot: one part per cluster (every
+    /// cluster ever declared, and every one with reconciler events), sorted
+    /// by name, and the counters. A fold split by cluster (`cairn replay`)
+    /// puts its folds' shares together with [`join_shares`].
+    pub fn share_parts(&self) -> ShareParts {
         let mut names: Vec<&String> = self
             .desired
             .stream_versions()
@@ -117,18 +151,24 @@ impl Projections {
             .collect();
         names.sort();
         names.dedup();
-        for name in names {
-            let part = ClusterPart {
-                desired: self.desired.cluster(name).cloned(),
-                stream_version: self.desired.stream_version(name),
-                observed: self.observed.cluster(name).cloned(),
-            };
-            parts.push((name.clone(), encode(&part)));
+        let cluster_parts = names
+            .into_iter()
+            .map(|name| {
+                let part = ClusterPart {
+                    desired: self.desired.cluster(name).cloned(),
+                    stream_version: self.desired.stream_version(name),
+                    observed: self.observed.cluster(name).cloned(),
+                };
+                (name.clone(), encode(&part))
+            })
+            .collect();
+        ShareParts {
+            cluster_parts,
+            desired_skipped: self.desired.skipped_events,
+            observed_skipped: self.observed.skipped_events,
         }
-        parts
     }
 
-    /// The state a snapshot holds. Parts may come in any order.
     pub fn from_snapshot_parts(parts: &[(String, Vec<u8>)]) -> Result<Projections, SnapshotError> {
         let header = parts
             .iter()
@@ -325,6 +365,27 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(128))]
+
+        #[test]
+        fn the_shares_of_a_fold_split_by_cluster_join_into_the_whole_fold(
+            steps in steps(),
+            shares in 1usize..4,
+            salt in any::<u8>(),
+        ) {
+            let events = build_log(&steps);
+            // Any split that keeps a cluster's two streams together.
+            let share_of = |event: &Event| {
+                let name = event.stream.split_once('/').map_or("", |(_, name)| name);
+                name.bytes().fold(usize::from(salt), |sum, byte| sum + usize::from(byte)) % shares
+            };
+            let mut folds = vec![Projections::default(); shares];
+            for event in &events {
+                folds[share_of(event)].apply(event);
+            }
+            let head = events.last().map_or(0, |event| event.seq);
+            let joined = join_shares(head, folds.iter().map(Projections::share_parts).collect());
+            prop_assert_eq!(joined, fold(&events).snapshot_parts());
+        }
 
         #[test]
         fn snapshot_plus_tail_equals_full_replay(steps in steps(), split in 0usize..200) {

@@ -100,7 +100,20 @@ pub struct LogStoreConfig {
     /// or the writer itself (every disk operation on one thread, for the
     /// seeded power-loss tests).
     pub spare_maker: SpareMaker,
+    /// How many committed groups may wait for the indexer before the writer
+    /// waits for it. A group's events stay in `Recent` until they are
+    /// indexed, so this bounds the memory an index that falls behind can
+    /// take; past it, appends slow to the indexer's pace instead.
+    pub index_queue_groups: usize,
+    /// Held by a test to stop the indexer before its next batch.
+    #[cfg(test)]
+    pub(crate) index_gate: Option<Arc<Mutex<()>>>,
 }
+
+/// Groups waiting for the indexer, at most (`LogStoreConfig::index_queue_groups`).
+/// The indexer takes everything waiting at once, so a full queue means it
+/// is more than a thousand groups behind.
+pub const DEFAULT_INDEX_QUEUE_GROUPS: usize = 1024;
 
 impl LogStoreConfig {
     pub fn new(store: StoreConfig) -> LogStoreConfig {
@@ -113,6 +126,9 @@ impl LogStoreConfig {
             verify_in_background: true,
             verify_index_pages: false,
             spare_maker: SpareMaker::BackgroundThread,
+            index_queue_groups: DEFAULT_INDEX_QUEUE_GROUPS,
+            #[cfg(test)]
+            index_gate: None,
         }
     }
 }
@@ -483,7 +499,8 @@ impl LogStore {
         });
         let (committed, _) = broadcast::channel(config.store.broadcast_capacity);
         let (sender, receiver) = mpsc::channel(config.store.max_group_requests);
-        let (to_index, index_receiver) = std::sync::mpsc::channel();
+        let (to_index, index_receiver) =
+            std::sync::mpsc::sync_channel(config.index_queue_groups.max(1));
         let stream_versions = shared
             .index
             .stream_versions()
@@ -511,6 +528,8 @@ impl LogStore {
         let indexer = Indexer {
             shared: shared.clone(),
             checkpoint_seq: caught_up.tail.head.seq,
+            #[cfg(test)]
+            gate: config.index_gate.clone(),
         };
         let indexer = std::thread::Builder::new()
             .name("cairn-indexer".into())
@@ -924,7 +943,8 @@ struct Writer {
     failed: Option<String>,
     shared: Arc<Shared>,
     committed: broadcast::Sender<Arc<Event>>,
-    to_index: std::sync::mpsc::Sender<Vec<CommittedFrame>>,
+    /// Bounded: the writer waits when the indexer is far behind.
+    to_index: std::sync::mpsc::SyncSender<Vec<CommittedFrame>>,
 }
 
 /// What the requests of one group so far have changed, before it is durable.
@@ -1321,6 +1341,8 @@ fn read_known_range(shared: &Shared, first: u64, last: u64) -> Result<Vec<Arc<Ev
 struct Indexer {
     shared: Arc<Shared>,
     checkpoint_seq: u64,
+    #[cfg(test)]
+    gate: Option<Arc<Mutex<()>>>,
 }
 
 impl Indexer {
@@ -1361,6 +1383,10 @@ impl Indexer {
                     break;
                 }
             }
+            #[cfg(test)]
+            let gate = self.gate.clone();
+            #[cfg(test)]
+            let _held = gate.as_ref().map(|gate| gate.lock().expect("gate lock"));
             if let Err(error) = self.index(&frames) {
                 // The log is whole, and a restart rebuilds the index from its
                 // last checkpoint; but `Recent` would grow without end, so
@@ -1899,5 +1925,79 @@ mod tests {
     mod sim_disk {
         use super::*;
         crate::store::contract_tests::contract_suite!(LogOnSimDisk);
+    }
+
+    /// Holds `gate` on a thread of its own until the returned sender sends
+    /// (or is dropped).
+    fn hold(gate: Arc<Mutex<()>>) -> std::sync::mpsc::Sender<()> {
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let (locked, is_locked) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _held = gate.lock().unwrap();
+            locked.send(()).unwrap();
+            let _ = released.recv();
+        });
+        is_locked.recv().unwrap();
+        release
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_indexer_far_behind_makes_the_writer_wait_and_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let gate = Arc::new(Mutex::new(()));
+        let store = Arc::new(
+            LogStore::open(LogStoreConfig {
+                verify_in_background: false,
+                index_queue_groups: 2,
+                index_gate: Some(gate.clone()),
+                ..LogStoreConfig::new(StoreConfig::new(dir.path()))
+            })
+            .unwrap(),
+        );
+        let release = hold(gate);
+        // One append at a time, so each is a group of its own. With the
+        // indexer stopped, the writer acknowledges the groups the queue
+        // holds (and the one the indexer took, and the one it is handing
+        // over), then waits: an unbounded queue would take all 20.
+        let mut acknowledged = 0usize;
+        let mut waiting = None;
+        for i in 0..20 {
+            let mut append = tokio::spawn({
+                let store = store.clone();
+                async move {
+                    let text = i.to_string();
+                    store
+                        .append(crate::store::test_support::request(
+                            "s",
+                            crate::store::ExpectedVersion::Any,
+                            &[&text],
+                        ))
+                        .await
+                }
+            });
+            match tokio::time::timeout(std::time::Duration::from_millis(500), &mut append).await {
+                Ok(answer) => {
+                    answer.unwrap().unwrap();
+                    acknowledged += 1;
+                }
+                Err(_) => {
+                    waiting = Some(append);
+                    break;
+                }
+            }
+        }
+        let waiting = waiting.expect("the writer waits for an indexer 2 groups behind");
+        assert!(
+            (1..=6).contains(&acknowledged),
+            "{acknowledged} appends acknowledged"
+        );
+        assert!(store.shared.recent.lock().unwrap().events.len() <= acknowledged);
+        // The indexer goes on: the waiting append is acknowledged, and every
+        // event is there.
+        release.send(()).unwrap();
+        waiting.await.unwrap().unwrap();
+        let events = store.read(0, 100).await.unwrap();
+        assert_eq!(events.len(), acknowledged + 1);
+        store.close().await;
     }
 }
