@@ -24,7 +24,9 @@
 //!   `Failed`, and `failure()` says why.
 //! - The **indexer** folds committed frames into redb behind the
 //!   acknowledgement, with the position and chain hash it is built through
-//!   (its checkpoint), then drops them from `Recent`.
+//!   (its checkpoint), then drops them from `Recent`. Its queue is bounded
+//!   (`LogStoreConfig::index_queue_groups`): an indexer far behind makes the
+//!   writer wait, so `Recent` cannot grow without end.
 //! - Readers run on tokio's blocking pool (`spawn_blocking`): they read
 //!   `Recent` first and redb after, so between the two they see every
 //!   durable event (the indexer commits to redb before it trims `Recent`).
