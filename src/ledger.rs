@@ -144,6 +144,40 @@ impl CommandContext {
             cause: None,
         }
     }
+
+    /// The key the store records for this request's `Idempotency-Key`:
+    /// the client's key under its principal (the actor: with tokens, the
+    /// token's name), so one principal's key never answers for another's.
+    /// The principal is hashed, so a long actor name does not make the key
+    /// longer than the store takes.
+    pub fn scoped_idempotency_key(&self) -> Option<String> {
+        let key = self.idempotency_key.as_ref()?;
+        let mut hasher = Sha256::new();
+        hasher.update(b"principal\n");
+        hasher.update(actor_kind_tag(self.actor.kind).as_bytes());
+        hasher.update(b"\n");
+        hasher.update(self.actor.name.as_bytes());
+        let principal: [u8; 32] = hasher.finalize().into();
+        Some(format!("{}/{key}", hex::encode(&principal[..16])))
+    }
+
+    /// The idempotency this request asks for, bound to `digest`: what the
+    /// command is, on what, with what (each command's digest starts with its
+    /// own name, so no two commands share one).
+    fn idempotency(&self, digest: [u8; 32]) -> Option<Idempotency> {
+        self.scoped_idempotency_key()
+            .map(|key| Idempotency { key, digest })
+    }
+}
+
+/// A fixed name per actor kind, for the principal of a scoped key.
+fn actor_kind_tag(kind: ActorKind) -> &'static str {
+    match kind {
+        ActorKind::User => "user",
+        ActorKind::Webhook => "webhook",
+        ActorKind::Reconciler => "reconciler",
+        ActorKind::System => "system",
+    }
 }
 
 /// Options of `apply`.
@@ -340,10 +374,7 @@ impl Ledger {
     ) -> Result<ApplyOutcome, LedgerError> {
         let name = manifest.metadata.name.clone();
         let stream = cluster_stream(&name);
-        let idempotency = context.idempotency_key.as_ref().map(|key| Idempotency {
-            key: key.clone(),
-            digest: apply_digest(&manifest),
-        });
+        let idempotency = context.idempotency(apply_digest(&manifest));
         if !options.dry_run {
             if let Some(idempotency) = &idempotency {
                 if let Some(outcome) = self.replay_idempotent(&name, idempotency).await? {
@@ -530,11 +561,22 @@ impl Ledger {
         command: Lifecycle,
         context: &CommandContext,
     ) -> Result<LifecycleOutcome, LedgerError> {
+        let digest = lifecycle_digest(name, &command);
+        self.lifecycle_bound_to(name, command, digest, context)
+            .await
+    }
+
+    /// `lifecycle`, with the key bound to `digest` (a machine replacement
+    /// binds it to the machine as asked, before it is resolved).
+    async fn lifecycle_bound_to(
+        &self,
+        name: &str,
+        command: Lifecycle,
+        digest: [u8; 32],
+        context: &CommandContext,
+    ) -> Result<LifecycleOutcome, LedgerError> {
         let stream = cluster_stream(name);
-        let idempotency = context.idempotency_key.as_ref().map(|key| Idempotency {
-            key: key.clone(),
-            digest: lifecycle_digest(name, &command),
-        });
+        let idempotency = context.idempotency(digest);
         if let Some(idempotency) = &idempotency {
             if let Some(outcome) = self.replay_idempotent(name, idempotency).await? {
                 return Ok(LifecycleOutcome {
@@ -640,10 +682,14 @@ impl Ledger {
         // A retry under the same key gets the first answer, before the
         // machine is looked up: by then the replacement may have given it a
         // new provider id, or removed the one the request named.
-        if let Some(key) = &context.idempotency_key {
-            if let Some(record) = self.store.idempotency_record(key).await? {
-                if record.stream != cluster_stream(cluster) {
-                    return Err(StoreError::IdempotencyKeyReused { key: key.clone() }.into());
+        let digest = replace_digest(cluster, machine);
+        if let Some(idempotency) = context.idempotency(digest) {
+            if let Some(record) = self.store.idempotency_record(&idempotency.key).await? {
+                if record.digest != idempotency.digest {
+                    return Err(StoreError::IdempotencyKeyReused {
+                        key: context.idempotency_key.clone().unwrap_or_default(),
+                    }
+                    .into());
                 }
                 self.wait_applied(record.last_seq).await?;
                 let appended = record.last_seq + 1 > record.first_seq;
@@ -683,7 +729,8 @@ impl Ledger {
             machine: name,
             provider_id,
         });
-        self.lifecycle(cluster, command, context).await
+        self.lifecycle_bound_to(cluster, command, digest, context)
+            .await
     }
 
     /// Refuses a change whose stored event would be over the store's limit,
@@ -719,7 +766,7 @@ impl Ledger {
         };
         if record.digest != idempotency.digest {
             return Err(StoreError::IdempotencyKeyReused {
-                key: idempotency.key.clone(),
+                key: client_key(&idempotency.key).to_string(),
             }
             .into());
         }
@@ -917,6 +964,30 @@ fn lifecycle_digest(name: &str, command: &Lifecycle) -> [u8; 32] {
     hasher.finalize().into()
 }
 
+/// What an idempotency key of a machine replacement is bound to: the
+/// cluster and the machine as the request named it.
+fn replace_digest(cluster: &str, machine: &str) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    hasher.update(b"replace\n");
+    hasher.update(cluster.as_bytes());
+    hasher.update(b"\n");
+    hasher.update(machine.as_bytes());
+    hasher.finalize().into()
+}
+
+/// The client's part of a scoped key ([`CommandContext::scoped_idempotency_key`]).
+/// Any other key (the webhook inbox's own) is returned as it is.
+pub fn client_key(scoped: &str) -> &str {
+    match scoped.split_once('/') {
+        Some((principal, key))
+            if principal.len() == 32 && principal.bytes().all(|byte| byte.is_ascii_hexdigit()) =>
+        {
+            key
+        }
+        _ => scoped,
+    }
+}
+
 /// What an idempotency key of an apply is bound to: the normalized manifest.
 fn apply_digest(manifest: &Manifest) -> [u8; 32] {
     let mut hasher = Sha256::new();
@@ -929,6 +1000,41 @@ fn apply_digest(manifest: &Manifest) -> [u8; 32] {
 mod tests {
     use super::*;
     use crate::model::{MachineSpec, ResourceSpec, SubnetSpec};
+
+    #[test]
+    fn a_scoped_key_is_the_clients_key_under_its_principal() {
+        let context = |kind: ActorKind, name: &str| CommandContext {
+            idempotency_key: Some("deploy/1".into()),
+            ..CommandContext::new(Actor {
+                kind,
+                name: name.into(),
+            })
+        };
+        let alice = context(ActorKind::User, "alice")
+            .scoped_idempotency_key()
+            .unwrap();
+        let bob = context(ActorKind::User, "bob")
+            .scoped_idempotency_key()
+            .unwrap();
+        let system_alice = context(ActorKind::System, "alice")
+            .scoped_idempotency_key()
+            .unwrap();
+        assert_ne!(alice, bob);
+        assert_ne!(alice, system_alice);
+        assert_eq!(client_key(&alice), "deploy/1");
+        // However long the name, the key stays within what the store takes.
+        let long = context(ActorKind::User, &"x".repeat(10_000))
+            .scoped_idempotency_key()
+            .unwrap();
+        assert_eq!(long.len(), alice.len());
+        // The inbox's own keys are not scoped, and are shown as they are.
+        assert_eq!(client_key("hook/github/push-2/1"), "hook/github/push-2/1");
+        let without_key = CommandContext::new(Actor {
+            kind: ActorKind::User,
+            name: "alice".into(),
+        });
+        assert_eq!(without_key.scoped_idempotency_key(), None);
+    }
 
     fn machine(name: &str, provider_id: &str, address: &str) -> CloudResource {
         CloudResource {

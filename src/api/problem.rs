@@ -117,10 +117,14 @@ impl From<StoreError> for ApiError {
                 current_version: Some(current),
                 ..ApiError::new(StatusCode::CONFLICT, "version_conflict", detail)
             },
-            StoreError::IdempotencyKeyReused { .. } => ApiError::new(
+            // The store knows the key under its principal; the client, its own.
+            StoreError::IdempotencyKeyReused { key } => ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "idempotency_key_reused",
-                detail,
+                StoreError::IdempotencyKeyReused {
+                    key: crate::ledger::client_key(&key).to_string(),
+                }
+                .to_string(),
             ),
             StoreError::EventTooLarge { .. } => {
                 ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "event_too_large", detail)

@@ -404,10 +404,7 @@ impl Ledger {
     ) -> Result<RollbackOutcome, LedgerError> {
         // With a key, the first append records it (an empty one when there
         // is nothing to roll back), and a retry answers from the record.
-        let idempotency = context.idempotency_key.as_ref().map(|key| Idempotency {
-            key: key.clone(),
-            digest: rollback_digest(name, to),
-        });
+        let idempotency = context.idempotency(rollback_digest(name, to));
         if let (Some(idempotency), false) = (&idempotency, dry_run) {
             if let Some(outcome) = self.replay_rollback(name, idempotency).await? {
                 return Ok(outcome);
@@ -523,7 +520,7 @@ impl Ledger {
         };
         if record.digest != idempotency.digest || record.stream != cluster_stream(name) {
             return Err(StoreError::IdempotencyKeyReused {
-                key: idempotency.key.clone(),
+                key: super::client_key(&idempotency.key).to_string(),
             }
             .into());
         }

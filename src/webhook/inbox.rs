@@ -501,7 +501,7 @@ impl Worker {
                     details: planned.details.clone(),
                 }),
             };
-            let key = context.idempotency_key.as_deref().unwrap_or_default();
+            let key = context.scoped_idempotency_key().unwrap_or_default();
             // An action whose key was used ran before (an earlier delivery, or
             // this one before a crash): it is not run again, whatever the
             // state is now.
@@ -509,7 +509,7 @@ impl Worker {
                 .inbox
                 .ledger
                 .store()
-                .idempotency_record(key)
+                .idempotency_record(&key)
                 .await?
                 .is_some();
             let result = if ran_before {

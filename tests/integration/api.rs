@@ -309,6 +309,84 @@ async fn idempotency_key_replays_the_original_outcome_and_refuses_a_different_ma
     assert_eq!(head_seq(&client, &daemon).await, 1);
 }
 
+/// Sends `POST path` with no body and these headers, and reads the answer.
+async fn post_command(
+    client: &reqwest::Client,
+    daemon: &Daemon,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> crate::harness::HttpAnswer {
+    let mut request = client.post(daemon.url(path));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    crate::harness::HttpAnswer::read(request.send().await.expect("the command is answered")).await
+}
+
+#[tokio::test]
+async fn an_idempotency_key_is_bound_to_its_command_and_scoped_to_its_principal() {
+    let data_directory = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start_with_config(data_directory.path(), "[reconcile]\nenabled = false\n");
+    let client = http_client();
+    post_apply(&client, &daemon, "/v1/apply", &example_manifest_text(), &[])
+        .await
+        .assert_status(201);
+    let alice = [("x-cairn-actor", "alice"), ("idempotency-key", "P1")];
+    let paused = post_command(&client, &daemon, "/v1/clusters/prod-eu/pause", &alice).await;
+    paused.assert_status(200);
+    assert_eq!(paused.body["changed"], true, "{}", paused.body_text);
+    let head = head_seq(&client, &daemon).await;
+
+    // The key of a pause, reused for a machine replacement (of a machine
+    // that does not exist), is refused: it was not answered with the pause.
+    let replace = post_command(
+        &client,
+        &daemon,
+        "/v1/clusters/prod-eu/machines/no-such-machine/replace",
+        &alice,
+    )
+    .await;
+    replace.assert_problem(422, "idempotency_key_reused");
+    assert!(
+        replace.body["detail"]
+            .as_str()
+            .is_some_and(|detail| detail.contains("\"P1\"")),
+        "{}",
+        replace.body_text
+    );
+    // And for a resume.
+    post_command(&client, &daemon, "/v1/clusters/prod-eu/resume", &alice)
+        .await
+        .assert_problem(422, "idempotency_key_reused");
+    assert_eq!(head_seq(&client, &daemon).await, head);
+
+    // Alice's retry gets her first answer.
+    let retried = post_command(&client, &daemon, "/v1/clusters/prod-eu/pause", &alice).await;
+    retried.assert_status(200);
+    assert_eq!(retried.body["event"]["id"], paused.body["event"]["id"]);
+
+    // Bob's key P1 is his own: his pause, after a resume, is a new event,
+    // not alice's answer.
+    post_command(
+        &client,
+        &daemon,
+        "/v1/clusters/prod-eu/resume",
+        &[("x-cairn-actor", "alice")],
+    )
+    .await
+    .assert_status(200);
+    let bob = [("x-cairn-actor", "bob"), ("idempotency-key", "P1")];
+    let bobs = post_command(&client, &daemon, "/v1/clusters/prod-eu/pause", &bob).await;
+    bobs.assert_status(200);
+    assert_eq!(bobs.body["changed"], true, "{}", bobs.body_text);
+    assert_ne!(bobs.body["event"]["id"], paused.body["event"]["id"]);
+    assert_eq!(
+        bobs.body["event"]["actor"]["name"], "bob",
+        "{}",
+        bobs.body_text
+    );
+}
+
 /// Sends `POST /v1/apply` with a chunked body (no Content-Length) of a little
 /// more than 1 MiB over a raw connection, and returns the raw answer. The
 /// client used elsewhere always sends a Content-Length for such a body.

@@ -248,8 +248,9 @@ async fn a_rollback_with_a_key_acts_once() {
     };
     let noop = ledger.rollback("a", Point::Now, false, &now).await.unwrap();
     assert!(noop.events.is_empty());
+    let recorded_key = now.scoped_idempotency_key().unwrap();
     assert!(store
-        .idempotency_record("hook/deploys/action/r-2/0")
+        .idempotency_record(&recorded_key)
         .await
         .unwrap()
         .is_some());

@@ -176,8 +176,10 @@ async fn a_delivery_recorded_without_a_worker_is_processed_once_by_the_next() {
         .unwrap();
     assert!(matches!(first, Receipt::Accepted { .. }));
     assert!(matches!(second, Receipt::Accepted { .. }));
-    // d-2's action ran before the crash (its key is used); d-1's did not.
+    // d-2's action ran before the crash (its key is used, by the receiver,
+    // whose principal its keys belong to); d-1's did not.
     let ran = CommandContext {
+        actor: hook_actor("deploys"),
         idempotency_key: Some("hook/deploys/action/d-2/0".into()),
         ..context.clone()
     };
