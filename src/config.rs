@@ -15,6 +15,7 @@
 //!
 //! [api]
 //! watch_heartbeat_ms = 15000  # an SSE comment on an idle `GET /v1/watch`
+//! webhook_body_timeout_ms = 10000  # the longest a webhook body may take to arrive
 //!
 //! [reconcile]
 //! enabled = true              # false: a ledger only, no provider calls
@@ -224,12 +225,16 @@ pub struct ApiSettings {
     /// How long a `GET /v1/watch` stream may stay silent before the daemon
     /// sends a heartbeat comment (keeps proxies from closing it as idle).
     pub watch_heartbeat_ms: u64,
+    /// How long a webhook delivery's body may take to arrive, once its
+    /// headers passed the checks made before the body (docs/webhooks.md).
+    pub webhook_body_timeout_ms: u64,
 }
 
 impl Default for ApiSettings {
     fn default() -> Self {
         ApiSettings {
             watch_heartbeat_ms: 15_000,
+            webhook_body_timeout_ms: 10_000,
         }
     }
 }
@@ -245,6 +250,10 @@ impl SnapshotSettings {
 impl ApiSettings {
     pub fn watch_heartbeat(&self) -> Duration {
         Duration::from_millis(self.watch_heartbeat_ms)
+    }
+
+    pub fn webhook_body_timeout(&self) -> Duration {
+        Duration::from_millis(self.webhook_body_timeout_ms)
     }
 }
 
@@ -391,6 +400,11 @@ impl Config {
         if self.api.watch_heartbeat_ms == 0 {
             return Err(ConfigError::Invalid(
                 "api.watch_heartbeat_ms: must be positive".into(),
+            ));
+        }
+        if self.api.webhook_body_timeout_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "api.webhook_body_timeout_ms: must be positive".into(),
             ));
         }
         self.reconcile.check().map_err(ConfigError::Invalid)?;

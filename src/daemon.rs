@@ -162,6 +162,11 @@ pub(crate) async fn start_on_store(
         shutdown: shutdown.clone(),
         sim,
         watch_heartbeat: config.api.watch_heartbeat(),
+        body_work: Arc::new(tokio::sync::Semaphore::new(crate::api::body_work_slots())),
+        webhook_reads: Arc::new(tokio::sync::Semaphore::new(
+            crate::api::MAX_WEBHOOK_BODY_READS,
+        )),
+        webhook_body_timeout: config.api.webhook_body_timeout(),
     };
     let server = warp::serve(routes(state))
         .incoming(listener)

@@ -14,7 +14,7 @@ use super::dto::{ClusterView, ConditionView, EventView, ObservedView, PlannedCha
 use super::problem::{self, ApiError};
 use super::{
     authenticated, check_cluster_name, check_known_parameters, command_context, limited_body,
-    with_state, ApiState,
+    off_runtime, with_state, ApiState,
 };
 use crate::config::Role;
 use crate::event::Actor;
@@ -205,7 +205,11 @@ async fn rollback_handler(
 ) -> Response {
     let result = async {
         check_cluster_name(&name)?;
-        let request: RollbackRequest = serde_json::from_slice(&body).map_err(|error| {
+        let request: RollbackRequest = off_runtime(&state, move || {
+            serde_json::from_slice::<RollbackRequest>(&body)
+        })
+        .await?
+        .map_err(|error| {
             ApiError::bad_request(
                 "malformed",
                 format!(

@@ -3,10 +3,13 @@
 //! their deliveries.
 //!
 //! A delivery is checked in this order, each failure answered at once and
-//! counted in `cairn_webhook_deliveries_total{hook, result}`: unknown
-//! receiver (404), body over `max_body_bytes` (413), signature or token
-//! (401), payload (400, naming the field). Log lines carry the receiver and
-//! the reason, never the secret or the body.
+//! counted in `cairn_webhook_deliveries_total{hook, result}`. Before a byte
+//! of the body is read: unknown receiver (404), declared length over
+//! `max_body_bytes` (413), signature header missing or malformed, or a wrong
+//! token (401). Then the body is read, at most `MAX_WEBHOOK_BODY_READS` at
+//! once (503 past them) and within `webhook_body_timeout` (408): over the
+//! limit (413), signature (401), payload (400, naming the field). Log lines
+//! carry the receiver and the reason, never the secret or the body.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,7 +22,8 @@ use warp::{Filter, Reply};
 
 use super::problem::{self, ApiError};
 use super::{
-    authenticated, check_known_parameters, collect_body, query_limit, with_state, ApiState,
+    authenticated, body_too_large, check_known_parameters, collect_body, off_runtime, query_limit,
+    with_state, ApiState,
 };
 use crate::config::Role;
 use crate::event::{Actor, Event};
@@ -139,8 +143,40 @@ pub(super) fn routes(
         .and(warp::body::stream())
         .then(
             |name: String, state: ApiState, headers, length: Option<u64>, body| async move {
+                if let Some(refused) = refuse_before_body(&name, &state, &headers, length) {
+                    return refused;
+                }
+                // Past this point the body is read, before its signature can
+                // be checked: a bounded number at once, each for a bounded time.
+                let Ok(_reading) = state.webhook_reads.clone().try_acquire_owned() else {
+                    count(&state, &name, "busy");
+                    tracing::warn!(hook = %name, reason = "busy", "webhook delivery refused");
+                    return ApiError {
+                        close_connection: true,
+                        retryable: true,
+                        ..ApiError::new(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "busy",
+                            "too many webhook deliveries are being read; try again",
+                        )
+                    }
+                    .into_response();
+                };
                 let limit = state.max_body_bytes;
-                let body = collect_body(body, length, limit).await;
+                let timeout = state.webhook_body_timeout;
+                let body = match tokio::time::timeout(timeout, collect_body(body, length, limit))
+                    .await
+                {
+                    Ok(body) => body,
+                    Err(_) => Err(ApiError {
+                        close_connection: true,
+                        ..ApiError::new(
+                            StatusCode::REQUEST_TIMEOUT,
+                            "body_timeout",
+                            format!("the body did not arrive within {} ms", timeout.as_millis()),
+                        )
+                    }),
+                };
                 deliver(name, state, headers, body).await
             },
         );
@@ -193,6 +229,80 @@ pub(super) fn routes(
     deliver.or(list).unify().or(deliveries).unify()
 }
 
+/// Counts a delivery's result in `cairn_webhook_deliveries_total`.
+fn count(state: &ApiState, hook: &str, result: &'static str) {
+    state
+        .inbox
+        .metrics()
+        .webhook_deliveries
+        .get_or_create(&DeliveryLabels {
+            hook: hook.to_string(),
+            result,
+        })
+        .inc();
+}
+
+/// The answer to a delivery refused before a byte of its body is read: an
+/// unknown receiver (404), a declared length over the limit (413), a
+/// signature header missing or malformed, or a wrong token (401). None when
+/// the body is to be read.
+fn refuse_before_body(
+    name: &str,
+    state: &ApiState,
+    headers: &warp::http::HeaderMap,
+    length: Option<u64>,
+) -> Option<Response> {
+    // The body is not read: the connection cannot be reused.
+    let closing = |error: ApiError| {
+        ApiError {
+            close_connection: true,
+            ..error
+        }
+        .into_response()
+    };
+    let Some(config) = state.inbox.hook(name) else {
+        return Some(closing(unknown_hook(state, name)));
+    };
+    let limit = state.max_body_bytes;
+    if length.is_some_and(|length| length > limit) {
+        count(state, name, "too_large");
+        tracing::warn!(hook = %name, reason = "too_large", "webhook delivery refused");
+        return Some(closing(body_too_large(limit)));
+    }
+    let header = |header_name: &str| {
+        headers
+            .get(header_name)
+            .and_then(|value| value.to_str().ok())
+    };
+    if let Err(refusal) = receivers::check_before_body(config, header) {
+        count(state, name, refusal.label());
+        tracing::warn!(hook = %name, reason = refusal.label(), detail = %refusal, "webhook delivery refused");
+        return Some(closing(refusal_error(refusal)));
+    }
+    None
+}
+
+/// 404 for a receiver that does not exist, counted and logged.
+fn unknown_hook(state: &ApiState, name: &str) -> ApiError {
+    // Receiver names are DNS labels, so this one is no receiver's.
+    count(state, "_unknown", "unknown_hook");
+    tracing::warn!(hook = %name, reason = "unknown_hook", "webhook delivery refused");
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "unknown_hook",
+        format!("no webhook receiver named {name:?}"),
+    )
+}
+
+fn refusal_error(refusal: receivers::Refusal) -> ApiError {
+    match refusal {
+        receivers::Refusal::Unauthorized(error) => ApiError::unauthorized(error.to_string()),
+        receivers::Refusal::Malformed(error) => {
+            ApiError::bad_request("malformed_payload", error.to_string())
+        }
+    }
+}
+
 /// Checks, records and answers one delivery.
 async fn deliver(
     name: String,
@@ -201,60 +311,45 @@ async fn deliver(
     body: Result<Bytes, ApiError>,
 ) -> Response {
     let inbox = state.inbox.clone();
-    let count = |hook: &str, result: &'static str| {
-        inbox
-            .metrics()
-            .webhook_deliveries
-            .get_or_create(&DeliveryLabels {
-                hook: hook.to_string(),
-                result,
-            })
-            .inc();
-    };
+    let count = |hook: &str, result: &'static str| count(&state, hook, result);
     let Some(config) = inbox.hook(&name) else {
-        // Receiver names are DNS labels, so this one is no receiver's.
-        count("_unknown", "unknown_hook");
-        tracing::warn!(hook = %name, reason = "unknown_hook", "webhook delivery refused");
-        return ApiError::new(
-            StatusCode::NOT_FOUND,
-            "unknown_hook",
-            format!("no webhook receiver named {name:?}"),
-        )
-        .into_response();
+        return unknown_hook(&state, &name).into_response();
     };
     let body = match body {
         Ok(body) => body,
         Err(error) => {
-            let reason = if error.status == StatusCode::PAYLOAD_TOO_LARGE {
-                "too_large"
-            } else {
-                "malformed"
+            let reason = match error.status {
+                StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+                StatusCode::REQUEST_TIMEOUT => "timeout",
+                _ => "malformed",
             };
             count(&name, reason);
             tracing::warn!(hook = %name, reason, "webhook delivery refused");
             return error.into_response();
         }
     };
-    let header = |header_name: &str| {
-        headers
-            .get(header_name)
-            .and_then(|value| value.to_str().ok())
-    };
     let now = chrono::Utc::now().timestamp();
-    let delivery = match receivers::check(config, header, &body, now) {
-        Ok(delivery) => delivery,
-        Err(refusal) => {
+    // The signature over the whole body, and the payload's parse: off the
+    // runtime's workers.
+    let checked = {
+        let config = config.clone();
+        off_runtime(&state, move || {
+            let header = |header_name: &str| {
+                headers
+                    .get(header_name)
+                    .and_then(|value| value.to_str().ok())
+            };
+            receivers::check(&config, header, &body, now)
+        })
+        .await
+    };
+    let delivery = match checked {
+        Err(error) => return error.into_response(),
+        Ok(Ok(delivery)) => delivery,
+        Ok(Err(refusal)) => {
             count(&name, refusal.label());
             tracing::warn!(hook = %name, reason = refusal.label(), detail = %refusal, "webhook delivery refused");
-            let error = match refusal {
-                receivers::Refusal::Unauthorized(error) => {
-                    ApiError::unauthorized(error.to_string())
-                }
-                receivers::Refusal::Malformed(error) => {
-                    ApiError::bad_request("malformed_payload", error.to_string())
-                }
-            };
-            return error.into_response();
+            return refusal_error(refusal).into_response();
         }
     };
     let delivery_id = delivery.id.clone();

@@ -62,10 +62,54 @@ pub struct ApiState {
     pub watch_heartbeat: std::time::Duration,
     /// The webhook receivers and their workers.
     pub inbox: Arc<crate::webhook::inbox::Inbox>,
+    /// Bounds the request bodies parsed and checked at once, on the blocking
+    /// pool ([`off_runtime`]): one fewer than the cores, so that the
+    /// runtime's workers always have a core for `/healthz` and the rest.
+    pub body_work: Arc<tokio::sync::Semaphore>,
+    /// Bounds the webhook bodies being read at once: they are read before
+    /// their signature can be checked, so this is what unauthenticated
+    /// senders can hold (`MAX_WEBHOOK_BODY_READS` bodies of at most
+    /// `max_body_bytes`). A delivery past it is answered 503 at once.
+    pub webhook_reads: Arc<tokio::sync::Semaphore>,
+    /// The longest a webhook body may take to arrive (`[api]
+    /// webhook_body_timeout_ms`); then 408, and the connection is closed.
+    pub webhook_body_timeout: std::time::Duration,
 }
 
-/// Manifests up to this size are parsed on the request's own task.
-const INLINE_PARSE_MAX_BYTES: usize = 16 * 1024;
+/// Webhook bodies read at once, at most (see [`ApiState::webhook_reads`]).
+pub const MAX_WEBHOOK_BODY_READS: usize = 16;
+
+/// How many request bodies may be parsed at once: one fewer than the cores
+/// the process may use, and at least one.
+pub fn body_work_slots() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .saturating_sub(1)
+        .max(1)
+}
+
+/// Runs `work` (the parse or check of a request body) on the blocking pool,
+/// at most [`ApiState::body_work`] at once, so that no request body is read
+/// into values on the runtime's workers. A request whose client goes away
+/// while it waits for a slot never starts its work; once started, the work
+/// is bounded by the parsers' limits (`model::MAX_MANIFEST_NODES`, ...).
+pub(crate) async fn off_runtime<T: Send + 'static>(
+    state: &ApiState,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    let _slot = state
+        .body_work
+        .acquire()
+        .await
+        .expect("the body work semaphore is never closed");
+    tokio::task::spawn_blocking(work).await.map_err(|error| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("checking the request body failed: {error}"),
+        )
+    })
+}
 
 /// The longest free-text reason a request may carry.
 const MAX_REASON_BYTES: usize = 1024;
@@ -321,7 +365,7 @@ where
     Ok(collected.freeze())
 }
 
-fn body_too_large(limit: u64) -> ApiError {
+pub(super) fn body_too_large(limit: u64) -> ApiError {
     ApiError {
         close_connection: true,
         ..ApiError::new(
@@ -422,22 +466,7 @@ async fn apply_request(
     let context = command_context(actor, &headers)?;
     let request_id = context.correlation;
     let format = manifest_format(header(&headers, "content-type")?)?;
-    // Parsing a large, badly typed manifest can take tens of milliseconds of
-    // CPU; keep those off the runtime's worker threads. A small one parses in
-    // microseconds, less than the hop to the blocking pool costs.
-    let manifest = if body.len() > INLINE_PARSE_MAX_BYTES {
-        tokio::task::spawn_blocking(move || parse_manifest(&body, format))
-            .await
-            .map_err(|error| {
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    format!("the manifest parser failed: {error}"),
-                )
-            })??
-    } else {
-        parse_manifest(&body, format)?
-    };
+    let manifest = off_runtime(&state, move || parse_manifest(&body, format)).await??;
     let outcome = state
         .ledger
         .apply(manifest, ApplyOptions { dry_run, if_match }, &context)

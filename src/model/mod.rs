@@ -38,6 +38,7 @@ mod manifest;
 mod parse;
 mod validate;
 mod webhook;
+mod yaml_shape;
 
 #[cfg(test)]
 pub(crate) mod arbitrary;

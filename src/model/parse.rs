@@ -27,6 +27,14 @@ use serde_json::Value;
 use super::manifest::Manifest;
 use super::validate::validate;
 
+/// The deepest a manifest's mappings and lists may nest. A manifest nests
+/// six levels at most (`spec.pools[0].labels.key`); the rest is room.
+pub const MAX_MANIFEST_DEPTH: usize = 32;
+
+/// The most values (scalars, mappings and lists) a manifest may hold. A
+/// manifest must fit one stored event of 64 KiB, which holds fewer than this.
+pub const MAX_MANIFEST_NODES: usize = 20_000;
+
 /// The surface syntax of a manifest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ManifestFormat {
@@ -213,10 +221,11 @@ fn parse_syntax(bytes: &[u8], format: ManifestFormat) -> Result<Option<Value>, M
             column: Some(column),
         }
     })?;
-    let mut duplicates = Vec::new();
+    let mut reading = Reading::default();
     let seed = UniqueKeys {
         place: Place::Root,
-        duplicates: &mut duplicates,
+        depth: 0,
+        reading: &mut reading,
     };
     let value = match format {
         ManifestFormat::Json => {
@@ -252,6 +261,14 @@ fn parse_syntax(bytes: &[u8], format: ManifestFormat) -> Result<Option<Value>, M
                     column: location.as_ref().map(|location| location.column()),
                 }
             };
+            // Bounded before it is parsed: libyaml's time grows with the
+            // square of the flow nesting, and serde_norway reads a whole
+            // document before it deserializes any of it.
+            let limits = super::yaml_shape::ShapeLimits {
+                max_depth: MAX_MANIFEST_DEPTH,
+                max_nodes: MAX_MANIFEST_NODES,
+            };
+            super::yaml_shape::check_shape(text, limits).map_err(shape_error)?;
             let mut documents = serde_norway::Deserializer::from_str(text);
             let Some(document) = documents.next() else {
                 return Ok(None);
@@ -270,10 +287,48 @@ fn parse_syntax(bytes: &[u8], format: ManifestFormat) -> Result<Option<Value>, M
             value
         }
     };
-    if !duplicates.is_empty() {
-        return Err(ManifestError::Invalid(duplicates));
+    if !reading.duplicates.is_empty() {
+        return Err(ManifestError::Invalid(reading.duplicates));
     }
     Ok(Some(value))
+}
+
+fn shape_error(error: super::yaml_shape::ShapeError) -> ManifestError {
+    use super::yaml_shape::ShapeError;
+    let (message, line, column) = match error {
+        ShapeError::TooDeep {
+            limit,
+            line,
+            column,
+        } => (too_deep(limit), line, column),
+        ShapeError::TooManyNodes {
+            limit,
+            line,
+            column,
+        } => (too_many_nodes(limit), line, column),
+    };
+    ManifestError::Syntax {
+        message,
+        line: Some(line),
+        column: Some(column),
+    }
+}
+
+fn too_deep(limit: usize) -> String {
+    format!("mappings and lists nest deeper than {limit} levels")
+}
+
+fn too_many_nodes(limit: usize) -> String {
+    format!("the document holds more than {limit} values")
+}
+
+/// What reading one document has found so far.
+#[derive(Default)]
+struct Reading {
+    /// Keys met twice in one mapping.
+    duplicates: Vec<FieldError>,
+    /// Values read, to stop at [`MAX_MANIFEST_NODES`].
+    nodes: usize,
 }
 
 /// Where a value sits in the document being read: a linked list from the
@@ -301,16 +356,36 @@ impl Place<'_> {
 /// mapping is pushed to `duplicates`, once per key and mapping (the later
 /// value wins, and reading goes on to find the other duplicates). Works with any
 /// deserializer, so serde_json and serde_norway share it.
+///
+/// It stops at the first value past [`MAX_MANIFEST_NODES`] or nested past
+/// [`MAX_MANIFEST_DEPTH`], while the deserializer reads: a JSON body is
+/// refused as soon as it goes past them, not after it is all read.
 struct UniqueKeys<'p, 'd> {
     place: Place<'p>,
-    duplicates: &'d mut Vec<FieldError>,
+    /// How many mappings and lists this value is inside.
+    depth: usize,
+    reading: &'d mut Reading,
 }
 
 impl<'de> DeserializeSeed<'de> for UniqueKeys<'_, '_> {
     type Value = Value;
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        self.reading.nodes += 1;
+        if self.reading.nodes > MAX_MANIFEST_NODES {
+            return Err(serde::de::Error::custom(too_many_nodes(MAX_MANIFEST_NODES)));
+        }
         deserializer.deserialize_any(self)
+    }
+}
+
+impl UniqueKeys<'_, '_> {
+    /// Refuses a mapping or list that would nest past the limit.
+    fn enter<E: serde::de::Error>(&self) -> Result<usize, E> {
+        if self.depth >= MAX_MANIFEST_DEPTH {
+            return Err(E::custom(too_deep(MAX_MANIFEST_DEPTH)));
+        }
+        Ok(self.depth + 1)
     }
 }
 
@@ -369,12 +444,14 @@ impl<'de> Visitor<'de> for UniqueKeys<'_, '_> {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        let UniqueKeys { place, duplicates } = self;
+        let depth = self.enter()?;
+        let UniqueKeys { place, reading, .. } = self;
         let mut elements = Vec::new();
         loop {
             let element = UniqueKeys {
                 place: Place::Index(&place, elements.len()),
-                duplicates: &mut *duplicates,
+                depth,
+                reading: &mut *reading,
             };
             match seq.next_element_seed(element)? {
                 Some(element) => elements.push(element),
@@ -384,18 +461,22 @@ impl<'de> Visitor<'de> for UniqueKeys<'_, '_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let UniqueKeys { place, duplicates } = self;
+        let depth = self.enter()?;
+        let UniqueKeys { place, reading, .. } = self;
         let mut object = serde_json::Map::new();
         // The keys already reported, so that a key written thrice is one error.
         let mut reported = HashSet::new();
         while let Some(key) = map.next_key::<String>()? {
             let place = Place::Key(&place, &key);
             if object.contains_key(&key) && reported.insert(key.clone()) {
-                duplicates.push(FieldError::new(place.path(), "duplicate key"));
+                reading
+                    .duplicates
+                    .push(FieldError::new(place.path(), "duplicate key"));
             }
             let value = map.next_value_seed(UniqueKeys {
                 place,
-                duplicates: &mut *duplicates,
+                depth,
+                reading: &mut *reading,
             })?;
             object.insert(key, value);
         }
@@ -1139,5 +1220,67 @@ mod tests {
                 "{path} under {parent}"
             );
         }
+    }
+
+    /// The syntax error of parsing `text`, as (message, line, column).
+    fn syntax_error(text: &str, format: ManifestFormat) -> (String, Option<usize>, Option<usize>) {
+        match parse_manifest(text.as_bytes(), format) {
+            Err(ManifestError::Syntax {
+                message,
+                line,
+                column,
+            }) => (message, line, column),
+            other => panic!("expected a syntax error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn nesting_past_the_limit_is_refused_where_it_goes_past_in_yaml_and_json() {
+        // 80,000 nested flow mappings took libyaml 41 s to parse.
+        let yaml = format!("{}1{}", "{a: ".repeat(80_000), "}".repeat(80_000));
+        assert_eq!(
+            syntax_error(&yaml, ManifestFormat::Yaml),
+            (
+                too_deep(MAX_MANIFEST_DEPTH),
+                Some(1),
+                Some(4 * MAX_MANIFEST_DEPTH + 1)
+            )
+        );
+        let json = format!("{}1{}", "{\"a\": ".repeat(80_000), "}".repeat(80_000));
+        let (message, line, _) = syntax_error(&json, ManifestFormat::Json);
+        assert_eq!(
+            (message.as_str(), line),
+            (too_deep(MAX_MANIFEST_DEPTH).as_str(), Some(1))
+        );
+        // Block nesting counts too.
+        let mut block = String::new();
+        for level in 0..40 {
+            block.push_str(&format!("{}a:\n", "  ".repeat(level)));
+        }
+        let (message, line, _) = syntax_error(&block, ManifestFormat::Yaml);
+        assert_eq!(
+            (message, line),
+            (too_deep(MAX_MANIFEST_DEPTH), Some(MAX_MANIFEST_DEPTH + 1))
+        );
+    }
+
+    #[test]
+    fn a_document_of_too_many_values_is_refused_at_the_first_one_over() {
+        let items = vec!["1"; MAX_MANIFEST_NODES + 10].join(",");
+        for (text, format) in [
+            (format!("[{items}]"), ManifestFormat::Yaml),
+            (format!("[{items}]"), ManifestFormat::Json),
+            (format!("a: [{items}]"), ManifestFormat::Yaml),
+        ] {
+            let (message, line, _) = syntax_error(&text, format);
+            assert_eq!(
+                (message, line),
+                (too_many_nodes(MAX_MANIFEST_NODES), Some(1)),
+                "{format:?}"
+            );
+        }
+        // The example manifest is far from either limit.
+        let example = include_str!("../../docs/examples/prod-eu.yaml");
+        assert!(parse_manifest(example.as_bytes(), ManifestFormat::Yaml).is_ok());
     }
 }

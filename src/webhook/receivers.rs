@@ -43,6 +43,27 @@ impl Refusal {
     }
 }
 
+/// What can be checked of a delivery before its body is read: the
+/// signature header's presence and form (GitHub, generic), or the whole token
+/// (Alertmanager, whose token does not depend on the body).
+pub fn check_before_body<'a>(
+    config: &HookConfig,
+    header: impl Fn(&str) -> Option<&'a str>,
+) -> Result<(), Refusal> {
+    match &config.receiver {
+        ReceiverConfig::Github(_) => {
+            signature::github_signature(header("x-hub-signature-256"))?;
+        }
+        ReceiverConfig::Alertmanager(_) => {
+            signature::verify_bearer(&config.secret, header("authorization"))?;
+        }
+        ReceiverConfig::Generic(_) => {
+            signature::generic_signature(header(generic::SIGNATURE_HEADER))?;
+        }
+    }
+    Ok(())
+}
+
 /// Authenticates a delivery and reads its payload. `header` looks a request
 /// header up by its lowercase name; `now` is the receiver's clock in unix
 /// seconds.

@@ -68,15 +68,40 @@ fn verify(
         .map_err(|_| AuthError::BadSignature)
 }
 
-/// Checks GitHub's `X-Hub-Signature-256` header.
-pub fn verify_github(secret: &str, header: Option<&str>, body: &[u8]) -> Result<(), AuthError> {
-    const HEADER: &str = "X-Hub-Signature-256";
-    let value = header.ok_or(AuthError::Missing { header: HEADER })?;
+const GITHUB_HEADER: &str = "X-Hub-Signature-256";
+const GENERIC_HEADER: &str = "X-Cairn-Signature";
+
+/// The hex signature of GitHub's `X-Hub-Signature-256` header, checked for
+/// form (present, `sha256=`, 64 hex digits): what can be known before the
+/// body is read.
+pub fn github_signature(header: Option<&str>) -> Result<&str, AuthError> {
+    let value = header.ok_or(AuthError::Missing {
+        header: GITHUB_HEADER,
+    })?;
     let hex_signature = value.strip_prefix("sha256=").ok_or(AuthError::Malformed {
-        header: HEADER,
+        header: GITHUB_HEADER,
         problem: "it must start with sha256=",
     })?;
-    verify(secret, &[body], hex_signature, HEADER)
+    check_hex_digest(hex_signature, GITHUB_HEADER)?;
+    Ok(hex_signature)
+}
+
+/// A SHA-256 digest in lowercase or uppercase hex: 64 digits.
+fn check_hex_digest(text: &str, header: &'static str) -> Result<(), AuthError> {
+    if text.len() == 64 && text.bytes().all(|byte| byte.is_ascii_hexdigit()) {
+        Ok(())
+    } else {
+        Err(AuthError::Malformed {
+            header,
+            problem: "the signature is not 64 hex digits",
+        })
+    }
+}
+
+/// Checks GitHub's `X-Hub-Signature-256` header.
+pub fn verify_github(secret: &str, header: Option<&str>, body: &[u8]) -> Result<(), AuthError> {
+    let hex_signature = github_signature(header)?;
+    verify(secret, &[body], hex_signature, GITHUB_HEADER)
 }
 
 /// The header a generic sender puts on `body` at `timestamp`.
@@ -85,14 +110,18 @@ pub fn generic_header(secret: &str, timestamp: i64, body: &[u8]) -> String {
     format!("t={timestamp},v1={signature}")
 }
 
-/// Checks a generic delivery's `X-Cairn-Signature` header at `now` (unix seconds).
-pub fn verify_generic(
-    secret: &str,
-    header: Option<&str>,
-    body: &[u8],
-    now: i64,
-) -> Result<(), AuthError> {
-    const HEADER: &str = "X-Cairn-Signature";
+/// A generic delivery's `X-Cairn-Signature` header, read for form: the
+/// timestamp as sent, as a number, and the hex signature. What can be known
+/// before the body is read.
+pub struct GenericSignature<'a> {
+    pub timestamp_text: &'a str,
+    pub timestamp: i64,
+    pub signature: &'a str,
+}
+
+/// Reads `X-Cairn-Signature` (`t=<unix seconds>,v1=<hex>`) for form.
+pub fn generic_signature(header: Option<&str>) -> Result<GenericSignature<'_>, AuthError> {
+    const HEADER: &str = GENERIC_HEADER;
     let value = header.ok_or(AuthError::Missing { header: HEADER })?;
     let mut timestamp = None;
     let mut signature = None;
@@ -122,12 +151,32 @@ pub fn verify_generic(
         header: HEADER,
         problem: "t is not a whole number of seconds",
     })?;
+    check_hex_digest(signature, HEADER)?;
+    Ok(GenericSignature {
+        timestamp_text,
+        timestamp,
+        signature,
+    })
+}
+
+/// Checks a generic delivery's `X-Cairn-Signature` header at `now` (unix seconds).
+pub fn verify_generic(
+    secret: &str,
+    header: Option<&str>,
+    body: &[u8],
+    now: i64,
+) -> Result<(), AuthError> {
+    let GenericSignature {
+        timestamp_text,
+        timestamp,
+        signature,
+    } = generic_signature(header)?;
     // The signature first: an unsigned timestamp says nothing.
     verify(
         secret,
         &[timestamp_text.as_bytes(), b".", body],
         signature,
-        HEADER,
+        GENERIC_HEADER,
     )?;
     let skew = now.saturating_sub(timestamp).saturating_abs();
     if skew > MAX_CLOCK_SKEW_SECONDS {

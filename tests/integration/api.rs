@@ -309,6 +309,40 @@ async fn idempotency_key_replays_the_original_outcome_and_refuses_a_different_ma
     assert_eq!(head_seq(&client, &daemon).await, 1);
 }
 
+#[tokio::test]
+async fn a_manifest_nested_or_sized_to_be_slow_to_parse_is_refused_where_it_goes_past() {
+    let data_directory = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start_with_config(data_directory.path(), "[reconcile]\nenabled = false\n");
+    let client = http_client();
+    // 80,000 nested flow mappings took libyaml 41 s, and ran on after the
+    // client gave up; a flat list of a million bytes, a fifth of a second.
+    let nested = format!("{}1{}", "{a: ".repeat(80_000), "}".repeat(80_000));
+    let flat = format!("a: [{}1]", "1,".repeat(500_000));
+    for (body, expected) in [
+        (nested, "nest deeper than 32 levels"),
+        (flat, "holds more than 20000 values"),
+    ] {
+        let answer = post_apply(&client, &daemon, "/v1/apply", &body, &[]).await;
+        answer.assert_problem(400, "malformed");
+        assert!(answer.body_text.contains(expected), "{}", answer.body_text);
+        assert!(answer.body_text.contains("line 1"), "{}", answer.body_text);
+    }
+    let json = format!("{}1{}", "[".repeat(100), "]".repeat(100));
+    let mut request = client
+        .post(daemon.url("/v1/apply"))
+        .header("content-type", "application/json")
+        .body(json);
+    request = request.header("x-cairn-reason", "deep");
+    let answer = crate::harness::HttpAnswer::read(request.send().await.unwrap()).await;
+    answer.assert_problem(400, "malformed");
+    assert!(
+        answer.body_text.contains("nest deeper than 32 levels"),
+        "{}",
+        answer.body_text
+    );
+    assert_eq!(head_seq(&client, &daemon).await, 0);
+}
+
 /// Sends `POST path` with no body and these headers, and reads the answer.
 async fn post_command(
     client: &reqwest::Client,

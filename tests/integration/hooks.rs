@@ -866,3 +866,148 @@ async fn alertmanager_alerts_replace_a_machine_and_scale_a_pool_once() {
         4
     );
 }
+
+/// Opens a connection and sends `head` (a request line and headers, without
+/// the blank line) and then `body_start`, announcing `length` body bytes.
+fn send_partial_request(
+    daemon: &Daemon,
+    head: &str,
+    length: usize,
+    body_start: &[u8],
+) -> std::net::TcpStream {
+    use std::io::Write;
+    let mut connection = std::net::TcpStream::connect(daemon.address).unwrap();
+    let request = format!(
+        "{head}\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\r\n",
+        daemon.address
+    );
+    connection.write_all(request.as_bytes()).unwrap();
+    connection.write_all(body_start).unwrap();
+    connection
+}
+
+/// The status line of the answer on `connection`, read within `deadline`
+/// (None when nothing came), and whether the daemon then closed it.
+fn status_and_close(
+    connection: &mut std::net::TcpStream,
+    deadline: Duration,
+) -> (Option<String>, bool) {
+    use std::io::Read;
+    connection.set_read_timeout(Some(deadline)).unwrap();
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 4096];
+    loop {
+        match connection.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(read) => answer.extend_from_slice(&buffer[..read]),
+            Err(_) => {
+                // Timed out: whatever came, and the connection still open.
+                let text = String::from_utf8_lossy(&answer).into_owned();
+                return (text.lines().next().map(str::to_string), false);
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    (text.lines().next().map(str::to_string), true)
+}
+
+#[tokio::test]
+async fn a_webhook_is_checked_before_its_body_is_read_and_the_read_is_bounded() {
+    let data_directory = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[reconcile]\nenabled = false\n[api]\nwebhook_body_timeout_ms = 1000\n\n\
+         [hooks.deploys]\ntype = \"generic\"\nsecret = \"{GENERIC_SECRET}\"\n\n\
+         [hooks.alerts]\ntype = \"alertmanager\"\nsecret = \"{ALERTS_TOKEN}\"\n"
+    );
+    let daemon = Daemon::start_with_config(data_directory.path(), &config);
+    let answer_within = Duration::from_secs(5);
+    let announced = 1024 * 1024 - 1;
+
+    // Each of these announces a large body and sends 3 bytes of it: the
+    // answer comes at once, from the headers alone, and the connection is
+    // closed. (Before, the body was awaited first, with no time limit.)
+    let signature = format!("t={},v1={}", now(), "0".repeat(64));
+    let cases = [
+        ("POST /v1/hooks/no-such-hook HTTP/1.1".to_string(), "404"),
+        ("POST /v1/hooks/deploys HTTP/1.1".to_string(), "401"),
+        (
+            "POST /v1/hooks/deploys HTTP/1.1\r\nX-Cairn-Signature: t=1,v1=nothex".to_string(),
+            "401",
+        ),
+        (
+            "POST /v1/hooks/alerts HTTP/1.1\r\nAuthorization: Bearer wrong-token".to_string(),
+            "401",
+        ),
+        (
+            format!("POST /v1/hooks/deploys HTTP/1.1\r\nX-Cairn-Signature: {signature}"),
+            // Over max_body_bytes (1 MiB) as declared.
+            "413",
+        ),
+    ];
+    for (index, (head, status)) in cases.iter().enumerate() {
+        let length = if index == 4 {
+            2 * 1024 * 1024
+        } else {
+            announced
+        };
+        let mut connection = send_partial_request(&daemon, head, length, b"{\"i");
+        let (line, closed) = status_and_close(&mut connection, answer_within);
+        let line = line.unwrap_or_else(|| panic!("{head}: no answer within {answer_within:?}"));
+        assert!(line.contains(status), "{head}: {line}");
+        assert!(closed, "{head}: the connection stays open");
+    }
+
+    // A well-formed signature: the body is read, for at most the timeout.
+    let mut stalled = Vec::new();
+    for _ in 0..cairn::api::MAX_WEBHOOK_BODY_READS {
+        let head = format!("POST /v1/hooks/deploys HTTP/1.1\r\nX-Cairn-Signature: {signature}");
+        stalled.push(send_partial_request(&daemon, &head, announced, b"{\"i"));
+    }
+    // Past the bound (once the daemon has taken those, well within their
+    // timeout), a delivery is refused at once, its body unread.
+    std::thread::sleep(Duration::from_millis(500));
+    let head = format!("POST /v1/hooks/deploys HTTP/1.1\r\nX-Cairn-Signature: {signature}");
+    let mut over = send_partial_request(&daemon, &head, announced, b"{\"i");
+    let (line, closed) = status_and_close(&mut over, answer_within);
+    assert!(
+        line.as_deref().is_some_and(|line| line.contains("503")),
+        "{line:?}"
+    );
+    assert!(closed);
+    // Every stalled read ends with 408 and a closed connection.
+    for mut connection in stalled {
+        let (line, closed) = status_and_close(&mut connection, answer_within);
+        assert!(
+            line.as_deref().is_some_and(|line| line.contains("408")),
+            "{line:?}"
+        );
+        assert!(closed);
+    }
+    // Once they ended, a delivery is read again (and refused by its signature).
+    let client = http_client();
+    let body = b"{}".to_vec();
+    let answer = post_hook(
+        &client,
+        &daemon,
+        "deploys",
+        &[("x-cairn-signature", signature.clone())],
+        body,
+    )
+    .await;
+    answer.assert_problem(401, "unauthorized");
+    let metrics = get(&client, &daemon.url("/metrics")).await.body_text;
+    assert_eq!(
+        metric(
+            &metrics,
+            "cairn_webhook_deliveries_total{hook=\"deploys\",result=\"timeout\"}"
+        ),
+        cairn::api::MAX_WEBHOOK_BODY_READS as f64
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "cairn_webhook_deliveries_total{hook=\"deploys\",result=\"busy\"}"
+        ),
+        1.0
+    );
+}
