@@ -538,6 +538,12 @@ fn command_context(
             format!("X-Cairn-Reason is over {MAX_REASON_BYTES} bytes"),
         ));
     }
+    if let Some(Err(problem)) = reason.as_deref().map(crate::model::check_text) {
+        return Err(ApiError::bad_request(
+            "bad_header",
+            format!("X-Cairn-Reason {problem}"),
+        ));
+    }
     Ok(CommandContext {
         idempotency_key,
         reason,

@@ -123,7 +123,7 @@ pub fn trace_lines(view: &TraceView) -> Vec<String> {
 fn tabulate(rows: &[String]) -> Vec<String> {
     let mut writer = TabWriter::new(Vec::new()).padding(2);
     for row in rows {
-        let _ = writeln!(writer, "{row}");
+        let _ = writeln!(writer, "{}", super::output::printable_row(row));
     }
     let bytes = writer.into_inner().unwrap_or_default();
     String::from_utf8_lossy(&bytes)

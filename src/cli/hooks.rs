@@ -59,7 +59,8 @@ pub(super) async fn run(
                 let mut table = TabWriter::new(std::io::stdout());
                 let _ = writeln!(table, "NAME\tTYPE\tPATH");
                 for hook in &list.hooks {
-                    let _ = writeln!(table, "{}\t{}\t{}", hook.name, hook.kind, hook.path);
+                    let row = format!("{}\t{}\t{}", hook.name, hook.kind, hook.path);
+                    let _ = writeln!(table, "{}", super::output::printable_row(&row));
                 }
                 let _ = table.flush();
             }
@@ -77,14 +78,14 @@ pub(super) async fn run(
                         Some(outcome) => (outcome.outcome.as_str(), outcome.summary.as_str()),
                         None => ("pending", ""),
                     };
-                    let _ = writeln!(
-                        table,
+                    let row = format!(
                         "{}\t{}\t{}\t{outcome}\t{summary}\t{}",
                         delivery.received.format("%Y-%m-%dT%H:%M:%SZ"),
                         delivery.delivery,
                         delivery.event,
                         delivery.trace
                     );
+                    let _ = writeln!(table, "{}", super::output::printable_row(&row));
                 }
                 let _ = table.flush();
             }

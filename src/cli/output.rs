@@ -11,6 +11,7 @@ use crate::api::dto::{
 };
 use crate::api::history::{ClusterAtView, DiffView, PointView, RollbackResponse};
 use crate::ledger::DiffEntry;
+use crate::model::printable;
 use crate::replay::ReplayReport;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -46,9 +47,20 @@ fn print_table(header: &str, rows: impl IntoIterator<Item = String>) {
     let mut writer = TabWriter::new(std::io::stdout()).padding(2);
     let _ = writeln!(writer, "{header}");
     for row in rows {
-        let _ = writeln!(writer, "{row}");
+        let _ = writeln!(writer, "{}", printable_row(&row));
     }
     let _ = writer.flush();
+}
+
+/// A table row (cells joined by tabs) with every cell made printable
+/// (`model::printable`): whatever the log holds, a cell cannot start a new
+/// line or send the terminal an escape sequence. A tab inside a value
+/// (recorded text may hold one) only shifts the columns after it.
+pub(super) fn printable_row(row: &str) -> String {
+    row.split('\t')
+        .map(crate::model::printable)
+        .collect::<Vec<_>>()
+        .join("\t")
 }
 
 pub fn print_apply(response: &ApplyResponse, format: OutputFormat) {
@@ -335,11 +347,11 @@ pub fn print_followed_event(event: &CloudEventView, format: OutputFormat) {
             let line = format!(
                 "{}  {}  {}  {}  {}  {}",
                 event.seq,
-                event.subject,
+                printable(&event.subject),
                 event.time.format("%Y-%m-%dT%H:%M:%S%.3fZ"),
-                event.actor,
-                event_type,
-                summary(event_type, &event.data)
+                printable(&event.actor),
+                printable(event_type),
+                printable(&summary(event_type, &event.data))
             );
             println!("{}", line.trim_end());
         }
@@ -481,5 +493,19 @@ pub fn print_replay(report: &ReplayReport, format: OutputFormat) {
         for detail in &check.details {
             println!("  {detail}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_table_cell_cannot_start_a_row_or_reach_the_terminal() {
+        let row = "42\talice\tPoolScaled\tok\n  43  root  ClusterDeleted\u{1b}[2K";
+        assert_eq!(
+            printable_row(row),
+            "42\talice\tPoolScaled\tok\\n  43  root  ClusterDeleted\\e[2K"
+        );
     }
 }

@@ -81,9 +81,14 @@ pub fn parse(body: &[u8]) -> Result<GenericRequest, PayloadError> {
     super::check_delivery_id(&id).map_err(|reason| PayloadError::field("id", reason))?;
     let reason = match object.remove("reason") {
         None | Some(serde_json::Value::Null) => None,
-        Some(serde_json::Value::String(reason)) if reason.len() <= 1024 => Some(reason),
-        Some(serde_json::Value::String(_)) => {
+        Some(serde_json::Value::String(reason)) if reason.len() > 1024 => {
             return Err(PayloadError::field("reason", "over 1024 bytes"))
+        }
+        Some(serde_json::Value::String(reason)) => {
+            // Recorded and printed: printable text only (model::text).
+            crate::model::check_text(&reason)
+                .map_err(|problem| PayloadError::field("reason", problem))?;
+            Some(reason)
         }
         Some(_) => return Err(PayloadError::field("reason", "expected a string")),
     };

@@ -1011,3 +1011,42 @@ async fn a_webhook_is_checked_before_its_body_is_read_and_the_read_is_bounded() 
         1.0
     );
 }
+
+#[tokio::test]
+async fn a_reason_that_could_forge_a_history_row_is_refused_at_the_door() {
+    let data_directory = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[reconcile]\nenabled = false\n\n\
+         [hooks.deploys]\ntype = \"generic\"\nsecret = \"{GENERIC_SECRET}\"\n"
+    );
+    let daemon = Daemon::start_with_config(data_directory.path(), &config);
+    let client = http_client();
+    let manifest = cluster_manifest("web", "sim", "correct", &[("workers", 3)]);
+    post_apply(&client, &daemon, "/v1/apply", &manifest, &[])
+        .await
+        .assert_status(201);
+    let head = head_seq(&client, &daemon).await;
+    for reason in [
+        "launch\n  99  1  2026-11-25T20:00:00.000Z  root  ClusterDeleted",
+        "\u{1b}[2Kclean",
+        "right-to-left \u{202e}override",
+    ] {
+        let scale = json!({"id": format!("forge-{}", reason.len()), "action": "scale",
+                           "cluster": "web", "pool": "workers", "replicas": 4, "reason": reason});
+        let answer = post_generic(&client, &daemon, &scale).await;
+        answer.assert_problem(400, "malformed_payload");
+        assert!(answer.body_text.contains("reason"), "{}", answer.body_text);
+        assert!(
+            answer.body_text.contains("control character"),
+            "{}",
+            answer.body_text
+        );
+    }
+    // A tab is text.
+    let scale = json!({"id": "tabbed", "action": "scale", "cluster": "web",
+                       "pool": "workers", "replicas": 4, "reason": "launch\tday"});
+    post_generic(&client, &daemon, &scale)
+        .await
+        .assert_status(202);
+    assert!(head_seq(&client, &daemon).await > head);
+}
