@@ -55,7 +55,12 @@ impl Auth {
         required: Role,
     ) -> Result<Actor, ApiError> {
         let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
-        if header("origin").is_some() || header("sec-fetch-site").is_some_and(|site| site != "none")
+        // By presence and bytes, not by `to_str`: a header that is not ASCII
+        // is still a header (`strict.rs` refuses it before this).
+        if headers.contains_key("origin")
+            || headers
+                .get("sec-fetch-site")
+                .is_some_and(|site| site.as_bytes() != b"none")
         {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,

@@ -23,6 +23,7 @@ mod export;
 pub mod history;
 pub mod hooks;
 pub mod problem;
+mod strict;
 mod watch;
 
 use std::collections::HashMap;
@@ -228,7 +229,16 @@ pub fn routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Error = I
     let commands = commands::routes(&state);
     let history_routes = history::routes(&state);
 
-    health
+    // Before any route: a request ambiguous about who asks, from where, how
+    // long its body is, or what it queries, is refused (`strict.rs`).
+    let strict = warp::header::headers_cloned()
+        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
+        .and_then(|headers: warp::http::HeaderMap, query: String| async move {
+            strict::check_request(&headers, &query).map_err(warp::reject::custom)
+        })
+        .untuple_one();
+
+    let routes = health
         .or(ready)
         .unify()
         .or(metrics_route)
@@ -246,7 +256,9 @@ pub fn routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Error = I
         .or(verify)
         .unify()
         .or(later_routes(&state, commands, history_routes))
-        .unify()
+        .unify();
+    strict
+        .and(routes)
         .recover(recover)
         .unify()
         .with(warp::log::custom(move |info| {

@@ -221,7 +221,7 @@ fn parse_syntax(bytes: &[u8], format: ManifestFormat) -> Result<Option<Value>, M
             column: Some(column),
         }
     })?;
-    let mut reading = Reading::default();
+    let mut reading = Reading::new(MAX_MANIFEST_DEPTH, MAX_MANIFEST_NODES);
     let seed = UniqueKeys {
         place: Place::Root,
         depth: 0,
@@ -322,13 +322,59 @@ fn too_many_nodes(limit: usize) -> String {
     format!("the document holds more than {limit} values")
 }
 
-/// What reading one document has found so far.
-#[derive(Default)]
+/// What reading one document has found so far, and how far it may go.
 struct Reading {
     /// Keys met twice in one mapping.
     duplicates: Vec<FieldError>,
-    /// Values read, to stop at [`MAX_MANIFEST_NODES`].
+    /// Values read, to stop past `max_nodes`.
     nodes: usize,
+    max_nodes: usize,
+    max_depth: usize,
+}
+
+impl Reading {
+    fn new(max_depth: usize, max_nodes: usize) -> Reading {
+        Reading {
+            duplicates: Vec::new(),
+            nodes: 0,
+            max_nodes,
+            max_depth,
+        }
+    }
+}
+
+/// Why [`parse_json_unique`] refused a body.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JsonError {
+    /// Not JSON, or nested past the limit; the message names the line and
+    /// column.
+    #[error("{0}")]
+    Syntax(String),
+    /// A key appears twice in one object, at this path (`alerts[0].labels.pool`).
+    #[error("duplicate key at {0}")]
+    DuplicateKey(String),
+}
+
+/// Reads a JSON document into a `Value`, refusing a key that appears twice in
+/// one object (`serde_json` would keep the last, so two readers of the same
+/// body could disagree on what it says). Nesting is bounded by serde_json's
+/// own limit (128). Webhook payloads are read with it.
+pub fn parse_json_unique(bytes: &[u8]) -> Result<Value, JsonError> {
+    let mut reading = Reading::new(128, usize::MAX);
+    let seed = UniqueKeys {
+        place: Place::Root,
+        depth: 0,
+        reading: &mut reading,
+    };
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let value = seed
+        .deserialize(&mut deserializer)
+        .and_then(|value| deserializer.end().map(|()| value))
+        .map_err(|error| JsonError::Syntax(error.to_string()))?;
+    match reading.duplicates.into_iter().next() {
+        Some(duplicate) => Err(JsonError::DuplicateKey(duplicate.path)),
+        None => Ok(value),
+    }
 }
 
 /// Where a value sits in the document being read: a linked list from the
@@ -357,8 +403,9 @@ impl Place<'_> {
 /// value wins, and reading goes on to find the other duplicates). Works with any
 /// deserializer, so serde_json and serde_norway share it.
 ///
-/// It stops at the first value past [`MAX_MANIFEST_NODES`] or nested past
-/// [`MAX_MANIFEST_DEPTH`], while the deserializer reads: a JSON body is
+/// It stops at the first value past the reading's `max_nodes` or nested past
+/// its `max_depth` (a manifest's: [`MAX_MANIFEST_NODES`], [`MAX_MANIFEST_DEPTH`]),
+/// while the deserializer reads: a JSON body is
 /// refused as soon as it goes past them, not after it is all read.
 struct UniqueKeys<'p, 'd> {
     place: Place<'p>,
@@ -372,8 +419,10 @@ impl<'de> DeserializeSeed<'de> for UniqueKeys<'_, '_> {
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
         self.reading.nodes += 1;
-        if self.reading.nodes > MAX_MANIFEST_NODES {
-            return Err(serde::de::Error::custom(too_many_nodes(MAX_MANIFEST_NODES)));
+        if self.reading.nodes > self.reading.max_nodes {
+            return Err(serde::de::Error::custom(too_many_nodes(
+                self.reading.max_nodes,
+            )));
         }
         deserializer.deserialize_any(self)
     }
@@ -382,8 +431,8 @@ impl<'de> DeserializeSeed<'de> for UniqueKeys<'_, '_> {
 impl UniqueKeys<'_, '_> {
     /// Refuses a mapping or list that would nest past the limit.
     fn enter<E: serde::de::Error>(&self) -> Result<usize, E> {
-        if self.depth >= MAX_MANIFEST_DEPTH {
-            return Err(E::custom(too_deep(MAX_MANIFEST_DEPTH)));
+        if self.depth >= self.reading.max_depth {
+            return Err(E::custom(too_deep(self.reading.max_depth)));
         }
         Ok(self.depth + 1)
     }

@@ -68,8 +68,12 @@ impl GenericAction {
 /// Reads and checks a change request: its JSON, its fields, and for `apply`
 /// the whole manifest, so that a bad request is refused before it is recorded.
 pub fn parse(body: &[u8]) -> Result<GenericRequest, PayloadError> {
-    let value: serde_json::Value = serde_json::from_slice(body)
-        .map_err(|error| PayloadError::field("", format!("not JSON: {error}")))?;
+    let value = crate::model::parse_json_unique(body).map_err(|error| match error {
+        crate::model::JsonError::Syntax(error) => {
+            PayloadError::field("", format!("not JSON: {error}"))
+        }
+        crate::model::JsonError::DuplicateKey(path) => PayloadError::field(path, "duplicate key"),
+    })?;
     let serde_json::Value::Object(mut object) = value else {
         return Err(PayloadError::field("", "expected a JSON object"));
     };

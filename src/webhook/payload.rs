@@ -46,8 +46,10 @@ impl PayloadError {
 /// is returned at its path, a missing field at the path of the field itself
 /// rather than of the object that lacks it.
 pub fn from_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, PayloadError> {
-    let value: serde_json::Value =
-        serde_json::from_slice(body).map_err(|error| PayloadError::Syntax(error.to_string()))?;
+    let value = crate::model::parse_json_unique(body).map_err(|error| match error {
+        crate::model::JsonError::Syntax(error) => PayloadError::Syntax(error),
+        crate::model::JsonError::DuplicateKey(path) => PayloadError::field(path, "duplicate key"),
+    })?;
     if !value.is_object() {
         return Err(PayloadError::field(
             "",

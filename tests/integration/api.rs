@@ -846,3 +846,70 @@ async fn query_parameters_are_checked_the_same_way_everywhere() {
     history.assert_status(200);
     assert_eq!(history.body["next"], Value::Null, "one event, no next page");
 }
+
+/// Sends `request` as it is over a new connection, and returns the answer's
+/// status line.
+fn raw_status_line(daemon: &Daemon, request: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut connection = std::net::TcpStream::connect(daemon.address).unwrap();
+    connection
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    connection.write_all(request).unwrap();
+    let mut answer = Vec::new();
+    let _ = connection.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    text.lines().next().unwrap_or_default().to_string() + "\n" + &text
+}
+
+#[tokio::test]
+async fn ambiguous_requests_are_refused_before_any_route() {
+    let data_directory = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start_with_config(data_directory.path(), "[reconcile]\nenabled = false\n");
+    let client = http_client();
+    post_apply(&client, &daemon, "/v1/apply", &example_manifest_text(), &[])
+        .await
+        .assert_status(201);
+    let head = head_seq(&client, &daemon).await;
+    let host = daemon.address.to_string();
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        // A cross-site-looking POST whose Origin is not ASCII was applied:
+        // the browser guard read it as absent.
+        (
+            [
+                format!("POST /v1/clusters/prod-eu/pause HTTP/1.1\r\nHost: {host}\r\n").as_bytes(),
+                b"Origin: https://ex\xe4mple.org\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            ]
+            .concat(),
+            "bad_header",
+        ),
+        (
+            [
+                format!("POST /v1/clusters/prod-eu/pause HTTP/1.1\r\nHost: {host}\r\n").as_bytes(),
+                b"Sec-Fetch-Site: cross-site\xff\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            ]
+            .concat(),
+            "bad_header",
+        ),
+        (
+            format!(
+                "POST /v1/clusters/prod-eu/pause HTTP/1.1\r\nHost: {host}\r\nHost: evil.example\r\n\
+                 Content-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+            .into_bytes(),
+            "duplicate_header",
+        ),
+    ];
+    for (request, code) in cases {
+        let answer = raw_status_line(&daemon, &request);
+        assert!(answer.starts_with("HTTP/1.1 400"), "{code}: {answer}");
+        assert!(answer.contains(code), "{code}: {answer}");
+    }
+    assert_eq!(
+        head_seq(&client, &daemon).await,
+        head,
+        "a refused request changed the log"
+    );
+    let repeated = get(&client, &daemon.url("/v1/clusters/prod-eu?at=1&at=2")).await;
+    repeated.assert_problem(400, "bad_query");
+}

@@ -1042,6 +1042,24 @@ async fn a_reason_that_could_forge_a_history_row_is_refused_at_the_door() {
             answer.body_text
         );
     }
+    // A key given twice (serde_json would keep the last `id`) is refused.
+    let twice = br#"{"id": "dup-1", "id": "dup-2", "action": "pause", "cluster": "web"}"#.to_vec();
+    let signature = generic_signature(GENERIC_SECRET, now(), &twice);
+    let answer = post_hook(
+        &client,
+        &daemon,
+        "deploys",
+        &[("x-cairn-signature", signature)],
+        twice,
+    )
+    .await;
+    answer.assert_problem(400, "malformed_payload");
+    assert!(
+        answer.body_text.contains("duplicate key"),
+        "{}",
+        answer.body_text
+    );
+    assert_eq!(head_seq(&client, &daemon).await, head);
     // A tab is text.
     let scale = json!({"id": "tabbed", "action": "scale", "cluster": "web",
                        "pool": "workers", "replicas": 4, "reason": "launch\tday"});
