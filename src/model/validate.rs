@@ -12,8 +12,8 @@
 //!   DNS labels (see [`is_dns_label`]). Names are unique within their list; a
 //!   duplicate is reported at its second occurrence, naming the first.
 //! - Label keys are 1 to 63 characters of `A-Z a-z 0-9 . _ / -`. Label values
-//!   are at most 63 characters (possibly none) and contain no control
-//!   characters. This is simpler than Kubernetes' rule on purpose: labels here
+//!   are at most 63 characters (possibly none) and contain no control,
+//!   line separator or bidirectional formatting characters (`text.rs`). This is simpler than Kubernetes' rule on purpose: labels here
 //!   are for people and for filtering, not for selectors.
 //! - `spec.provider` is `sim` or `exec:<plugin-name>`, the name a DNS label.
 //! - `spec.region` is 1 to 63 characters of `a-z 0-9 -`.
@@ -83,10 +83,14 @@ pub fn validate(manifest: &Manifest) -> Vec<FieldError> {
                 format!("{key:?} is not a label key (1-63 characters of A-Z, a-z, 0-9, '.', '_', '/' and '-')"),
             );
         }
-        if value.chars().count() > 63 || value.chars().any(char::is_control) {
+        // Printed in tables: the rule of recorded text (`text.rs`), tabs included.
+        let printable = value
+            .chars()
+            .all(|c| c != '\t' && super::is_allowed_in_text(c));
+        if value.chars().count() > 63 || !printable {
             errors.push(
                 &path,
-                "label value must be at most 63 characters, without control characters",
+                "label value must be at most 63 characters, without control or bidirectional formatting characters",
             );
         }
     }
@@ -517,6 +521,13 @@ spec:
             &["metadata.labels.team: label value must be at most 63 characters"],
         );
         check(&edit(&[("team: platform", "team: \"\"")]), &[]);
+        for value in ["a\\nb", "a\\u202eb", "a\\tb", "a\\e[2Kb"] {
+            check(
+                &edit(&[("team: platform", &format!("team: \"{value}\""))]),
+                &["metadata.labels.team: label value must be at most 63 characters"],
+            );
+        }
+        check(&edit(&[("team: platform", "team: \"équipe\"")]), &[]);
     }
 
     #[test]
