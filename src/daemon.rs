@@ -162,7 +162,9 @@ pub(crate) async fn start_on_store(
         shutdown: shutdown.clone(),
         sim,
         watch_heartbeat: config.api.watch_heartbeat(),
-        body_work: Arc::new(tokio::sync::Semaphore::new(crate::api::body_work_slots())),
+        body_work: Arc::new(crate::api::body_work::BodyWork::start(
+            crate::api::body_work_slots(),
+        )),
         webhook_reads: Arc::new(tokio::sync::Semaphore::new(
             crate::api::MAX_WEBHOOK_BODY_READS,
         )),

@@ -17,6 +17,7 @@
 
 mod audit;
 pub mod auth;
+pub mod body_work;
 mod commands;
 pub mod dto;
 mod export;
@@ -63,10 +64,8 @@ pub struct ApiState {
     pub watch_heartbeat: std::time::Duration,
     /// The webhook receivers and their workers.
     pub inbox: Arc<crate::webhook::inbox::Inbox>,
-    /// Bounds the request bodies parsed and checked at once, on the blocking
-    /// pool ([`off_runtime`]): one fewer than the cores, so that the
-    /// runtime's workers always have a core for `/healthz` and the rest.
-    pub body_work: Arc<tokio::sync::Semaphore>,
+    /// The threads that parse and check request bodies ([`off_runtime`]).
+    pub body_work: Arc<body_work::BodyWork>,
     /// Bounds the webhook bodies being read at once: they are read before
     /// their signature can be checked, so this is what unauthenticated
     /// senders can hold (`MAX_WEBHOOK_BODY_READS` bodies of at most
@@ -89,25 +88,20 @@ pub fn body_work_slots() -> usize {
         .max(1)
 }
 
-/// Runs `work` (the parse or check of a request body) on the blocking pool,
-/// at most [`ApiState::body_work`] at once, so that no request body is read
-/// into values on the runtime's workers. A request whose client goes away
-/// while it waits for a slot never starts its work; once started, the work
-/// is bounded by the parsers' limits (`model::MAX_MANIFEST_NODES`, ...).
+/// Runs `work` (the parse or check of a request body) on a body thread
+/// (`body_work.rs`): off the runtime's workers, a bounded number at once, at
+/// a lower priority. A request whose client goes away while it waits for a
+/// slot never starts its work; once started, the work is bounded by the
+/// parsers' limits (`model::MAX_MANIFEST_NODES`, ...).
 pub(crate) async fn off_runtime<T: Send + 'static>(
     state: &ApiState,
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, ApiError> {
-    let _slot = state
-        .body_work
-        .acquire()
-        .await
-        .expect("the body work semaphore is never closed");
-    tokio::task::spawn_blocking(work).await.map_err(|error| {
+    state.body_work.run(work).await.map_err(|error| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
-            format!("checking the request body failed: {error}"),
+            error.to_string(),
         )
     })
 }
