@@ -296,7 +296,7 @@ fn fold_share(
                     }
                     let seq = records.first_seq + offset as u64;
                     let event = read_in_place(record, seq)?;
-                    projections.apply_decoded(&event, None);
+                    projections.apply_ref(&event);
                 }
             }
             ToFold::Checkpoint(reply) => {

@@ -152,7 +152,6 @@ pub(super) fn routes(
                     count(&state, &name, "busy");
                     tracing::warn!(hook = %name, reason = "busy", "webhook delivery refused");
                     return ApiError {
-                        close_connection: true,
                         retryable: true,
                         ..ApiError::new(
                             StatusCode::SERVICE_UNAVAILABLE,
@@ -160,23 +159,21 @@ pub(super) fn routes(
                             "too many webhook deliveries are being read; try again",
                         )
                     }
+                    .closing()
                     .into_response();
                 };
                 let limit = state.max_body_bytes;
                 let timeout = state.webhook_body_timeout;
-                let body = match tokio::time::timeout(timeout, collect_body(body, length, limit))
-                    .await
-                {
-                    Ok(body) => body,
-                    Err(_) => Err(ApiError {
-                        close_connection: true,
-                        ..ApiError::new(
+                let body =
+                    match tokio::time::timeout(timeout, collect_body(body, length, limit)).await {
+                        Ok(body) => body,
+                        Err(_) => Err(ApiError::new(
                             StatusCode::REQUEST_TIMEOUT,
                             "body_timeout",
                             format!("the body did not arrive within {} ms", timeout.as_millis()),
                         )
-                    }),
-                };
+                        .closing()),
+                    };
                 deliver(name, state, headers, body).await
             },
         );
@@ -253,13 +250,7 @@ fn refuse_before_body(
     length: Option<u64>,
 ) -> Option<Response> {
     // The body is not read: the connection cannot be reused.
-    let closing = |error: ApiError| {
-        ApiError {
-            close_connection: true,
-            ..error
-        }
-        .into_response()
-    };
+    let closing = |error: ApiError| error.closing().into_response();
     let Some(config) = state.inbox.hook(name) else {
         return Some(closing(unknown_hook(state, name)));
     };

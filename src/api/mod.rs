@@ -372,14 +372,12 @@ where
 }
 
 pub(super) fn body_too_large(limit: u64) -> ApiError {
-    ApiError {
-        close_connection: true,
-        ..ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            format!("the request body is over the limit of {limit} bytes"),
-        )
-    }
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        format!("the request body is over the limit of {limit} bytes"),
+    )
+    .closing()
 }
 
 fn check_cluster_name(name: &str) -> Result<(), ApiError> {

@@ -43,6 +43,15 @@ impl ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, code, detail)
     }
 
+    /// The same answer with `Connection: close`: for a request whose body
+    /// is unread, or may be misread, so the connection cannot be reused.
+    pub fn closing(self) -> ApiError {
+        ApiError {
+            close_connection: true,
+            ..self
+        }
+    }
+
     pub fn not_found(detail: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", detail)
     }

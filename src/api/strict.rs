@@ -18,7 +18,7 @@
 //! reads the body by `Transfer-Encoding` alone (RFC 9112 §6.3 allows it);
 //! refusing it needs a look at the request head below hyper.
 
-use warp::http::{HeaderMap, StatusCode};
+use warp::http::HeaderMap;
 
 use super::problem::ApiError;
 
@@ -37,10 +37,12 @@ const SINGLE_HEADERS: [&str; 7] = [
 pub fn check_request(headers: &HeaderMap, raw_query: &str) -> Result<(), ApiError> {
     for name in SINGLE_HEADERS {
         if headers.get_all(name).iter().nth(1).is_some() {
-            return Err(closing(ApiError::bad_request(
+            // The body's length may be misread: the connection is not reused.
+            return Err(ApiError::bad_request(
                 "duplicate_header",
                 format!("the {name} header is given more than once"),
-            )));
+            )
+            .closing());
         }
     }
     for name in ["origin", "sec-fetch-site"] {
@@ -64,15 +66,6 @@ pub fn check_request(headers: &HeaderMap, raw_query: &str) -> Result<(), ApiErro
         }
     }
     Ok(())
-}
-
-/// The body may be unread or misread: the connection is not reused.
-fn closing(error: ApiError) -> ApiError {
-    ApiError {
-        close_connection: true,
-        status: StatusCode::BAD_REQUEST,
-        ..error
-    }
 }
 
 #[cfg(test)]

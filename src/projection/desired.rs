@@ -106,8 +106,8 @@ impl DesiredState {
     }
 
     /// Folds one event whose payload the caller decoded with
-    /// [`decode_for_fold`] (a replay decodes on another thread); `None`
-    /// decodes it here.
+    /// [`decode_for_fold`] (`Projections` decodes once for both
+    /// projections); `None` decodes it here.
     pub fn apply_decoded(&mut self, event: &EventRef<'_>, payload: FoldPayload) {
         if event.stream.starts_with(RECONCILE_STREAM_PREFIX) {
             let payload = payload.unwrap_or_else(|| decode_payload(event));

@@ -16,8 +16,9 @@
 //!
 //! The fold reads `EventRef`s (an event borrowed from its record, or
 //! `Event::view` of a decoded one), so that a replay decodes nothing it does
-//! not need: `apply(&Event)` is `apply_decoded(&event.view(), payload)`, and
-//! a replay decodes the payloads on another thread (`decode_for_fold`).
+//! not need: `apply(&Event)` is `apply_ref(&event.view())`, and a replay
+//! folds its records in place with `apply_ref`, each payload decoded once,
+//! on the thread that folds it.
 //!
 //! `apply(&mut self, &Event)` must be deterministic: no clock, no randomness,
 //! no IO. It is total: an event it cannot use leaves the state as it was,
@@ -50,8 +51,8 @@ use crate::model::ReconcileEvent;
 /// projection reads (then nothing was decoded).
 pub type FoldPayload = Option<Result<Payload, DecodeError>>;
 
-/// Decodes what the fold needs of an event's payload. Pure, so a replay
-/// runs it on another thread than the fold ([`Projections::apply_decoded`]).
+/// Decodes what the fold needs of an event's payload: nothing for a stream
+/// that no projection reads.
 pub fn decode_for_fold(event: &EventRef<'_>) -> FoldPayload {
     let folded = event.stream.starts_with(CLUSTER_STREAM_PREFIX)
         || event.stream.starts_with(RECONCILE_STREAM_PREFIX);
@@ -77,23 +78,22 @@ pub struct Projections {
 
 impl Projections {
     pub fn apply(&mut self, event: &Event) {
-        let event = event.view();
-        self.apply_decoded(&event, decode_for_fold(&event));
+        self.apply_ref(&event.view());
     }
 
-    /// Folds an event whose payload [`decode_for_fold`] decoded, maybe on
-    /// another thread; `None` decodes it here. The payload is decoded once
-    /// for both projections, and what it holds is moved into the state.
-    pub fn apply_decoded(&mut self, event: &EventRef<'_>, payload: FoldPayload) {
+    /// Folds an event read in place. Its payload is decoded once for both
+    /// projections (only if a projection reads its stream), and what it
+    /// holds is moved into the state.
+    pub fn apply_ref(&mut self, event: &EventRef<'_>) {
         if event.stream.starts_with(RECONCILE_STREAM_PREFIX) {
-            let payload = payload.unwrap_or_else(|| decode_payload(event));
+            let payload = decode_payload(event);
             self.desired
                 .apply_reconcile(event, ends_a_cluster(&payload));
             self.observed.apply_decoded(event, Some(payload));
         } else {
             // The observed projection reads only reconcile streams.
             self.observed.apply_decoded(event, None);
-            self.desired.apply_decoded(event, payload);
+            self.desired.apply_decoded(event, None);
         }
     }
 

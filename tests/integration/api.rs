@@ -9,7 +9,7 @@ use serde_json::Value;
 use crate::harness::{
     all_events, example_manifest_text, get, head_seq, http_client,
     manifest_with_name_and_worker_replicas, pool_replicas, post_apply, run_to_exit_with_deadline,
-    Daemon, CAIRN_BINARY_PATH,
+    Daemon, CAIRN_BINARY_PATH, LEDGER_ONLY_CONFIG,
 };
 
 /// The seqs of a list of events as JSON.
@@ -312,7 +312,7 @@ async fn idempotency_key_replays_the_original_outcome_and_refuses_a_different_ma
 #[tokio::test]
 async fn a_manifest_nested_or_sized_to_be_slow_to_parse_is_refused_where_it_goes_past() {
     let data_directory = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start_with_config(data_directory.path(), "[reconcile]\nenabled = false\n");
+    let daemon = Daemon::start_with_config(data_directory.path(), LEDGER_ONLY_CONFIG);
     let client = http_client();
     // 80,000 nested flow mappings took libyaml 41 s, and ran on after the
     // client gave up; a flat list of a million bytes, a fifth of a second.
@@ -343,6 +343,19 @@ async fn a_manifest_nested_or_sized_to_be_slow_to_parse_is_refused_where_it_goes
     assert_eq!(head_seq(&client, &daemon).await, 0);
 }
 
+/// A daemon without reconcilers, on `data_directory`, with the example
+/// manifest applied, and a client for it.
+async fn ledger_only_with_the_example(
+    data_directory: &std::path::Path,
+) -> (Daemon, reqwest::Client) {
+    let daemon = Daemon::start_with_config(data_directory, LEDGER_ONLY_CONFIG);
+    let client = http_client();
+    post_apply(&client, &daemon, "/v1/apply", &example_manifest_text(), &[])
+        .await
+        .assert_status(201);
+    (daemon, client)
+}
+
 /// Sends `POST path` with no body and these headers, and reads the answer.
 async fn post_command(
     client: &reqwest::Client,
@@ -360,11 +373,7 @@ async fn post_command(
 #[tokio::test]
 async fn an_idempotency_key_is_bound_to_its_command_and_scoped_to_its_principal() {
     let data_directory = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start_with_config(data_directory.path(), "[reconcile]\nenabled = false\n");
-    let client = http_client();
-    post_apply(&client, &daemon, "/v1/apply", &example_manifest_text(), &[])
-        .await
-        .assert_status(201);
+    let (daemon, client) = ledger_only_with_the_example(data_directory.path()).await;
     let alice = [("x-cairn-actor", "alice"), ("idempotency-key", "P1")];
     let paused = post_command(&client, &daemon, "/v1/clusters/prod-eu/pause", &alice).await;
     paused.assert_status(200);
@@ -847,9 +856,8 @@ async fn query_parameters_are_checked_the_same_way_everywhere() {
     assert_eq!(history.body["next"], Value::Null, "one event, no next page");
 }
 
-/// Sends `request` as it is over a new connection, and returns the answer's
-/// status line.
-fn raw_status_line(daemon: &Daemon, request: &[u8]) -> String {
+/// Sends `request` as it is over a new connection, and returns the answer.
+fn raw_answer(daemon: &Daemon, request: &[u8]) -> String {
     use std::io::{Read, Write};
     let mut connection = std::net::TcpStream::connect(daemon.address).unwrap();
     connection
@@ -858,18 +866,13 @@ fn raw_status_line(daemon: &Daemon, request: &[u8]) -> String {
     connection.write_all(request).unwrap();
     let mut answer = Vec::new();
     let _ = connection.read_to_end(&mut answer);
-    let text = String::from_utf8_lossy(&answer).into_owned();
-    text.lines().next().unwrap_or_default().to_string() + "\n" + &text
+    String::from_utf8_lossy(&answer).into_owned()
 }
 
 #[tokio::test]
 async fn ambiguous_requests_are_refused_before_any_route() {
     let data_directory = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start_with_config(data_directory.path(), "[reconcile]\nenabled = false\n");
-    let client = http_client();
-    post_apply(&client, &daemon, "/v1/apply", &example_manifest_text(), &[])
-        .await
-        .assert_status(201);
+    let (daemon, client) = ledger_only_with_the_example(data_directory.path()).await;
     let head = head_seq(&client, &daemon).await;
     let host = daemon.address.to_string();
     let cases: Vec<(Vec<u8>, &str)> = vec![
@@ -901,7 +904,7 @@ async fn ambiguous_requests_are_refused_before_any_route() {
         ),
     ];
     for (request, code) in cases {
-        let answer = raw_status_line(&daemon, &request);
+        let answer = raw_answer(&daemon, &request);
         assert!(answer.starts_with("HTTP/1.1 400"), "{code}: {answer}");
         assert!(answer.contains(code), "{code}: {answer}");
     }

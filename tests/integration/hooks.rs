@@ -57,7 +57,15 @@ async fn post_hook(
 }
 
 async fn post_generic(client: &reqwest::Client, daemon: &Daemon, body: &Value) -> HttpAnswer {
-    let body = serde_json::to_vec(body).unwrap();
+    post_generic_bytes(client, daemon, serde_json::to_vec(body).unwrap()).await
+}
+
+/// Posts `body`, as it is, to the `deploys` receiver, signed with its secret.
+async fn post_generic_bytes(
+    client: &reqwest::Client,
+    daemon: &Daemon,
+    body: Vec<u8>,
+) -> HttpAnswer {
     let signature = generic_signature(GENERIC_SECRET, now(), &body);
     post_hook(
         client,
@@ -190,15 +198,7 @@ async fn generic_requests_change_state_once_and_bad_ones_change_nothing() {
         &json!({"id": "deploy-x", "action": "scale", "cluster": "web", "pool": "workers"}),
     )
     .unwrap();
-    let signature = generic_signature(GENERIC_SECRET, now(), &missing);
-    let answer = post_hook(
-        &client,
-        &daemon,
-        "deploys",
-        &[("x-cairn-signature", signature)],
-        missing,
-    )
-    .await;
+    let answer = post_generic_bytes(&client, &daemon, missing).await;
     answer.assert_problem(400, "malformed_payload");
     assert!(
         answer.body["detail"].as_str().unwrap().contains("replicas"),
@@ -1044,15 +1044,7 @@ async fn a_reason_that_could_forge_a_history_row_is_refused_at_the_door() {
     }
     // A key given twice (serde_json would keep the last `id`) is refused.
     let twice = br#"{"id": "dup-1", "id": "dup-2", "action": "pause", "cluster": "web"}"#.to_vec();
-    let signature = generic_signature(GENERIC_SECRET, now(), &twice);
-    let answer = post_hook(
-        &client,
-        &daemon,
-        "deploys",
-        &[("x-cairn-signature", signature)],
-        twice,
-    )
-    .await;
+    let answer = post_generic_bytes(&client, &daemon, twice).await;
     answer.assert_problem(400, "malformed_payload");
     assert!(
         answer.body_text.contains("duplicate key"),
