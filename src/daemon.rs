@@ -170,11 +170,10 @@ pub(crate) async fn start_on_store(
         )),
         webhook_body_timeout: config.api.webhook_body_timeout(),
     };
-    let server = warp::serve(routes(state))
-        .incoming(listener)
-        .graceful(shutdown.clone().cancelled_owned());
+    let server =
+        crate::api::server::serve(listener, warp::service(routes(state)), shutdown.clone());
     let finished = tokio::spawn(async move {
-        server.run().await;
+        server.await;
         tracing::info!("no more requests in flight; stopping");
         reconcile_stop.cancel();
         reconcile_tasks.close();

@@ -9,6 +9,9 @@
 //! - `auth.rs`: bearer tokens and roles.
 //! - `watch.rs`: `GET /v1/watch`, the live stream (Server-Sent Events).
 //! - `export.rs`: `GET /v1/export`, the streamed NDJSON backup.
+//! - `server.rs`: the accept loop, and the request heads read again below
+//!   hyper (a request with both `Content-Length` and `Transfer-Encoding`).
+//! - `strict.rs`: ambiguous headers and queries, refused before any route.
 //! - `hooks.rs`: `POST /v1/hooks/{name}` (webhook deliveries, authenticated
 //!   by the receiver's own secret, not by bearer tokens) and the listings.
 //!
@@ -24,6 +27,7 @@ mod export;
 pub mod history;
 pub mod hooks;
 pub mod problem;
+pub mod server;
 mod strict;
 mod watch;
 

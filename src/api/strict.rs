@@ -14,9 +14,8 @@
 //! (`model::parse_json_unique`, the manifest parser, serde's structs).
 //!
 //! Not here: `Content-Length` together with `Transfer-Encoding`. hyper drops
-//! the `Content-Length` of such a request before any filter sees it, and
-//! reads the body by `Transfer-Encoding` alone (RFC 9112 §6.3 allows it);
-//! refusing it needs a look at the request head below hyper.
+//! the `Content-Length` of such a request before any filter sees it; the
+//! request heads are read again below hyper for it (`api/server.rs`).
 
 use warp::http::HeaderMap;
 

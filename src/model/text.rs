@@ -8,8 +8,10 @@
 //! `cairn history`; an ANSI escape could rewrite the terminal; a
 //! right-to-left override could make a row read backwards. Text that Cairn
 //! takes from a request is refused at the door when it breaks the rule
-//! ([`check_text`]); whatever is stored, the CLI prints such characters
-//! escaped ([`printable`]).
+//! ([`check_text`]). Text a webhook delivery carries in a payload that
+//! cannot be refused for it (a GitHub push, an Alertmanager notification) is
+//! recorded escaped ([`escape_for_record`]). Whatever is stored, the CLI
+//! prints such characters escaped ([`printable`]).
 
 use std::borrow::Cow;
 
@@ -58,6 +60,17 @@ pub fn printable(text: &str) -> Cow<'_, str> {
         }
     }
     Cow::Owned(escaped)
+}
+
+/// Makes `text` follow the rule by escaping, as [`printable`] does: for text
+/// Cairn records from a payload it cannot refuse for it (a GitHub push's
+/// pusher, refs and file names, an Alertmanager receiver, git's and the
+/// planner's messages about them). The delivery is authenticated and its
+/// actions are wanted; only the text is made safe.
+pub fn escape_for_record(text: &mut String) {
+    if let Cow::Owned(escaped) = printable(text) {
+        *text = escaped;
+    }
 }
 
 #[cfg(test)]

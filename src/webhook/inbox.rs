@@ -36,8 +36,8 @@ use crate::event::{Actor, ActorKind, Cause, Event, NewEvent};
 use crate::ledger::{ApplyOptions, CommandContext, Ledger, LedgerError, Point};
 use crate::metrics::{DeliveryOutcomeLabels, Metrics};
 use crate::model::{
-    hook_stream, ActionReport, ActionResult, DeliveryOutcome, SkippedReport, WebhookEvent,
-    WebhookProcessed, WebhookReceived,
+    escape_for_record, hook_stream, ActionReport, ActionResult, DeliveryOutcome, SkippedReport,
+    WebhookEvent, WebhookProcessed, WebhookReceived,
 };
 use crate::store::{AppendRequest, ExpectedVersion, Idempotency, StoreError};
 
@@ -498,7 +498,7 @@ impl Worker {
                     delivery: received.delivery.clone(),
                     received_seq: event.seq,
                     received_id: event.id,
-                    details: planned.details.clone(),
+                    details: recordable_details(&planned.details),
                 }),
             };
             let key = context.scoped_idempotency_key().unwrap_or_default();
@@ -577,8 +577,24 @@ fn bounded(processed: WebhookProcessed) -> (WebhookProcessed, payload::EncodedPa
     }
 }
 
+/// A delivery's details as they are recorded: keys and values from the
+/// payload, escaped to follow the rule of recorded text (`model::text`).
+fn recordable_details(details: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    details
+        .iter()
+        .map(|(key, value)| {
+            let (mut key, mut value) = (key.clone(), value.clone());
+            escape_for_record(&mut key);
+            escape_for_record(&mut value);
+            (key, value)
+        })
+        .collect()
+}
+
 fn bounded_to(mut processed: WebhookProcessed, limit: usize) -> WebhookProcessed {
+    // Escaped first (it lengthens), then cut.
     let cut = |text: &mut String| {
+        escape_for_record(text);
         if text.len() > MAX_REPORT_TEXT {
             let mut end = MAX_REPORT_TEXT;
             while !text.is_char_boundary(end) {
@@ -593,6 +609,7 @@ fn bounded_to(mut processed: WebhookProcessed, limit: usize) -> WebhookProcessed
     processed.actions.truncate(limit);
     for report in &mut processed.actions {
         cut(&mut report.action);
+        escape_for_record(&mut report.key);
         if let ActionResult::Failed { error } = &mut report.result {
             cut(error);
         }

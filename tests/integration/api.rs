@@ -902,6 +902,24 @@ async fn ambiguous_requests_are_refused_before_any_route() {
             .into_bytes(),
             "duplicate_header",
         ),
+        // Both lengths, in either order: hyper read the body as chunked and
+        // the pause was applied.
+        (
+            format!(
+                "POST /v1/clusters/prod-eu/pause HTTP/1.1\r\nHost: {host}\r\n\
+                 Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+            )
+            .into_bytes(),
+            "conflicting_framing",
+        ),
+        (
+            format!(
+                "POST /v1/clusters/prod-eu/pause HTTP/1.1\r\nHost: {host}\r\n\
+                 Transfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n"
+            )
+            .into_bytes(),
+            "conflicting_framing",
+        ),
     ];
     for (request, code) in cases {
         let answer = raw_answer(&daemon, &request);
@@ -915,4 +933,19 @@ async fn ambiguous_requests_are_refused_before_any_route() {
     );
     let repeated = get(&client, &daemon.url("/v1/clusters/prod-eu?at=1&at=2")).await;
     repeated.assert_problem(400, "bad_query");
+
+    // On one kept-alive connection, a body that reads like a request with
+    // both lengths is a body: the request after it is answered as usual.
+    let smuggled = format!(
+        "POST /v1/clusters/prod-eu/pause HTTP/1.1\r\nHost: {host}\r\n\
+         Content-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n"
+    );
+    let pipelined = format!(
+        "GET /healthz HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\n\r\n{smuggled}\
+         GET /healthz HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n",
+        smuggled.len()
+    );
+    let answer = raw_answer(&daemon, pipelined.as_bytes());
+    assert_eq!(answer.matches("HTTP/1.1 200").count(), 2, "{answer}");
+    assert!(!answer.contains("conflicting_framing"), "{answer}");
 }

@@ -125,7 +125,10 @@ async fn generic_requests_change_state_once_and_bad_ones_change_nothing() {
     let data_directory = tempfile::tempdir().unwrap();
     let config = format!(
         "max_body_bytes = 8192\n[reconcile]\nenabled = false\n\n\
-         [hooks.deploys]\ntype = \"generic\"\nsecret = \"{GENERIC_SECRET}\"\n"
+         [hooks.deploys]\ntype = \"generic\"\nsecret = \"{GENERIC_SECRET}\"\n\n\
+         [hooks.alerts]\ntype = \"alertmanager\"\nsecret = \"{ALERTS_TOKEN}\"\n\n\
+         [[hooks.alerts.rules]]\nname = \"saturated\"\nmatch = {{ alertname = \"PoolSaturated\" }}\n\
+         action = \"scale_pool\"\nby = 1\nmax = 9\n"
     );
     let daemon = Daemon::start_with_config(data_directory.path(), &config);
     let client = http_client();
@@ -1013,11 +1016,14 @@ async fn a_webhook_is_checked_before_its_body_is_read_and_the_read_is_bounded() 
 }
 
 #[tokio::test]
-async fn a_reason_that_could_forge_a_history_row_is_refused_at_the_door() {
+async fn text_that_could_forge_a_history_row_is_refused_or_recorded_escaped() {
     let data_directory = tempfile::tempdir().unwrap();
     let config = format!(
         "[reconcile]\nenabled = false\n\n\
-         [hooks.deploys]\ntype = \"generic\"\nsecret = \"{GENERIC_SECRET}\"\n"
+         [hooks.deploys]\ntype = \"generic\"\nsecret = \"{GENERIC_SECRET}\"\n\n\
+         [hooks.alerts]\ntype = \"alertmanager\"\nsecret = \"{ALERTS_TOKEN}\"\n\n\
+         [[hooks.alerts.rules]]\nname = \"saturated\"\nmatch = {{ alertname = \"PoolSaturated\" }}\n\
+         action = \"scale_pool\"\nby = 1\nmax = 9\n"
     );
     let daemon = Daemon::start_with_config(data_directory.path(), &config);
     let client = http_client();
@@ -1059,4 +1065,72 @@ async fn a_reason_that_could_forge_a_history_row_is_refused_at_the_door() {
         .await
         .assert_status(202);
     assert!(head_seq(&client, &daemon).await > head);
+
+    // An Alertmanager notification is not refused for its text: its actions
+    // run, and what it says is recorded escaped.
+    let head = head_seq(&client, &daemon).await;
+    let mut notification: Value = serde_json::from_slice(include_bytes!(
+        "../fixtures/webhooks/alertmanager-firing.json"
+    ))
+    .unwrap();
+    let forged_row = "cairn\n  99  1  2026-11-25T20:00:00.000Z  root  ClusterDeleted";
+    notification["receiver"] = json!(forged_row);
+    let saturated = notification["alerts"][1].clone();
+    let mut workers = saturated.clone();
+    workers["labels"]["cluster"] = json!("web");
+    let mut escape = saturated;
+    escape["labels"]["cluster"] = json!("web");
+    escape["labels"]["pool"] = json!("\u{1b}[2Kworkers\u{202e}");
+    escape["fingerprint"] = json!("00000000000000ff");
+    notification["alerts"] = json!([workers, escape]);
+    let bearer = [("authorization", format!("Bearer {ALERTS_TOKEN}"))];
+    let answer = post_hook(
+        &client,
+        &daemon,
+        "alerts",
+        &bearer,
+        serde_json::to_vec(&notification).unwrap(),
+    )
+    .await;
+    answer.assert_status(202);
+    let delivery = answer.body["delivery"].as_str().unwrap().to_string();
+    wait_processed(&client, &daemon, "alerts", &delivery).await;
+    let events = all_events(&client, &daemon).await;
+    let recorded: Vec<&Value> = events[head as usize..]
+        .iter()
+        .filter(|event| event["type"] != "WebhookReceived")
+        .collect();
+    assert!(
+        recorded.iter().any(|e| e["stream"] == "cluster/web"),
+        "the pool was scaled: {recorded:?}"
+    );
+    let mut texts = Vec::new();
+    for event in &recorded {
+        strings_of(event, &mut texts);
+    }
+    for text in &texts {
+        assert_eq!(
+            cairn::model::check_text(text),
+            Ok(()),
+            "recorded unescaped: {text:?}"
+        );
+    }
+    assert!(
+        texts.iter().any(|text| text.contains("cairn\\n  99")),
+        "the receiver is recorded, escaped: {texts:?}"
+    );
+    assert!(
+        texts.iter().any(|text| text.contains("\\e[2Kworkers")),
+        "the pool's name is recorded, escaped: {texts:?}"
+    );
+}
+
+/// Every string in `value`, at any depth.
+fn strings_of(value: &Value, into: &mut Vec<String>) {
+    match value {
+        Value::String(text) => into.push(text.clone()),
+        Value::Array(items) => items.iter().for_each(|item| strings_of(item, into)),
+        Value::Object(fields) => fields.values().for_each(|item| strings_of(item, into)),
+        _ => {}
+    }
 }
