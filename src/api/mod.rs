@@ -368,6 +368,11 @@ where
             continue;
         }
         collected.put(chunk);
+        // One chunk (at most `server::MAX_HEAD_BYTES`, hyper's read buffer)
+        // per turn: with a hundred bodies arriving at once, a request that
+        // needs no body (`/healthz`) waits for one chunk of each, not for
+        // whole bodies (issue 21: its p99 went from 4.1 to 0.9-2.5 ms).
+        tokio::task::yield_now().await;
     }
     if received > limit {
         return Err(too_large());

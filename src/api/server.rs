@@ -51,7 +51,8 @@ use super::problem::ApiError;
 pub const MAX_HEADERS: usize = 100;
 
 /// The largest request head, in bytes. hyper's read buffer is bounded to it
-/// (a longer head is 431), and the tracker never holds more.
+/// (a longer head is 431), and the tracker never holds more. Bodies are read
+/// in chunks of at most this size too.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 
 /// Serves `service` on every connection `listener` accepts until `shutdown`
