@@ -322,16 +322,16 @@ fn share_of(record: &[u8], shares: usize) -> usize {
     if shares == 1 {
         return 0;
     }
-    let Some(stream) = EventRef::stream_of_record(record) else {
+    let Some(stream) = EventRef::stream_bytes_of_record(record) else {
         return 0;
     };
     let key = stream
-        .strip_prefix(CLUSTER_STREAM_PREFIX)
-        .or_else(|| stream.strip_prefix(RECONCILE_STREAM_PREFIX))
+        .strip_prefix(CLUSTER_STREAM_PREFIX.as_bytes())
+        .or_else(|| stream.strip_prefix(RECONCILE_STREAM_PREFIX.as_bytes()))
         .unwrap_or(stream);
     // FNV-1a: fixed, so a share does not change from run to run.
-    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    let hash = key.iter().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
     });
     (hash % shares as u64) as usize
 }

@@ -266,16 +266,16 @@ impl<'a> EventRef<'a> {
         })
     }
 
-    /// The stream of a stored record, read without decoding the rest: the
-    /// seq and the stream are the first two fields, so this costs a few
-    /// bytes. None when the record does not start like a record; its full
-    /// decode then says why.
-    pub fn stream_of_record(bytes: &'a [u8]) -> Option<&'a str> {
+    /// The bytes of the stream of a stored record, read without decoding
+    /// the rest (nor checking them as UTF-8): the seq and the stream are the
+    /// first two fields, so this costs a few bytes. None when the record
+    /// does not start like a record; its full decode then says why.
+    pub fn stream_bytes_of_record(bytes: &'a [u8]) -> Option<&'a [u8]> {
         let body = record_body(bytes).ok()?;
         let (_seq, rest) = split_varint(body)?;
         let (len, rest) = split_varint(rest)?;
         let len = usize::try_from(len).ok()?;
-        std::str::from_utf8(rest.get(..len)?).ok()
+        rest.get(..len)
     }
 }
 
@@ -639,13 +639,19 @@ mod tests {
                 let mut event = sample(seq, GENESIS_HASH);
                 event.stream = stream.clone();
                 let record = event.encode_record();
-                assert_eq!(EventRef::stream_of_record(&record), Some(stream.as_str()));
+                assert_eq!(
+                    EventRef::stream_bytes_of_record(&record),
+                    Some(stream.as_bytes())
+                );
                 assert_eq!(EventRef::decode_record(&record).unwrap().stream, stream);
-                assert_eq!(EventRef::stream_of_record(&record[..4]), None);
+                assert_eq!(EventRef::stream_bytes_of_record(&record[..4]), None);
             }
         }
-        assert_eq!(EventRef::stream_of_record(&[]), None);
-        assert_eq!(EventRef::stream_of_record(&[RECORD_FORMAT_V1, 254]), None);
+        assert_eq!(EventRef::stream_bytes_of_record(&[]), None);
+        assert_eq!(
+            EventRef::stream_bytes_of_record(&[RECORD_FORMAT_V1, 254]),
+            None
+        );
     }
 
     #[test]

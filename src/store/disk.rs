@@ -53,6 +53,14 @@ pub trait DiskFile: Send + Sync + std::fmt::Debug {
     fn len(&self) -> io::Result<u64>;
     /// Cuts or extends the file (extension reads as zeros).
     fn set_len(&self, len: u64) -> io::Result<()>;
+    /// The whole file mapped into memory, read-only, or `None` where files
+    /// are not mapped (the simulated disk reads instead). The caller keeps the
+    /// file from being written or cut while any part of the mapping lives:
+    /// the log maps only sealed segments, which nothing writes (see
+    /// `segment/reader.rs`).
+    fn map(&self) -> io::Result<Option<bytes::Bytes>> {
+        Ok(None)
+    }
 }
 
 /// The file-system operations the log uses.
@@ -125,6 +133,17 @@ impl DiskFile for RealFile {
         self.file
             .set_len(len)
             .map_err(|error| with_path(error, &self.path))
+    }
+
+    fn map(&self) -> io::Result<Option<bytes::Bytes>> {
+        // SAFETY: the mapping is read-only, and the caller keeps the file
+        // from being written or cut while the mapping lives (the trait's
+        // contract). A removal by name leaves the mapping valid.
+        let mapping = unsafe { memmap2::Mmap::map(&self.file) }
+            .map_err(|error| with_path(error, &self.path))?;
+        // Read front to back: the kernel may read ahead and drop behind.
+        let _ = mapping.advise(memmap2::Advice::Sequential);
+        Ok(Some(bytes::Bytes::from_owner(mapping)))
     }
 }
 

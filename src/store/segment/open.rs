@@ -105,6 +105,7 @@ pub fn open_with(
                 file,
                 first_seq: header.first_seq,
                 sealed_end,
+                mapping: Default::default(),
             },
             header,
         ));

@@ -230,6 +230,16 @@ fn appends_across_many_segments_roll_and_seal_them() {
     for (frame, expected) in frames.iter().zip(&written) {
         assert!(expected.matches(frame));
     }
+    // The sealed segments were read in place (mapped), the tail was read.
+    let published = reader.shared.snapshot();
+    let states: Vec<String> = published
+        .segments
+        .iter()
+        .map(|entry| format!("{:?}", entry.mapping))
+        .collect();
+    let (tail, sealed) = states.split_last().unwrap();
+    assert!(sealed.iter().all(|state| state == "mapped"), "{states:?}");
+    assert_eq!(tail, "not read yet");
     // Every segment but the last is sealed, and its footer matches its
     // frames; the next header continues its seqs.
     for number in 1..last_segment {

@@ -234,6 +234,7 @@ impl SegmentWriter {
                     file: tail.file.clone(),
                     first_seq: tail.first_seq,
                     sealed_end: None,
+                    mapping: Default::default(),
                 });
             }
             if seal {
