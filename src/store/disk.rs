@@ -58,10 +58,14 @@ pub trait DiskFile: Send + Sync + std::fmt::Debug {
     /// file from being written or cut while any part of the mapping lives:
     /// the log maps only sealed segments, which nothing writes (see
     /// `segment/reader.rs`).
-    fn map(&self) -> io::Result<Option<bytes::Bytes>> {
+    fn map(&self) -> io::Result<Option<Mapping>> {
         Ok(None)
     }
 }
+
+/// A file mapped into memory, read-only (`DiskFile::map`); unmapped when the
+/// last reference is dropped.
+pub type Mapping = Arc<dyn AsRef<[u8]> + Send + Sync>;
 
 /// The file-system operations the log uses.
 pub trait Disk: Send + Sync + std::fmt::Debug + 'static {
@@ -135,7 +139,7 @@ impl DiskFile for RealFile {
             .map_err(|error| with_path(error, &self.path))
     }
 
-    fn map(&self) -> io::Result<Option<bytes::Bytes>> {
+    fn map(&self) -> io::Result<Option<Mapping>> {
         // SAFETY: the mapping is read-only, and the caller keeps the file
         // from being written or cut while the mapping lives (the trait's
         // contract). A removal by name leaves the mapping valid.
@@ -143,7 +147,7 @@ impl DiskFile for RealFile {
             .map_err(|error| with_path(error, &self.path))?;
         // Read front to back: the kernel may read ahead and drop behind.
         let _ = mapping.advise(memmap2::Advice::Sequential);
-        Ok(Some(bytes::Bytes::from_owner(mapping)))
+        Ok(Some(Arc::new(mapping)))
     }
 }
 

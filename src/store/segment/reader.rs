@@ -8,6 +8,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::format::{self, FRAME_HEADER_LEN, SEGMENT_HEADER_LEN};
 use super::{io_error, read_exact_at, DiskFile, Frame, LogError, Position};
+use crate::store::disk::Mapping;
 
 /// A segment as readers see it.
 #[derive(Debug, Clone)]
@@ -18,24 +19,80 @@ pub(super) struct SegmentEntry {
     pub first_seq: u64,
     /// The data end of a sealed segment; `None` for the tail.
     pub sealed_end: Option<u64>,
-    /// The sealed segment mapped into memory, once it is first read (shared
+    /// The sealed segment's mapping while some read of it is alive (shared
     /// by the clones of this entry in later publications).
     pub mapping: Arc<SegmentMapping>,
 }
 
-/// A sealed segment's mapping, made on its first read. Its `Debug` says
-/// whether there is one, not what it holds.
+/// A sealed segment's mapping: made by a read when none is alive, and
+/// unmapped when the last `Bytes` read from it is dropped, so that the
+/// mapped pages of a log read once (a replay, the background verification)
+/// do not stay in the daemon's resident memory. Its `Debug` says whether
+/// there is one, not what it holds.
 #[derive(Default)]
-pub(super) struct SegmentMapping(OnceLock<Option<Bytes>>);
+pub(super) struct SegmentMapping {
+    /// The live mapping, if any.
+    live: Mutex<Option<std::sync::Weak<dyn AsRef<[u8]> + Send + Sync>>>,
+    /// The disk does not map files (the simulated disk), or mapping failed.
+    unmappable: OnceLock<()>,
+}
+
+impl SegmentMapping {
+    /// The live mapping, or a new one; `None` when the segment is read
+    /// instead.
+    fn get(&self, entry: &SegmentEntry) -> Option<Mapping> {
+        if self.unmappable.get().is_some() {
+            return None;
+        }
+        let mut live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(mapping) = live.as_ref().and_then(std::sync::Weak::upgrade) {
+            return Some(mapping);
+        }
+        match entry.file.map() {
+            Ok(Some(mapping)) => {
+                *live = Some(Arc::downgrade(&mapping));
+                Some(mapping)
+            }
+            Ok(None) => {
+                let _ = self.unmappable.set(());
+                None
+            }
+            Err(error) => {
+                tracing::warn!(path = %entry.path.display(), %error, "a sealed segment cannot be mapped; reading it instead");
+                let _ = self.unmappable.set(());
+                None
+            }
+        }
+    }
+}
 
 impl std::fmt::Debug for SegmentMapping {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let state = match self.0.get() {
-            None => "not read yet",
-            Some(None) => "read, not mapped",
-            Some(Some(_)) => "mapped",
+        let live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+        let state = if self.unmappable.get().is_some() {
+            "read, not mapped"
+        } else if live.as_ref().is_some_and(|weak| weak.strong_count() > 0) {
+            "mapped"
+        } else if live.is_some() {
+            "unmapped"
+        } else {
+            "not read yet"
         };
         formatter.write_str(state)
+    }
+}
+
+/// A range of a mapped segment, owned by the `Bytes` of one read: the
+/// records sliced from it keep the mapping alive.
+struct MappedRange {
+    mapping: Mapping,
+    start: usize,
+    end: usize,
+}
+
+impl AsRef<[u8]> for MappedRange {
+    fn as_ref(&self) -> &[u8] {
+        &(*self.mapping).as_ref()[self.start..self.end]
     }
 }
 
@@ -244,17 +301,14 @@ impl SegmentReader {
 /// reader and never shrinks (which would be SIGBUS, not an error).
 fn read_bytes_at(entry: &SegmentEntry, offset: u64, len: u64) -> Result<Bytes, LogError> {
     if entry.sealed_end.is_some() {
-        let mapping = entry.mapping.0.get_or_init(|| match entry.file.map() {
-            Ok(mapping) => mapping,
-            Err(error) => {
-                tracing::warn!(path = %entry.path.display(), %error, "a sealed segment cannot be mapped; reading it instead");
-                None
-            }
-        });
-        if let Some(mapping) = mapping {
+        if let Some(mapping) = entry.mapping.get(entry) {
             let end = offset.saturating_add(len);
-            if end <= mapping.len() as u64 {
-                return Ok(mapping.slice(offset as usize..end as usize));
+            if end <= (*mapping).as_ref().len() as u64 {
+                return Ok(Bytes::from_owner(MappedRange {
+                    mapping,
+                    start: offset as usize,
+                    end: end as usize,
+                }));
             }
         }
     }

@@ -230,16 +230,41 @@ fn appends_across_many_segments_roll_and_seal_them() {
     for (frame, expected) in frames.iter().zip(&written) {
         assert!(expected.matches(frame));
     }
-    // The sealed segments were read in place (mapped), the tail was read.
-    let published = reader.shared.snapshot();
-    let states: Vec<String> = published
-        .segments
-        .iter()
-        .map(|entry| format!("{:?}", entry.mapping))
-        .collect();
-    let (tail, sealed) = states.split_last().unwrap();
-    assert!(sealed.iter().all(|state| state == "mapped"), "{states:?}");
+    // The sealed segments were read in place (mapped) and are unmapped once
+    // no record read from them is alive; the tail was read.
+    let states = || -> Vec<String> {
+        let published = reader.shared.snapshot();
+        published
+            .segments
+            .iter()
+            .map(|entry| format!("{:?}", entry.mapping))
+            .collect()
+    };
+    let while_held = states();
+    let (tail, sealed) = while_held.split_last().unwrap();
+    assert!(
+        sealed.iter().all(|state| state == "mapped"),
+        "{while_held:?}"
+    );
     assert_eq!(tail, "not read yet");
+    let frames_again = read_all(&reader);
+    drop(frames);
+    let after = states();
+    assert!(
+        after[..after.len() - 1]
+            .iter()
+            .all(|state| state == "mapped"),
+        "{after:?}"
+    );
+    drop(frames_again);
+    let after = states();
+    assert!(
+        after[..after.len() - 1]
+            .iter()
+            .all(|state| state == "unmapped"),
+        "{after:?}"
+    );
+    let frames = read_all(&reader);
     // Every segment but the last is sealed, and its footer matches its
     // frames; the next header continues its seqs.
     for number in 1..last_segment {
