@@ -292,15 +292,22 @@ impl SegmentReader {
     }
 }
 
-/// The bytes at `offset..offset + len` of a segment: a slice of its mapping
-/// when it is sealed and the disk maps files, else read into one buffer.
+/// The bytes at `offset..offset + len` of a segment: for a bulk read of a
+/// sealed segment on a disk that maps files, a slice of its mapping; else
+/// read into one buffer.
 ///
 /// **Architecture Invariant:** nothing writes or cuts a sealed segment while
 /// the log is open (the writer seals a segment after its last write; repairs
 /// run at open, before any read), so a mapping of one never changes under a
 /// reader and never shrinks (which would be SIGBUS, not an error).
 fn read_bytes_at(entry: &SegmentEntry, offset: u64, len: u64) -> Result<Bytes, LogError> {
-    if entry.sealed_end.is_some() {
+    // Bulk reads only (a replay, an export, the verification read 256 KiB at
+    // a time, or a segment's data whole): a point read of a few KiB costs
+    // less read into a buffer than a mapping made, faulted in and unmapped
+    // for it.
+    let bulk = len >= READ_BUFFER_BYTES as u64
+        || entry.sealed_end == Some(SEGMENT_HEADER_LEN.saturating_add(len));
+    if entry.sealed_end.is_some() && bulk {
         if let Some(mapping) = entry.mapping.get(entry) {
             let end = offset.saturating_add(len);
             if end <= (*mapping).as_ref().len() as u64 {

@@ -107,10 +107,15 @@ fn append_group(writer: &mut SegmentWriter, group: &[TestFrame]) -> Vec<Position
 }
 
 pub(super) fn read_all(reader: &SegmentReader) -> Vec<Frame> {
+    read_all_in(reader, 1000)
+}
+
+/// Every frame, read `max_bytes` at a time.
+fn read_all_in(reader: &SegmentReader, max_bytes: usize) -> Vec<Frame> {
     let mut frames = Vec::new();
     let mut position = reader.start();
     loop {
-        let batch = reader.read_frames(position, 1000).expect("read");
+        let batch = reader.read_frames(position, max_bytes).expect("read");
         let Some(last) = batch.last() else {
             return frames;
         };
@@ -230,8 +235,9 @@ fn appends_across_many_segments_roll_and_seal_them() {
     for (frame, expected) in frames.iter().zip(&written) {
         assert!(expected.matches(frame));
     }
-    // The sealed segments were read in place (mapped) and are unmapped once
-    // no record read from them is alive; the tail was read.
+    // Read in bulk (a segment's data whole), the sealed segments are read in
+    // place (mapped), with the same frames, and unmapped once no record read
+    // from them is alive; the tail is read.
     let states = || -> Vec<String> {
         let published = reader.shared.snapshot();
         published
@@ -240,6 +246,14 @@ fn appends_across_many_segments_roll_and_seal_them() {
             .map(|entry| format!("{:?}", entry.mapping))
             .collect()
     };
+    assert!(states().iter().all(|state| state == "not read yet"));
+    let bulk = read_all_in(&reader, 1 << 20);
+    assert_eq!(bulk.len(), frames.len());
+    for (mapped, read) in bulk.iter().zip(&frames) {
+        assert_eq!(mapped.position, read.position);
+        assert_eq!(mapped.records, read.records);
+        assert_eq!(mapped.meta, read.meta);
+    }
     let while_held = states();
     let (tail, sealed) = while_held.split_last().unwrap();
     assert!(
@@ -247,24 +261,11 @@ fn appends_across_many_segments_roll_and_seal_them() {
         "{while_held:?}"
     );
     assert_eq!(tail, "not read yet");
-    let frames_again = read_all(&reader);
-    drop(frames);
+    drop(bulk);
     let after = states();
-    assert!(
-        after[..after.len() - 1]
-            .iter()
-            .all(|state| state == "mapped"),
-        "{after:?}"
-    );
-    drop(frames_again);
-    let after = states();
-    assert!(
-        after[..after.len() - 1]
-            .iter()
-            .all(|state| state == "unmapped"),
-        "{after:?}"
-    );
-    let frames = read_all(&reader);
+    let (tail, sealed) = after.split_last().unwrap();
+    assert!(sealed.iter().all(|state| state == "unmapped"), "{after:?}");
+    assert_eq!(tail, "not read yet");
     // Every segment but the last is sealed, and its footer matches its
     // frames; the next header continues its seqs.
     for number in 1..last_segment {
