@@ -320,7 +320,9 @@ fn read_bytes_at(entry: &SegmentEntry, offset: u64, len: u64) -> Result<Bytes, L
         }
     }
     let len = len as usize;
-    if len > READ_BUFFER_BYTES {
+    // A pooled buffer for the reads that fill most of one; a small point
+    // read allocates what it reads, not a quarter of a MiB.
+    if !(READ_BUFFER_BYTES / 4..=READ_BUFFER_BYTES).contains(&len) {
         let mut buffer = BytesMut::zeroed(len);
         read_exact_at(entry.file.as_ref(), &mut buffer, offset).map_err(io_error(
             format_args!("read {len} bytes at offset {offset} of"),
