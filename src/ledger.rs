@@ -154,7 +154,7 @@ impl CommandContext {
         let key = self.idempotency_key.as_ref()?;
         let mut hasher = Sha256::new();
         hasher.update(b"principal\n");
-        hasher.update(actor_kind_tag(self.actor.kind).as_bytes());
+        hasher.update(self.actor.kind.as_str().as_bytes());
         hasher.update(b"\n");
         hasher.update(self.actor.name.as_bytes());
         let principal: [u8; 32] = hasher.finalize().into();
@@ -167,16 +167,6 @@ impl CommandContext {
     fn idempotency(&self, digest: [u8; 32]) -> Option<Idempotency> {
         self.scoped_idempotency_key()
             .map(|key| Idempotency { key, digest })
-    }
-}
-
-/// A fixed name per actor kind, for the principal of a scoped key.
-fn actor_kind_tag(kind: ActorKind) -> &'static str {
-    match kind {
-        ActorKind::User => "user",
-        ActorKind::Webhook => "webhook",
-        ActorKind::Reconciler => "reconciler",
-        ActorKind::System => "system",
     }
 }
 

@@ -229,11 +229,19 @@ pub fn routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Error = I
 
     // Before any route: a request ambiguous about who asks, from where, how
     // long its body is, or what it queries, is refused (`strict.rs`).
-    let strict = warp::header::headers_cloned()
+    let strict = warp::ext::optional::<server::ConflictingFraming>()
+        .and(warp::header::headers_cloned())
         .and(warp::query::raw().or(warp::any().map(String::new)).unify())
-        .and_then(|headers: warp::http::HeaderMap, query: String| async move {
-            strict::check_request(&headers, &query).map_err(warp::reject::custom)
-        })
+        .and_then(
+            |framing: Option<server::ConflictingFraming>,
+             headers: warp::http::HeaderMap,
+             query: String| async move {
+                if framing.is_some() {
+                    return Err(warp::reject::custom(strict::conflicting_framing()));
+                }
+                strict::check_request(&headers, &query).map_err(warp::reject::custom)
+            },
+        )
         .untuple_one();
 
     let routes = health
@@ -369,10 +377,13 @@ where
         }
         collected.put(chunk);
         // One chunk (at most `server::MAX_HEAD_BYTES`, hyper's read buffer)
-        // per turn: with a hundred bodies arriving at once, a request that
-        // needs no body (`/healthz`) waits for one chunk of each, not for
-        // whole bodies (issue 21: its p99 went from 4.1 to 0.9-2.5 ms).
-        tokio::task::yield_now().await;
+        // per turn while more is announced: with a hundred bodies arriving
+        // at once, a request that needs no body (`/healthz`) waits for one
+        // chunk of each, not for whole bodies. A body that came in one chunk
+        // does not pay for the turn.
+        if length.is_none_or(|length| received < length) {
+            tokio::task::yield_now().await;
+        }
     }
     if received > limit {
         return Err(too_large());

@@ -8,9 +8,10 @@
 //! then the attacker's (request smuggling). RFC 9112 §6.1 lets a server refuse
 //! such a request, and Cairn does. hyper reads the body by
 //! `Transfer-Encoding` and drops the `Content-Length` header before any filter
-//! sees it, so the check cannot be a filter: [`FramingTracker`] follows the
-//! bytes of each connection as hyper reads them, and [`ApiService`] answers
-//! the request whose head had both with 400 `conflicting_framing`.
+//! sees it, so the finding cannot be a filter's: [`FramingTracker`] follows
+//! the bytes of each connection as hyper reads them, [`ApiService`] marks the
+//! request whose head had both ([`ConflictingFraming`]), and `strict.rs`
+//! answers it with 400 `conflicting_framing`.
 //!
 //! # Layout
 //! - [`serve`]: the accept loop and graceful shutdown (what `warp::serve` did,
@@ -18,7 +19,7 @@
 //! - [`FramingTracker`]: pure; follows one connection's request heads and
 //!   `Content-Length` bodies and names the request whose head had both.
 //! - [`WatchedStream`]: the socket, showing every byte read to the tracker.
-//! - [`ApiService`]: the warp service behind a check of the tracker's verdict.
+//! - [`ApiService`]: the warp service, told of the tracker's verdict.
 //!
 //! The tracker follows a connection until the first request with a
 //! `Transfer-Encoding` (it does not decode chunks): that request is answered
@@ -34,7 +35,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_util::future::{self, Either, FutureExt, Map, Ready};
+use futures_util::future::{Either, FutureExt, Map};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -43,8 +44,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use warp::http::{header, HeaderValue, Request};
 use warp::reply::Response;
-
-use super::problem::ApiError;
 
 /// The most header lines a request may have: hyper's and the tracker's
 /// parser are given the same bound, so neither reads a head the other refuses.
@@ -358,7 +357,13 @@ impl AsyncWrite for WatchedStream {
     }
 }
 
-/// The API's warp service, behind the connection's framing verdict.
+/// Marks a request whose head had both `Content-Length` and
+/// `Transfer-Encoding`; `strict.rs` refuses it before any route, so that it
+/// is answered, logged and counted as every other refusal is.
+#[derive(Debug, Clone, Copy)]
+pub struct ConflictingFraming;
+
+/// The API's warp service, told of the connection's framing verdict.
 #[derive(Clone)]
 struct ApiService<S> {
     inner: S,
@@ -373,18 +378,12 @@ where
 {
     type Response = Response;
     type Error = Infallible;
-    type Future = Either<Ready<Answer>, Either<Map<S::Future, fn(Answer) -> Answer>, S::Future>>;
+    type Future = Either<Map<S::Future, fn(Answer) -> Answer>, S::Future>;
 
-    fn call(&self, request: Request<Incoming>) -> Self::Future {
+    fn call(&self, mut request: Request<Incoming>) -> Self::Future {
         let index = self.framing.requests.fetch_add(1, Ordering::AcqRel);
         if self.framing.conflicting_request.load(Ordering::Acquire) == index + 1 {
-            let refusal = ApiError::bad_request(
-                "conflicting_framing",
-                "the request has both Content-Length and Transfer-Encoding, \
-                 so its length is ambiguous (RFC 9112 section 6.1)",
-            )
-            .closing();
-            return Either::Left(future::ready(Ok(refusal.into_response())));
+            request.extensions_mut().insert(ConflictingFraming);
         }
         let chunked = request.headers().contains_key(header::TRANSFER_ENCODING);
         // tower's `call` takes `&mut self`; warp's service is a handle to
@@ -393,11 +392,9 @@ where
         if chunked {
             // The tracker no longer follows this connection: no request may
             // come after this one.
-            Either::Right(Either::Left(
-                answer.map(close_connection as fn(Answer) -> Answer),
-            ))
+            Either::Left(answer.map(close_connection as fn(Answer) -> Answer))
         } else {
-            Either::Right(Either::Right(answer))
+            Either::Right(answer)
         }
     }
 }

@@ -8,14 +8,14 @@
 //!   (`Content-Length`, `Transfer-Encoding`), given twice;
 //! - `Origin` or `Sec-Fetch-Site` that is not visible ASCII (the browser
 //!   guard must never take such a header for an absent one);
-//! - a query parameter given twice (`at=1&at=2`).
+//! - a query parameter given twice (`at=1&at=2`);
+//! - `Content-Length` together with `Transfer-Encoding`. hyper drops the
+//!   `Content-Length` of such a request before any filter sees it, so the
+//!   request heads are read again below hyper (`server.rs`), which marks the
+//!   request for [`conflicting_framing`].
 //!
 //! Duplicate JSON keys are refused where bodies are read
 //! (`model::parse_json_unique`, the manifest parser, serde's structs).
-//!
-//! Not here: `Content-Length` together with `Transfer-Encoding`. hyper drops
-//! the `Content-Length` of such a request before any filter sees it; the
-//! request heads are read again below hyper for it (`api/server.rs`).
 
 use warp::http::HeaderMap;
 
@@ -31,6 +31,17 @@ const SINGLE_HEADERS: [&str; 7] = [
     "content-length",
     "transfer-encoding",
 ];
+
+/// The refusal of a request marked by `server.rs` for having both
+/// `Content-Length` and `Transfer-Encoding` (RFC 9112 §6.1).
+pub fn conflicting_framing() -> ApiError {
+    ApiError::bad_request(
+        "conflicting_framing",
+        "the request has both Content-Length and Transfer-Encoding, \
+         so its length is ambiguous (RFC 9112 section 6.1)",
+    )
+    .closing()
+}
 
 /// Checks a request's headers and raw query string (without the `?`).
 pub fn check_request(headers: &HeaderMap, raw_query: &str) -> Result<(), ApiError> {

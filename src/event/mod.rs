@@ -52,6 +52,18 @@ pub enum ActorKind {
     System,
 }
 
+impl ActorKind {
+    /// The kind's name, as JSON spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActorKind::User => "user",
+            ActorKind::Webhook => "webhook",
+            ActorKind::Reconciler => "reconciler",
+            ActorKind::System => "system",
+        }
+    }
+}
+
 /// Why an event was written. Append new variants at the end only.
 /// Field names affect only JSON: bincode stores no names, only variant indexes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -608,6 +620,18 @@ mod tests {
             .timestamp_micros(1_700_000_000_000_000 + seq as i64)
             .unwrap();
         Event::seal(new, "cluster/a", seq, seq, time, prev_hash)
+    }
+
+    #[test]
+    fn an_actor_kinds_name_is_its_json_name() {
+        for kind in [
+            ActorKind::User,
+            ActorKind::Webhook,
+            ActorKind::Reconciler,
+            ActorKind::System,
+        ] {
+            assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
+        }
     }
 
     #[test]

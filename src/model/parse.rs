@@ -1273,14 +1273,7 @@ mod tests {
 
     /// The syntax error of parsing `text`, as (message, line, column).
     fn syntax_error(text: &str, format: ManifestFormat) -> (String, Option<usize>, Option<usize>) {
-        match parse_manifest(text.as_bytes(), format) {
-            Err(ManifestError::Syntax {
-                message,
-                line,
-                column,
-            }) => (message, line, column),
-            other => panic!("expected a syntax error, got {other:?}"),
-        }
+        syntax(parse_manifest(text.as_bytes(), format))
     }
 
     #[test]

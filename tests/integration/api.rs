@@ -434,11 +434,6 @@ async fn an_idempotency_key_is_bound_to_its_command_and_scoped_to_its_principal(
 /// more than 1 MiB over a raw connection, and returns the raw answer. The
 /// client used elsewhere always sends a Content-Length for such a body.
 fn post_chunked_body_of_more_than_one_mebibyte(daemon: &Daemon) -> String {
-    use std::io::{Read, Write};
-    let mut connection = std::net::TcpStream::connect(daemon.address).unwrap();
-    connection
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
     let mut request = format!(
         "POST /v1/apply HTTP/1.1\r\nHost: {}\r\nContent-Type: application/yaml\r\n\
          Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
@@ -452,11 +447,7 @@ fn post_chunked_body_of_more_than_one_mebibyte(daemon: &Daemon) -> String {
         request.extend_from_slice(b"\r\n");
     }
     request.extend_from_slice(b"0\r\n\r\n");
-    // The daemon may answer and stop reading before the whole body is sent.
-    let _ = connection.write_all(&request);
-    let mut answer = Vec::new();
-    let _ = connection.read_to_end(&mut answer);
-    String::from_utf8_lossy(&answer).into_owned()
+    raw_answer(daemon, &request)
 }
 
 #[tokio::test]
@@ -857,13 +848,16 @@ async fn query_parameters_are_checked_the_same_way_everywhere() {
 }
 
 /// Sends `request` as it is over a new connection, and returns the answer.
+/// Sends `request` as it is over a new connection, and reads the answer
+/// until the daemon closes the connection (at most 30 s).
 fn raw_answer(daemon: &Daemon, request: &[u8]) -> String {
     use std::io::{Read, Write};
     let mut connection = std::net::TcpStream::connect(daemon.address).unwrap();
     connection
-        .set_read_timeout(Some(Duration::from_secs(10)))
+        .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
-    connection.write_all(request).unwrap();
+    // The daemon may answer and stop reading before the whole body is sent.
+    let _ = connection.write_all(request);
     let mut answer = Vec::new();
     let _ = connection.read_to_end(&mut answer);
     String::from_utf8_lossy(&answer).into_owned()

@@ -120,22 +120,32 @@ fn metric(text: &str, line_start: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-#[tokio::test]
-async fn generic_requests_change_state_once_and_bad_ones_change_nothing() {
-    let data_directory = tempfile::tempdir().unwrap();
+/// A daemon without reconcilers, with `top` before its sections, the
+/// generic receiver `deploys` and the Alertmanager receiver `alerts` (rule
+/// `saturated`: pool `workers` grows by 1, to at most 9), and cluster `web`
+/// applied; and a client for it.
+async fn web_with_receivers(data_directory: &Path, top: &str) -> (Daemon, reqwest::Client) {
     let config = format!(
-        "max_body_bytes = 8192\n[reconcile]\nenabled = false\n\n\
+        "{top}[reconcile]\nenabled = false\n\n\
          [hooks.deploys]\ntype = \"generic\"\nsecret = \"{GENERIC_SECRET}\"\n\n\
          [hooks.alerts]\ntype = \"alertmanager\"\nsecret = \"{ALERTS_TOKEN}\"\n\n\
          [[hooks.alerts.rules]]\nname = \"saturated\"\nmatch = {{ alertname = \"PoolSaturated\" }}\n\
          action = \"scale_pool\"\nby = 1\nmax = 9\n"
     );
-    let daemon = Daemon::start_with_config(data_directory.path(), &config);
+    let daemon = Daemon::start_with_config(data_directory, &config);
     let client = http_client();
     let manifest = cluster_manifest("web", "sim", "correct", &[("workers", 3)]);
     post_apply(&client, &daemon, "/v1/apply", &manifest, &[])
         .await
         .assert_status(201);
+    (daemon, client)
+}
+
+#[tokio::test]
+async fn generic_requests_change_state_once_and_bad_ones_change_nothing() {
+    let data_directory = tempfile::tempdir().unwrap();
+    let (daemon, client) =
+        web_with_receivers(data_directory.path(), "max_body_bytes = 8192\n").await;
     let head_before = head_seq(&client, &daemon).await;
 
     let scale = json!({"id": "deploy-1", "action": "scale", "cluster": "web",
@@ -304,6 +314,7 @@ async fn generic_requests_change_state_once_and_bad_ones_change_nothing() {
     );
 
     // No API client can claim a key of the inbox.
+    let manifest = cluster_manifest("web", "sim", "correct", &[("workers", 3)]);
     post_apply(
         &client,
         &daemon,
@@ -1018,19 +1029,7 @@ async fn a_webhook_is_checked_before_its_body_is_read_and_the_read_is_bounded() 
 #[tokio::test]
 async fn text_that_could_forge_a_history_row_is_refused_or_recorded_escaped() {
     let data_directory = tempfile::tempdir().unwrap();
-    let config = format!(
-        "[reconcile]\nenabled = false\n\n\
-         [hooks.deploys]\ntype = \"generic\"\nsecret = \"{GENERIC_SECRET}\"\n\n\
-         [hooks.alerts]\ntype = \"alertmanager\"\nsecret = \"{ALERTS_TOKEN}\"\n\n\
-         [[hooks.alerts.rules]]\nname = \"saturated\"\nmatch = {{ alertname = \"PoolSaturated\" }}\n\
-         action = \"scale_pool\"\nby = 1\nmax = 9\n"
-    );
-    let daemon = Daemon::start_with_config(data_directory.path(), &config);
-    let client = http_client();
-    let manifest = cluster_manifest("web", "sim", "correct", &[("workers", 3)]);
-    post_apply(&client, &daemon, "/v1/apply", &manifest, &[])
-        .await
-        .assert_status(201);
+    let (daemon, client) = web_with_receivers(data_directory.path(), "").await;
     let head = head_seq(&client, &daemon).await;
     for reason in [
         "launch\n  99  1  2026-11-25T20:00:00.000Z  root  ClusterDeleted",
