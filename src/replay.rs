@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::event::EventRef;
 use crate::projection::{
-    join_shares, Projections, ShareParts, SnapshotError, CLUSTER_STREAM_PREFIX,
+    check_comparable, join_shares, Projections, ShareParts, SnapshotError, CLUSTER_STREAM_PREFIX,
     RECONCILE_STREAM_PREFIX,
 };
 use crate::store::read_ahead::read_records_ahead;
@@ -380,7 +380,7 @@ async fn check(
 ) -> Result<SnapshotCheck, StoreError> {
     let stored = store.snapshot_parts(seq).await?;
     if let Err(error @ (SnapshotError::OtherFormat { .. } | SnapshotError::NoHeader)) =
-        Projections::from_snapshot_parts(&stored)
+        check_comparable(&stored)
     {
         return Ok(SnapshotCheck {
             seq,

@@ -15,9 +15,12 @@
 //! an upcaster; the fixture log in `tests/fixtures/` must decode and verify in
 //! every later version. This module knows nothing of HTTP or of storage.
 
+mod cursor;
 pub mod payload;
 
 use chrono::{DateTime, TimeZone, Utc};
+
+use cursor::Cursor;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -176,62 +179,8 @@ impl ActorRef<'_> {
     }
 }
 
-/// The stored record's fields in their order, borrowed: what bincode
-/// decodes before [`EventRef`] drops the cause and the hashes. It must
-/// follow `Event` field for field (and `CauseRef` follow `Cause` variant for
-/// variant): bincode stores no names, only the order.
-#[derive(Deserialize)]
-struct RecordRef<'a> {
-    seq: u64,
-    stream: &'a str,
-    version: u64,
-    id: Uuid,
-    event_type: &'a str,
-    schema: u16,
-    #[serde(with = "chrono::serde::ts_microseconds")]
-    time: DateTime<Utc>,
-    #[serde(borrow)]
-    actor: ActorRef<'a>,
-    #[serde(borrow)]
-    _cause: CauseRef<'a>,
-    correlation: Uuid,
-    payload: &'a [u8],
-    // `prev_hash` and `hash` follow: 64 bytes that `EventRef` does not
-    // read, so they are counted rather than decoded byte by byte.
-}
-
 /// The two hashes that end every record, in bytes.
 const RECORD_HASHES_LEN: usize = 64;
-
-/// [`Cause`], borrowed, to be decoded past.
-#[derive(Deserialize)]
-#[allow(dead_code)]
-enum CauseRef<'a> {
-    None,
-    Request {
-        request_id: &'a str,
-        #[serde(borrow)]
-        idempotency_key: Option<&'a str>,
-        #[serde(borrow)]
-        reason: Option<&'a str>,
-    },
-    Webhook {
-        hook: &'a str,
-        delivery: &'a str,
-    },
-    Event {
-        seq: u64,
-        id: Uuid,
-    },
-    WebhookDelivery {
-        hook: &'a str,
-        delivery: &'a str,
-        received_seq: u64,
-        received_id: Uuid,
-        #[serde(borrow)]
-        details: Vec<(&'a str, &'a str)>,
-    },
-}
 
 /// A stored record's encoding, after its format byte; the one place that
 /// knows which format bytes this build reads.
@@ -245,36 +194,51 @@ fn record_body(bytes: &[u8]) -> Result<&[u8], DecodeError> {
 
 impl<'a> EventRef<'a> {
     /// Reads a stored record of any known format in place.
+    ///
+    /// It follows `Event`'s fields in their order (bincode stores no names,
+    /// only the order), reads every field a fold uses as serde would, and
+    /// steps over the cause and counts the hashes (see `cursor`).
     pub fn decode_record(bytes: &'a [u8]) -> Result<EventRef<'a>, DecodeError> {
-        let body = record_body(bytes)?;
-        let (record, used): (RecordRef<'a>, usize) =
-            bincode::serde::borrow_decode_from_slice(body, bincode_decode_config())
-                .map_err(|error| DecodeError::Bincode(error.to_string()))?;
-        match (body.len() - used).cmp(&RECORD_HASHES_LEN) {
+        let mut cursor = Cursor::new(record_body(bytes)?);
+        let seq = cursor.u64("seq")?;
+        let stream = cursor.str("stream")?;
+        let version = cursor.u64("version")?;
+        let id = cursor.uuid("id")?;
+        let event_type = cursor.str("event_type")?;
+        let schema = cursor.u16("schema")?;
+        let time = cursor.time_micros("time")?;
+        let actor = ActorRef {
+            kind: actor_kind(cursor.u32("actor.kind")?)?,
+            name: cursor.str("actor.name")?,
+        };
+        skip_cause(&mut cursor)?;
+        let correlation = cursor.uuid("correlation")?;
+        let payload = cursor.bytes("payload")?;
+        match cursor.rest().len().cmp(&RECORD_HASHES_LEN) {
             std::cmp::Ordering::Less => {
                 return Err(DecodeError::Bincode(format!(
                     "the record ends {} bytes into its hashes",
-                    body.len() - used
+                    cursor.rest().len()
                 )))
             }
             std::cmp::Ordering::Greater => {
                 return Err(DecodeError::TrailingBytes(
-                    body.len() - used - RECORD_HASHES_LEN,
+                    cursor.rest().len() - RECORD_HASHES_LEN,
                 ))
             }
             std::cmp::Ordering::Equal => {}
         }
         Ok(EventRef {
-            seq: record.seq,
-            stream: record.stream,
-            version: record.version,
-            id: record.id,
-            event_type: record.event_type,
-            schema: record.schema,
-            time: record.time,
-            actor: record.actor,
-            correlation: record.correlation,
-            payload: record.payload,
+            seq,
+            stream,
+            version,
+            id,
+            event_type,
+            schema,
+            time,
+            actor,
+            correlation,
+            payload,
         })
     }
 
@@ -307,6 +271,64 @@ fn split_varint(bytes: &[u8]) -> Option<(u64, &[u8])> {
         253 => take(8),
         _ => None,
     }
+}
+
+/// The kind an `ActorKind` variant index names, as serde's decoder reads it.
+fn actor_kind(index: u32) -> Result<ActorKind, DecodeError> {
+    match index {
+        0 => Ok(ActorKind::User),
+        1 => Ok(ActorKind::Webhook),
+        2 => Ok(ActorKind::Reconciler),
+        3 => Ok(ActorKind::System),
+        other => Err(DecodeError::Bincode(format!(
+            "actor.kind: no kind has index {other}"
+        ))),
+    }
+}
+
+/// Steps over a [`Cause`], variant by variant, without reading its text.
+fn skip_cause(cursor: &mut Cursor<'_>) -> Result<(), DecodeError> {
+    match cursor.u32("cause")? {
+        // Cause::None
+        0 => {}
+        // Cause::Request { request_id, idempotency_key, reason }
+        1 => {
+            cursor.skip_str("cause.request_id")?;
+            if cursor.option("cause.idempotency_key")? {
+                cursor.skip_str("cause.idempotency_key")?;
+            }
+            if cursor.option("cause.reason")? {
+                cursor.skip_str("cause.reason")?;
+            }
+        }
+        // Cause::Webhook { hook, delivery }
+        2 => {
+            cursor.skip_str("cause.hook")?;
+            cursor.skip_str("cause.delivery")?;
+        }
+        // Cause::Event { seq, id }
+        3 => {
+            cursor.u64("cause.seq")?;
+            cursor.uuid("cause.id")?;
+        }
+        // Cause::WebhookDelivery { hook, delivery, received_seq, received_id, details }
+        4 => {
+            cursor.skip_str("cause.hook")?;
+            cursor.skip_str("cause.delivery")?;
+            cursor.u64("cause.received_seq")?;
+            cursor.uuid("cause.received_id")?;
+            for _ in 0..cursor.u64("cause.details")? {
+                cursor.skip_str("cause.details key")?;
+                cursor.skip_str("cause.details value")?;
+            }
+        }
+        other => {
+            return Err(DecodeError::Bincode(format!(
+                "cause: no cause has index {other}"
+            )))
+        }
+    }
+    Ok(())
 }
 
 /// What a writer hands to the store: the envelope fields the writer decides.
@@ -597,6 +619,8 @@ pub fn truncate_to_micros(time: DateTime<Utc>) -> DateTime<Utc> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     pub(crate) fn sample(seq: u64, prev_hash: Hash) -> Event {
@@ -804,6 +828,179 @@ mod tests {
             cursor.check(2, &unrelated.encode_record()).unwrap_err(),
             ChainError::BrokenLink { previous: 1 }
         );
+    }
+
+    /// The reference for `EventRef::decode_record`: the record's fields in
+    /// their order, borrowed, decoded by bincode's serde decoder. The cause's
+    /// text is read as bytes: the hand decoder steps over it unchecked.
+    #[derive(Deserialize)]
+    struct RecordBySerde<'a> {
+        seq: u64,
+        stream: &'a str,
+        version: u64,
+        id: Uuid,
+        event_type: &'a str,
+        schema: u16,
+        #[serde(with = "chrono::serde::ts_microseconds")]
+        time: DateTime<Utc>,
+        #[serde(borrow)]
+        actor: ActorRef<'a>,
+        #[serde(borrow)]
+        _cause: CauseBySerde<'a>,
+        correlation: Uuid,
+        payload: &'a [u8],
+    }
+
+    #[derive(Deserialize)]
+    #[allow(dead_code)]
+    enum CauseBySerde<'a> {
+        None,
+        Request {
+            request_id: &'a [u8],
+            idempotency_key: Option<&'a [u8]>,
+            reason: Option<&'a [u8]>,
+        },
+        Webhook {
+            hook: &'a [u8],
+            delivery: &'a [u8],
+        },
+        Event {
+            seq: u64,
+            id: Uuid,
+        },
+        WebhookDelivery {
+            hook: &'a [u8],
+            delivery: &'a [u8],
+            received_seq: u64,
+            received_id: Uuid,
+            details: Vec<(&'a [u8], &'a [u8])>,
+        },
+    }
+
+    fn decode_by_serde(bytes: &[u8]) -> Result<EventRef<'_>, DecodeError> {
+        let body = record_body(bytes)?;
+        let (record, used): (RecordBySerde<'_>, usize) =
+            bincode::serde::borrow_decode_from_slice(body, bincode_decode_config())
+                .map_err(|error| DecodeError::Bincode(error.to_string()))?;
+        if body.len() - used != RECORD_HASHES_LEN {
+            return Err(DecodeError::Bincode("not the hashes' length".into()));
+        }
+        Ok(EventRef {
+            seq: record.seq,
+            stream: record.stream,
+            version: record.version,
+            id: record.id,
+            event_type: record.event_type,
+            schema: record.schema,
+            time: record.time,
+            actor: record.actor,
+            correlation: record.correlation,
+            payload: record.payload,
+        })
+    }
+
+    fn any_cause() -> impl Strategy<Value = Cause> {
+        let text = || "\\PC{0,12}";
+        prop_oneof![
+            Just(Cause::None),
+            (
+                text(),
+                proptest::option::of(text()),
+                proptest::option::of(text())
+            )
+                .prop_map(|(request_id, idempotency_key, reason)| Cause::Request {
+                    request_id,
+                    idempotency_key,
+                    reason,
+                }),
+            (text(), text()).prop_map(|(hook, delivery)| Cause::Webhook { hook, delivery }),
+            (any::<u64>(), any::<u128>()).prop_map(|(seq, id)| Cause::Event {
+                seq,
+                id: Uuid::from_u128(id),
+            }),
+            (
+                text(),
+                text(),
+                any::<u64>(),
+                any::<u128>(),
+                proptest::collection::btree_map(text(), text(), 0..4)
+            )
+                .prop_map(|(hook, delivery, received_seq, id, details)| {
+                    Cause::WebhookDelivery {
+                        hook,
+                        delivery,
+                        received_seq,
+                        received_id: Uuid::from_u128(id),
+                        details,
+                    }
+                }),
+        ]
+    }
+
+    fn any_event() -> impl Strategy<Value = Event> {
+        (
+            (any::<u64>(), "\\PC{0,300}", any::<u64>(), any::<u128>()),
+            (
+                "\\PC{0,20}",
+                any::<u16>(),
+                -62_000_000_000_000_000i64..250_000_000_000_000_000,
+            ),
+            (0usize..4, "\\PC{0,12}", any_cause(), any::<u128>()),
+            proptest::collection::vec(any::<u8>(), 0..300),
+        )
+            .prop_map(
+                |(
+                    (seq, stream, version, id),
+                    (event_type, schema, micros),
+                    (kind, name, cause, correlation),
+                    payload,
+                )| {
+                    let kind = [
+                        ActorKind::User,
+                        ActorKind::Webhook,
+                        ActorKind::Reconciler,
+                        ActorKind::System,
+                    ][kind];
+                    let new = NewEvent {
+                        id: Uuid::from_u128(id),
+                        event_type,
+                        schema,
+                        actor: Actor { kind, name },
+                        cause,
+                        correlation: Uuid::from_u128(correlation),
+                        payload,
+                    };
+                    let time = Utc.timestamp_micros(micros).unwrap();
+                    Event::seal(new, &stream, seq, version, time, [9; 32])
+                },
+            )
+    }
+
+    proptest! {
+        /// The hand decoder reads what serde's reads, and fails where it
+        /// fails: on every event, and on every cut or changed byte.
+        #[test]
+        fn reading_in_place_agrees_with_serde(
+            event in any_event(),
+            cut in any::<proptest::sample::Index>(),
+            changed in any::<proptest::sample::Index>(),
+            byte in any::<u8>(),
+        ) {
+            let record = event.encode_record();
+            prop_assert_eq!(EventRef::decode_record(&record), Ok(event.view()));
+            prop_assert_eq!(decode_by_serde(&record), Ok(event.view()));
+            let cut_record = &record[..cut.index(record.len())];
+            prop_assert!(EventRef::decode_record(cut_record).is_err());
+            prop_assert!(decode_by_serde(cut_record).is_err());
+            let mut other = record.clone();
+            other[changed.index(record.len())] = byte;
+            let by_hand = EventRef::decode_record(&other);
+            let by_serde = decode_by_serde(&other);
+            prop_assert_eq!(by_hand.is_ok(), by_serde.is_ok(), "by hand {:?}, by serde {:?}", by_hand, by_serde);
+            if let (Ok(by_hand), Ok(by_serde)) = (by_hand, by_serde) {
+                prop_assert_eq!(by_hand, by_serde);
+            }
+        }
     }
 }
 

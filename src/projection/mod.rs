@@ -41,7 +41,9 @@ mod snapshot;
 
 pub use desired::*;
 pub use observed::*;
-pub use snapshot::{join_shares, ShareParts, SnapshotError, HEADER_PART, SNAPSHOT_FORMAT};
+pub use snapshot::{
+    check_comparable, join_shares, ShareParts, SnapshotError, HEADER_PART, SNAPSHOT_FORMAT,
+};
 
 use crate::event::payload::{self, Payload};
 use crate::event::{DecodeError, Event, EventRef};

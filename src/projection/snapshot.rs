@@ -99,6 +99,22 @@ fn decode_header(bytes: &[u8]) -> Result<Header, SnapshotError> {
     decode(HEADER_PART, bytes)
 }
 
+/// The header of a snapshot's parts, which must be of this build's format.
+fn header_of(parts: &[(String, Vec<u8>)]) -> Result<Header, SnapshotError> {
+    let header = parts
+        .iter()
+        .find(|(name, _)| name == HEADER_PART)
+        .ok_or(SnapshotError::NoHeader)?;
+    decode_header(&header.1)
+}
+
+/// Whether a snapshot's parts can be compared with this build's, byte for
+/// byte: they have a header, of this build's format. Only the header is
+/// decoded (a replay checks twenty snapshots of a thousand clusters each).
+pub fn check_comparable(parts: &[(String, Vec<u8>)]) -> Result<(), SnapshotError> {
+    header_of(parts).map(drop)
+}
+
 /// What one fold encodes of a snapshot: see [`Projections::share_parts`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShareParts {
@@ -170,11 +186,7 @@ impl Projections {
     }
 
     pub fn from_snapshot_parts(parts: &[(String, Vec<u8>)]) -> Result<Projections, SnapshotError> {
-        let header = parts
-            .iter()
-            .find(|(name, _)| name == HEADER_PART)
-            .ok_or(SnapshotError::NoHeader)?;
-        let header = decode_header(&header.1)?;
+        let header = header_of(parts)?;
         let mut projections = Projections::default();
         for (name, bytes) in parts {
             if name != HEADER_PART {
