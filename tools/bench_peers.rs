@@ -12,8 +12,10 @@
 //! under DIR instead of a temp dir, so whoever runs the bench can stop them
 //! with `tools/peers.sh stop KIND DIR/KIND` if the bench itself is killed).
 //!
-//! - cairn-http: the daemon runs in the measuring process, as in
-//!   `tools/bench_append.rs`; each writer declares its own cluster with `batch`
+//! - cairn-http: the daemon is the real `cairn` binary in a process of its own
+//!   (`serve`, reconcilers off, a temporary data directory), as the peers run,
+//!   so the daemon's CPU time (read from `/proc/PID/stat` before and after the
+//!   point) is apart from the load generator's; each writer declares its own cluster with `batch`
 //!   pools (not measured), then applies it with every pool's replicas
 //!   alternating 2 and 1, so each apply appends exactly `batch` PoolScaled
 //!   events, fsynced before the answer. Every apply carries an
@@ -70,7 +72,6 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use anyhow::{bail, Context, Result};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 #[path = "bench_event.rs"]
@@ -117,6 +118,14 @@ struct PointResult {
     cpu_us_per_request: f64,
     /// CPU time over wall time: how many cores the measuring process took.
     cpu_cores: f64,
+    /// For cairn-http: the daemon process's CPU time during the point, and
+    /// per request and per event, in microseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    server_cpu_seconds: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    server_cpu_us_per_request: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    server_cpu_us_per_event: Option<f64>,
 }
 
 /// User plus system CPU time this process has used so far.
@@ -131,10 +140,43 @@ fn process_cpu() -> Duration {
     time(usage.ru_utime) + time(usage.ru_stime)
 }
 
+/// The CPU time (user and system) a process has used so far, every thread's,
+/// ended ones included, from `/proc/PID/stat` (in clock ticks: 10 ms apiece
+/// where the kernel counts 100 a second, a fraction of a percent of a point).
+fn other_process_cpu(pid: u32) -> Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("read /proc/{pid}/stat"))?;
+    // The fields after the command, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .context("a stat line has the command in parentheses")?
+        .1
+        .split_whitespace()
+        .collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after ')'.
+    let ticks = |index: usize| -> Result<u64> {
+        fields
+            .get(index)
+            .context("a stat line has utime and stime")?
+            .parse()
+            .context("utime and stime are numbers")
+    };
+    // SAFETY: sysconf reads a constant of the system.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Ok(Duration::from_secs_f64(
+        (ticks(11)? + ticks(12)?) as f64 / per_second,
+    ))
+}
+
 /// What a point's writers did: wall time, CPU time and each request's latency.
 struct Measured {
     elapsed: Duration,
+    /// The measuring process's CPU time: the load generator's, and for
+    /// cairn-lib the store's too.
     cpu: Duration,
+    /// The server's CPU time, where it runs as a process whose id the bench
+    /// knows (cairn-http).
+    server_cpu: Option<Duration>,
     latencies: Vec<Duration>,
 }
 
@@ -148,6 +190,7 @@ fn summarize(
     let Measured {
         elapsed,
         cpu,
+        server_cpu,
         mut latencies,
     } = measured;
     latencies.sort();
@@ -169,6 +212,11 @@ fn summarize(
         cpu_seconds: cpu.as_secs_f64(),
         cpu_us_per_request: cpu.as_secs_f64() * 1e6 / requests.max(1) as f64,
         cpu_cores: cpu.as_secs_f64() / elapsed.as_secs_f64(),
+        server_cpu_seconds: server_cpu.map(|cpu| cpu.as_secs_f64()),
+        server_cpu_us_per_request: server_cpu
+            .map(|cpu| cpu.as_secs_f64() * 1e6 / requests.max(1) as f64),
+        server_cpu_us_per_event: server_cpu
+            .map(|cpu| cpu.as_secs_f64() * 1e6 / events.max(1) as f64),
     }
 }
 
@@ -244,11 +292,26 @@ async fn post_loop(
 
 /// Runs `writers` writers (built by `writer(index)`) and gathers latencies,
 /// the wall time and the process's CPU time over the run.
-async fn run_writers<F, Fut>(writers: usize, mut writer: F) -> Result<Measured>
+async fn run_writers<F, Fut>(writers: usize, writer: F) -> Result<Measured>
 where
     F: FnMut(usize) -> Fut,
     Fut: std::future::Future<Output = Result<Vec<Duration>>> + Send + 'static,
 {
+    run_writers_against(None, writers, writer).await
+}
+
+/// [`run_writers`], also reading the CPU time of the server process `server`
+/// over the same span.
+async fn run_writers_against<F, Fut>(
+    server: Option<u32>,
+    writers: usize,
+    mut writer: F,
+) -> Result<Measured>
+where
+    F: FnMut(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<Duration>>> + Send + 'static,
+{
+    let server_before = server.map(other_process_cpu).transpose()?;
     let cpu_before = process_cpu();
     let started = Instant::now();
     let tasks: Vec<_> = (0..writers).map(|w| tokio::spawn(writer(w))).collect();
@@ -256,9 +319,16 @@ where
     for task in tasks {
         latencies.extend(task.await.context("writer task")??);
     }
+    let elapsed = started.elapsed();
+    let cpu = process_cpu().saturating_sub(cpu_before);
+    let server_cpu = match (server, server_before) {
+        (Some(pid), Some(before)) => Some(other_process_cpu(pid)?.saturating_sub(before)),
+        _ => None,
+    };
     Ok(Measured {
-        elapsed: started.elapsed(),
-        cpu: process_cpu().saturating_sub(cpu_before),
+        elapsed,
+        cpu,
+        server_cpu,
         latencies,
     })
 }
@@ -299,20 +369,11 @@ async fn cairn_http_point(
     seconds: f64,
     dir: &Path,
 ) -> Result<PointResult> {
-    // Reconcilers off, as in `cairn serve` with `[reconcile] enabled = false`:
-    // the peers only store events, and with the sim reconciler on, every scale
-    // change also starts provider calls and their events on the same 2 cores.
-    let mut config = cairn::config::Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: dir.to_path_buf(),
-        ..cairn::config::Config::default()
-    };
-    config.reconcile.enabled = false;
-    let shutdown = CancellationToken::new();
-    let daemon = cairn::daemon::start(config, shutdown.clone())
-        .await
-        .context("start daemon")?;
-    let url = format!("http://{}/v1/apply", daemon.addr);
+    // Reconcilers off (`[reconcile] enabled = false`): the peers only store
+    // events, and with the sim reconciler on, every scale change also starts
+    // provider calls and their events on the same 2 cores.
+    let daemon = DaemonProcess::start(dir)?;
+    let url = format!("http://{}/v1/apply", daemon.address);
     let client = http_client(writers)?;
     let measured = async {
         // Declare every writer's cluster first (not measured).
@@ -331,7 +392,7 @@ async fn cairn_http_point(
         let mut headers = reqwest::header::HeaderMap::new();
         headers.insert("x-cairn-reason", cairn_reason().parse()?);
         let deadline = Instant::now() + Duration::from_secs_f64(seconds);
-        let measured = run_writers(writers, |writer| {
+        let measured = run_writers_against(Some(daemon.pid), writers, |writer| {
             let bodies = [
                 cluster_manifest(&format!("w{writer}"), batch, 2),
                 cluster_manifest(&format!("w{writer}"), batch, 1),
@@ -353,16 +414,100 @@ async fn cairn_http_point(
             )
         })
         .await?;
-        let sizes = stored_event_sizes(&client, &daemon.addr.to_string()).await?;
+        let sizes = stored_event_sizes(&client, &daemon.address).await?;
         Ok((measured, sizes))
     }
     .await;
-    shutdown.cancel();
-    daemon.finished.await.context("daemon stops")?;
+    daemon.stop()?;
     let (measured, (payload_bytes, event_json_bytes)) = measured?;
     let mut result = summarize("cairn-http", writers, batch, payload_bytes, measured);
     result.event_json_bytes = Some(event_json_bytes);
     Ok(result)
+}
+
+/// The release `cairn` binary serving on a loopback port: killed when
+/// dropped, so a failed point does not leave it running.
+struct DaemonProcess {
+    child: std::process::Child,
+    pid: u32,
+    /// `127.0.0.1:PORT`.
+    address: String,
+}
+
+impl DaemonProcess {
+    /// Starts `cairn serve` on 127.0.0.1:0 with its data in `dir`, reconcilers
+    /// off, and waits until it answers `/readyz`.
+    fn start(dir: &Path) -> Result<DaemonProcess> {
+        use std::io::BufRead;
+        let config = dir.with_extension("toml");
+        std::fs::write(&config, "[reconcile]\nenabled = false\n")?;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir)
+            .arg("--config")
+            .arg(&config)
+            .env("CAIRN_LOG", "error")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .context("start the cairn binary")?;
+        let pid = child.id();
+        let mut stdout = std::io::BufReader::new(child.stdout.take().context("piped stdout")?);
+        let mut line = String::new();
+        stdout
+            .read_line(&mut line)
+            .context("the daemon's first line")?;
+        // Keep reading, so the daemon never blocks on a full pipe.
+        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+        let daemon = DaemonProcess {
+            child,
+            pid,
+            address: match line.trim().strip_prefix("cairn listening on http://") {
+                Some(address) => address.to_string(),
+                None => bail!("the daemon's first line is not its address: {line:?}"),
+            },
+        };
+        let started = Instant::now();
+        loop {
+            let ready = std::net::TcpStream::connect(&daemon.address).and_then(|mut stream| {
+                use std::io::{Read, Write};
+                stream.write_all(
+                    b"GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+                )?;
+                let mut answer = String::new();
+                stream.read_to_string(&mut answer)?;
+                Ok(answer.starts_with("HTTP/1.1 200"))
+            });
+            if ready.unwrap_or(false) {
+                return Ok(daemon);
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                bail!("the daemon was not ready within 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Stops the daemon as Ctrl-C would and waits for it to exit.
+    fn stop(mut self) -> Result<()> {
+        // SAFETY: kill on the child's own pid, which it keeps until waited for.
+        unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGTERM) };
+        let status = self.child.wait().context("wait for the daemon")?;
+        if !status.success() {
+            bail!("the daemon exited with {status}");
+        }
+        Ok(())
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
 
 /// The reason every cairn-http apply carries.
@@ -1038,11 +1183,15 @@ fn main() -> Result<()> {
 fn print_table(options: &Options, results: &[PointResult]) {
     println!("durable events, {} s per point", options.seconds);
     println!();
-    println!("| target | writers | batch | events/s | p50 ms | p99 ms | bytes/event | CPU cores |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!(
+        "| target | writers | batch | events/s | p50 ms | p99 ms | bytes/event | CPU cores | \
+         CPU µs/request | server CPU µs/request | server CPU µs/event |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    let or_dash = |value: Option<f64>| value.map_or("-".to_string(), |v| format!("{v:.1}"));
     for r in results {
         println!(
-            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {} | {:.2} |",
+            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {} | {:.2} | {:.1} | {} | {} |",
             r.target,
             r.writers,
             r.batch,
@@ -1050,7 +1199,10 @@ fn print_table(options: &Options, results: &[PointResult]) {
             r.p50_ms,
             r.p99_ms,
             r.payload_bytes,
-            r.cpu_cores
+            r.cpu_cores,
+            r.cpu_us_per_request,
+            or_dash(r.server_cpu_us_per_request),
+            or_dash(r.server_cpu_us_per_event),
         );
     }
     for &batch in &options.batches {
