@@ -8,6 +8,8 @@
 //! lets the kernel give the workers the cores first when both want them.
 //! At most one thread per core but one parses at once (`slots`), and a request
 //! whose client goes away while it waits for a slot never starts its work.
+//! A small body is parsed inline (`run_sized`): its cost is bounded by its
+//! size, and below the hand-off's own.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
@@ -79,6 +81,21 @@ impl BodyWork {
         self.jobs.send(job).map_err(|_| WorkFailed)?;
         answer.await.map_err(|_| WorkFailed)
     }
+
+    /// Runs `work` for a body of `body_len` bytes: on the calling thread when
+    /// the body is at most `inline_up_to` bytes, else as [`BodyWork::run`]
+    /// does. A panic is [`WorkFailed`] either way.
+    pub async fn run_sized<T: Send + 'static>(
+        &self,
+        body_len: usize,
+        inline_up_to: usize,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, WorkFailed> {
+        if body_len <= inline_up_to {
+            return std::panic::catch_unwind(AssertUnwindSafe(work)).map_err(|_| WorkFailed);
+        }
+        self.run(work).await
+    }
 }
 
 /// Linux keeps a nice value per thread: this one's, raised by `niceness`.
@@ -118,5 +135,19 @@ mod tests {
         assert!(work.run(|| panic!("a bad body")).await.is_err());
         // The thread goes on after a panic.
         assert_eq!(work.run(|| 7).await.unwrap(), 7);
+    }
+
+    #[tokio::test]
+    async fn a_small_body_is_checked_inline_and_a_large_one_on_a_body_thread() {
+        let work = BodyWork::start(1);
+        let thread_name = || std::thread::current().name().map(str::to_string);
+        let inline = work.run_sized(100, 100, thread_name).await.unwrap();
+        assert_eq!(inline, std::thread::current().name().map(str::to_string));
+        let large = work.run_sized(101, 100, thread_name).await.unwrap();
+        assert_eq!(large.as_deref(), Some("cairn-body-work"));
+        assert!(work
+            .run_sized(1, 100, || panic!("a bad small body"))
+            .await
+            .is_err());
     }
 }

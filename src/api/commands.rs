@@ -9,7 +9,7 @@ use warp::{Filter, Reply};
 use super::dto::{ApplyResponse, EventView, LifecycleResponse, ScaleRequest, SimResources};
 use super::problem::{self, ApiError};
 use super::{
-    authenticated, check_cluster_name, command_context, if_match_header, limited_body, off_runtime,
+    authenticated, check_body, check_cluster_name, command_context, if_match_header, limited_body,
     with_state, ApiState,
 };
 use crate::config::Role;
@@ -171,14 +171,15 @@ async fn scale_handler(
 ) -> Response {
     let result = async {
         check_cluster_name(&name)?;
-        let request: ScaleRequest = off_runtime(&state, move || serde_json::from_slice(&body))
-            .await?
-            .map_err(|error| {
-                ApiError::bad_request(
-                    "malformed",
-                    format!("the body must be {{\"replicas\": N}}: {error}"),
-                )
-            })?;
+        let request: ScaleRequest =
+            check_body(&state, body.len(), move || serde_json::from_slice(&body))
+                .await?
+                .map_err(|error| {
+                    ApiError::bad_request(
+                        "malformed",
+                        format!("the body must be {{\"replicas\": N}}: {error}"),
+                    )
+                })?;
         let if_match = if_match_header(&headers)?;
         let context = command_context(actor, &headers)?;
         let outcome = state

@@ -13,8 +13,8 @@ use warp::{Filter, Reply};
 use super::dto::{ClusterView, ConditionView, EventView, ObservedView, PlannedChange};
 use super::problem::{self, ApiError};
 use super::{
-    authenticated, check_cluster_name, check_known_parameters, command_context, limited_body,
-    off_runtime, with_state, ApiState,
+    authenticated, check_body, check_cluster_name, check_known_parameters, command_context,
+    limited_body, with_state, ApiState,
 };
 use crate::config::Role;
 use crate::event::Actor;
@@ -205,7 +205,7 @@ async fn rollback_handler(
 ) -> Response {
     let result = async {
         check_cluster_name(&name)?;
-        let request: RollbackRequest = off_runtime(&state, move || {
+        let request: RollbackRequest = check_body(&state, body.len(), move || {
             serde_json::from_slice::<RollbackRequest>(&body)
         })
         .await?

@@ -22,7 +22,7 @@ use warp::{Filter, Reply};
 
 use super::problem::{self, ApiError};
 use super::{
-    authenticated, body_too_large, check_known_parameters, collect_body, off_runtime, query_limit,
+    authenticated, body_too_large, check_body, check_known_parameters, collect_body, query_limit,
     with_state, ApiState,
 };
 use crate::config::Role;
@@ -320,11 +320,11 @@ async fn deliver(
         }
     };
     let now = chrono::Utc::now().timestamp();
-    // The signature over the whole body, and the payload's parse: off the
-    // runtime's workers.
+    // The signature over the whole body, and the payload's parse: on a body
+    // thread unless the body is small (`check_body`).
     let checked = {
         let config = config.clone();
-        off_runtime(&state, move || {
+        check_body(&state, body.len(), move || {
             let header = |header_name: &str| {
                 headers
                     .get(header_name)

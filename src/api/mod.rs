@@ -68,7 +68,7 @@ pub struct ApiState {
     pub watch_heartbeat: std::time::Duration,
     /// The webhook receivers and their workers.
     pub inbox: Arc<crate::webhook::inbox::Inbox>,
-    /// The threads that parse and check request bodies ([`off_runtime`]).
+    /// The threads that parse and check large request bodies ([`check_body`]).
     pub body_work: Arc<body_work::BodyWork>,
     /// Bounds the webhook bodies being read at once: they are read before
     /// their signature can be checked, so this is what unauthenticated
@@ -92,22 +92,38 @@ pub fn body_work_slots() -> usize {
         .max(1)
 }
 
-/// Runs `work` (the parse or check of a request body) on a body thread
-/// (`body_work.rs`): off the runtime's workers, a bounded number at once, at
-/// a lower priority. A request whose client goes away while it waits for a
-/// slot never starts its work; once started, the work is bounded by the
-/// parsers' limits (`model::MAX_MANIFEST_NODES`, ...).
-pub(crate) async fn off_runtime<T: Send + 'static>(
+/// Bodies of at most this many bytes are parsed on the runtime's worker that
+/// read them; larger ones on a body thread (`body_work.rs`). The parsers'
+/// limits bound a body's cost by its size (the worst 1 MiB shapes take 2 to
+/// 18 ms, docs/PERFORMANCE.md, so 8 KiB well under a millisecond), and for a
+/// small body the hand-off to a body thread and back (two wake-ups and two
+/// context switches) cost more than the parse itself: most API requests
+/// and webhook deliveries are this small.
+pub const INLINE_BODY_BYTES: usize = 8 * 1024;
+
+/// Runs `work`, the parse or check of a request body of `body_len` bytes:
+/// inline when the body is small ([`INLINE_BODY_BYTES`]), else on a body
+/// thread (`body_work.rs`): off the runtime's workers, a bounded number at
+/// once, at a lower priority. A request whose client goes away while it
+/// waits for a slot never starts its work; once started, the work is bounded
+/// by the parsers' limits (`model::MAX_MANIFEST_NODES`, ...). A panic in
+/// `work` is a 500 either way.
+pub(crate) async fn check_body<T: Send + 'static>(
     state: &ApiState,
+    body_len: usize,
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, ApiError> {
-    state.body_work.run(work).await.map_err(|error| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            error.to_string(),
-        )
-    })
+    state
+        .body_work
+        .run_sized(body_len, INLINE_BODY_BYTES, work)
+        .await
+        .map_err(|error| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                error.to_string(),
+            )
+        })
 }
 
 /// The longest free-text reason a request may carry.
@@ -490,7 +506,7 @@ async fn apply_request(
     let context = command_context(actor, &headers)?;
     let request_id = context.correlation;
     let format = manifest_format(header(&headers, "content-type")?)?;
-    let manifest = off_runtime(&state, move || parse_manifest(&body, format)).await??;
+    let manifest = check_body(&state, body.len(), move || parse_manifest(&body, format)).await??;
     let outcome = state
         .ledger
         .apply(manifest, ApplyOptions { dry_run, if_match }, &context)
