@@ -826,19 +826,11 @@ impl Ledger {
         let events = events
             .into_iter()
             .map(|(event, cause)| {
-                let encoded = payload::encode_reconcile(&event);
-                NewEvent {
-                    id: Uuid::now_v7(),
-                    event_type: encoded.event_type.to_string(),
-                    schema: encoded.schema,
-                    actor: Actor {
-                        kind: ActorKind::Reconciler,
-                        name: RECONCILER_NAME.to_string(),
-                    },
-                    cause,
-                    correlation,
-                    payload: encoded.bytes,
-                }
+                let actor = Actor {
+                    kind: ActorKind::Reconciler,
+                    name: RECONCILER_NAME.to_string(),
+                };
+                NewEvent::new(payload::encode_reconcile(&event), actor, cause, correlation)
             })
             .collect();
         let request = AppendRequest {
@@ -903,15 +895,7 @@ fn command_event(
     cause: Cause,
     context: &CommandContext,
 ) -> NewEvent {
-    NewEvent {
-        id: Uuid::now_v7(),
-        event_type: encoded.event_type.to_string(),
-        schema: encoded.schema,
-        actor: context.actor.clone(),
-        cause,
-        correlation: context.correlation,
-        payload: encoded.bytes,
-    }
+    NewEvent::new(encoded, context.actor.clone(), cause, context.correlation)
 }
 
 /// The cause of a command's own events: the context's `cause` when set,

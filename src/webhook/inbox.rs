@@ -27,12 +27,11 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use uuid::Uuid;
 
 use super::action::{DeliveryPlan, HookAction};
 use super::HookConfig;
 use crate::event::payload::{self, Payload};
-use crate::event::{Actor, ActorKind, Cause, Event, NewEvent};
+use crate::event::{Actor, Cause, Event, NewEvent};
 use crate::ledger::{ApplyOptions, CommandContext, Ledger, LedgerError, Point};
 use crate::metrics::{DeliveryOutcomeLabels, Metrics};
 use crate::model::{
@@ -206,20 +205,12 @@ impl Inbox {
             request: delivery.request,
         };
         let encoded = payload::encode_webhook(&WebhookEvent::WebhookReceived(received));
-        let id = Uuid::now_v7();
-        let event = NewEvent {
-            id,
-            event_type: encoded.event_type.to_string(),
-            schema: encoded.schema,
-            actor: hook_actor(hook),
-            cause: Cause::Webhook {
-                hook: hook.to_string(),
-                delivery: delivery.id.clone(),
-            },
-            // The delivery starts a causal chain of its own.
-            correlation: id,
-            payload: encoded.bytes,
+        let cause = Cause::Webhook {
+            hook: hook.to_string(),
+            delivery: delivery.id.clone(),
         };
+        // The delivery starts a causal chain of its own.
+        let event = NewEvent::new_root(encoded, Actor::webhook(hook), cause);
         let request = AppendRequest {
             stream: hook_stream(hook),
             expected: ExpectedVersion::Any,
@@ -444,18 +435,15 @@ impl Worker {
         let request = AppendRequest {
             stream: hook_stream(&self.hook),
             expected: ExpectedVersion::Any,
-            events: vec![NewEvent {
-                id: Uuid::now_v7(),
-                event_type: encoded.event_type.to_string(),
-                schema: encoded.schema,
-                actor: hook_actor(&self.hook),
-                cause: Cause::Event {
+            events: vec![NewEvent::new(
+                encoded,
+                Actor::webhook(&self.hook),
+                Cause::Event {
                     seq: event.seq,
                     id: event.id,
                 },
-                correlation: event.correlation,
-                payload: encoded.bytes,
-            }],
+                event.correlation,
+            )],
             idempotency: Some(Idempotency {
                 key: processed_key(&self.hook, &received.delivery),
                 digest: Sha256::digest(received.delivery.as_bytes()).into(),
@@ -488,7 +476,7 @@ impl Worker {
         let mut actions = Vec::new();
         for planned in plan.actions {
             let context = CommandContext {
-                actor: hook_actor(&self.hook),
+                actor: Actor::webhook(&self.hook),
                 request_id: received.delivery.clone(),
                 correlation: event.correlation,
                 idempotency_key: Some(action_key(&self.hook, &planned.key)),
@@ -810,13 +798,6 @@ fn summarize(
         summary.push_str(&format!(" (first failure: {first_failure})"));
     }
     (outcome, summary)
-}
-
-fn hook_actor(hook: &str) -> Actor {
-    Actor {
-        kind: ActorKind::Webhook,
-        name: hook.to_string(),
-    }
 }
 
 fn delivery_key(hook: &str, delivery: &str) -> String {
