@@ -5,7 +5,8 @@
 //!
 //! - `Inbox::receive` appends `WebhookReceived` to stream `hook/<name>` under
 //!   the idempotency key `hook/<name>/delivery/<id>`, bound to the digest of
-//!   the body. The same delivery again answers with the first record and,
+//!   the body. The inbox appends only through the `Ledger`: its own events
+//!   through `Ledger::record_webhook`, the actions through its commands. The same delivery again answers with the first record and,
 //!   once there is one, its `WebhookProcessed`; the same id with another body
 //!   is `InboxError::DeliveryReused`. Keys never expire.
 //! - One worker per receiver reads the receiver's stream in order and
@@ -31,14 +32,14 @@ use tokio_util::task::TaskTracker;
 use super::action::{DeliveryPlan, HookAction};
 use super::HookConfig;
 use crate::event::payload::{self, Payload};
-use crate::event::{Actor, Cause, Event, NewEvent};
+use crate::event::{Actor, Cause, Event};
 use crate::ledger::{ApplyOptions, CommandContext, Ledger, LedgerError, Point};
 use crate::metrics::{DeliveryOutcomeLabels, Metrics};
 use crate::model::{
     escape_for_record, hook_stream, ActionReport, ActionResult, DeliveryOutcome, SkippedReport,
     WebhookEvent, WebhookProcessed, WebhookReceived,
 };
-use crate::store::{AppendRequest, ExpectedVersion, Idempotency, StoreError};
+use crate::store::{Idempotency, StoreError};
 
 /// How long a worker waits before it retries after the store failed it.
 const STORE_RETRY: Duration = Duration::from_secs(1);
@@ -209,18 +210,16 @@ impl Inbox {
             hook: hook.to_string(),
             delivery: delivery.id.clone(),
         };
-        // The delivery starts a causal chain of its own.
-        let event = NewEvent::new_root(encoded, Actor::webhook(hook), cause);
-        let request = AppendRequest {
-            stream: hook_stream(hook),
-            expected: ExpectedVersion::Any,
-            events: vec![event],
-            idempotency: Some(Idempotency {
-                key: delivery_key(hook, &delivery.id),
-                digest: delivery.digest,
-            }),
+        let idempotency = Idempotency {
+            key: delivery_key(hook, &delivery.id),
+            digest: delivery.digest,
         };
-        let appended = match self.ledger.store().append(request).await {
+        // The delivery starts a causal chain of its own: no correlation.
+        let recorded = self
+            .ledger
+            .record_webhook(hook, encoded, cause, None, idempotency)
+            .await;
+        let appended = match recorded {
             Ok(appended) => appended,
             Err(StoreError::IdempotencyKeyReused { .. }) => {
                 return Err(InboxError::DeliveryReused {
@@ -432,24 +431,26 @@ impl Worker {
             })
             .inc();
         let (_, encoded) = bounded(processed);
-        let request = AppendRequest {
-            stream: hook_stream(&self.hook),
-            expected: ExpectedVersion::Any,
-            events: vec![NewEvent::new(
-                encoded,
-                Actor::webhook(&self.hook),
-                Cause::Event {
-                    seq: event.seq,
-                    id: event.id,
-                },
-                event.correlation,
-            )],
-            idempotency: Some(Idempotency {
-                key: processed_key(&self.hook, &received.delivery),
-                digest: Sha256::digest(received.delivery.as_bytes()).into(),
-            }),
+        let cause = Cause::Event {
+            seq: event.seq,
+            id: event.id,
         };
-        match self.inbox.ledger.store().append(request).await {
+        let idempotency = Idempotency {
+            key: processed_key(&self.hook, &received.delivery),
+            digest: Sha256::digest(received.delivery.as_bytes()).into(),
+        };
+        let recorded = self
+            .inbox
+            .ledger
+            .record_webhook(
+                &self.hook,
+                encoded,
+                cause,
+                Some(event.correlation),
+                idempotency,
+            )
+            .await;
+        match recorded {
             Ok(_) => Ok(()),
             // A refusal that would recur on every retry must not stall the
             // receiver: the delivery stays without an outcome, and the
