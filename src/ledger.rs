@@ -59,9 +59,6 @@ const MAX_CONFLICT_RETRIES: usize = 8;
 /// The actor name reconciler events carry.
 pub const RECONCILER_NAME: &str = "reconciler";
 
-/// The most events one page of a query returns.
-pub const MAX_PAGE: usize = 1000;
-
 /// How long a command waits for the projection to fold in an event before it
 /// gives up with `ProjectionBehind`. Folding is in-memory and takes
 /// microseconds; this only fires when the follower is stuck.
@@ -206,16 +203,9 @@ pub struct LifecycleOutcome {
     pub stream_version: u64,
 }
 
-pub use crate::audit::EventQuery;
-
-/// One page of events, with where to continue.
-#[derive(Debug, Clone)]
-pub struct EventPage {
-    pub events: Vec<Arc<Event>>,
-    /// Pass as `after` for the next page (a seq for the log, a version for a
-    /// cluster's history); None at the end.
-    pub next_after: Option<u64>,
-}
+// Pages of events are the audit module's; the ledger's queries answer with
+// them too, under their old paths.
+pub use crate::audit::{EventPage, EventQuery, MAX_PAGE};
 
 pub struct Ledger {
     store: Arc<dyn EventStore>,
