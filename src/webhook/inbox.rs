@@ -41,6 +41,10 @@ use crate::model::{
 };
 use crate::store::{Idempotency, StoreError};
 
+// `Delivery` lives beside the plan in `action.rs`, so that the receivers
+// need not import the inbox; tools and tests still name it from here.
+pub use super::action::Delivery;
+
 /// How long a worker waits before it retries after the store failed it.
 const STORE_RETRY: Duration = Duration::from_secs(1);
 
@@ -65,24 +69,6 @@ const MAX_REPORT_TEXT: usize = 512;
 
 /// How many events of a receiver's stream one read takes.
 const PAGE: usize = 256;
-
-/// A delivery that passed its receiver's checks, ready to record.
-#[derive(Debug, Clone)]
-pub struct Delivery {
-    pub id: String,
-    /// What the sender says it is (see `WebhookReceived::event`).
-    pub event: String,
-    /// SHA-256 of the body as received.
-    pub digest: [u8; 32],
-    /// What the receiver read from the body, as JSON.
-    pub request: String,
-}
-
-impl Delivery {
-    pub fn digest_of(body: &[u8]) -> [u8; 32] {
-        Sha256::digest(body).into()
-    }
-}
 
 /// What `receive` did.
 #[derive(Debug, Clone)]
