@@ -19,3 +19,4 @@ pub mod replay;
 pub mod schema;
 pub mod store;
 pub mod webhook;
+pub mod wire;
