@@ -20,3 +20,6 @@ pub mod schema;
 pub mod store;
 pub mod webhook;
 pub mod wire;
+
+#[cfg(test)]
+mod architecture_tests;
