@@ -40,8 +40,10 @@ use chrono::{DateTime, Duration, Utc};
 use uuid::Uuid;
 
 use crate::event::{Actor, ActorKind, Cause, Event};
-use crate::ledger::{EventPage, MAX_PAGE};
 use crate::store::{EventStore, StoreError};
+
+/// The most events one page of a query returns.
+pub const MAX_PAGE: usize = 1000;
 
 /// How many events (or index entries) one `events` page may examine before
 /// it returns a partial page with a cursor.
@@ -114,6 +116,16 @@ impl ActorFilter {
     pub fn matches(&self, actor: &Actor) -> bool {
         actor.name == self.name && self.kind.is_none_or(|kind| kind == actor.kind)
     }
+}
+
+/// One page of events, with where to continue: of `events`, and of a
+/// cluster's history (`Ledger::history`).
+#[derive(Debug, Clone)]
+pub struct EventPage {
+    pub events: Vec<Arc<Event>>,
+    /// Pass as `after` for the next page (a seq for the log, a version for a
+    /// cluster's history); None at the end.
+    pub next_after: Option<u64>,
 }
 
 /// Filters of an `events` query; see the module docs.

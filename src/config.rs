@@ -67,7 +67,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:7470";
 pub const DEFAULT_DATA_DIR: &str = "./cairn-data";
 /// The largest request body the API reads.
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 1024 * 1024;
-/// Tokens shorter than this are refused: they can be guessed.
+/// Secrets (of tokens and of webhook receivers) shorter than this are
+/// refused: they can be guessed.
 pub const MIN_SECRET_LEN: usize = 16;
 
 /// Whether a `host[:port]` (as in a `Host` header or a URL's authority) names
@@ -421,7 +422,7 @@ impl Config {
                 ConfigError::Invalid(format!("providers.exec.{name}.{message}"))
             })?;
         }
-        crate::webhook::check_hooks(&self.hooks).map_err(ConfigError::Invalid)?;
+        crate::webhook::check_hooks(&self.hooks, MIN_SECRET_LEN).map_err(ConfigError::Invalid)?;
         if self.max_body_bytes == 0 {
             return Err(ConfigError::Invalid(
                 "max_body_bytes: must be positive".into(),
@@ -482,5 +483,39 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("tokens[0].secret"));
+    }
+
+    #[test]
+    fn every_receiver_needs_a_type_and_a_long_enough_secret() {
+        let check = |toml_text: &str| -> Result<(), String> {
+            let config = Config::parse(toml_text)?;
+            config.check().map_err(|error| error.to_string())
+        };
+        let cases = [
+            ("[hooks.a]\ntype = \"generic\"\n", "missing `secret`"),
+            ("[hooks.a]\nsecret = \"0123456789abcdef\"\n", "missing `type`"),
+            ("[hooks.a]\ntype = \"gitlab\"\nsecret = \"0123456789abcdef\"\n", "unknown `type` \"gitlab\""),
+            ("[hooks.a]\ntype = \"generic\"\nsecret = \"short\"\n", "hooks.a.secret: at least 16"),
+            ("[hooks.A_B]\ntype = \"generic\"\nsecret = \"0123456789abcdef\"\n", "DNS label"),
+            (
+                "[hooks.a]\ntype = \"github\"\nsecret = \"0123456789abcdef\"\nrepository = \"/r\"\nbranchh = \"main\"\n",
+                "unknown field `branchh`",
+            ),
+            (
+                "[hooks.a]\ntype = \"generic\"\nsecret = \"0123456789abcdef\"\nrepository = \"/r\"\n",
+                "unknown field `repository`",
+            ),
+        ];
+        for (text, expected) in cases {
+            let error = check(text).unwrap_err();
+            assert!(error.contains(expected), "{text}: {error}");
+        }
+        check("[hooks.a]\ntype = \"generic\"\nsecret = \"0123456789abcdef\"\n").unwrap();
+        check(
+            "[hooks.alerts]\ntype = \"alertmanager\"\nsecret = \"0123456789abcdef\"\n\
+             [[hooks.alerts.rules]]\nname = \"down\"\nmatch = { alertname = \"NodeDown\" }\n\
+             action = \"replace_machine\"\n",
+        )
+        .unwrap();
     }
 }

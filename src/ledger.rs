@@ -12,6 +12,10 @@
 //! - `Ledger::lifecycle` appends a lifecycle command (pause, resume, deletion
 //!   request, machine replacement) unless the cluster is already so;
 //!   `replace_machine` first resolves the machine in the observed projection.
+//! - `Ledger::record` appends the reconcilers' events, and
+//!   `Ledger::record_webhook` the webhook inbox's own (`WebhookReceived`,
+//!   `WebhookProcessed`). With the commands above, they are the only appends
+//!   to the store outside the store itself and the offline import.
 //!
 //! - `history.rs`: time travel (a cluster at a point, diffs between points)
 //!   and rollback as a forward change.
@@ -38,13 +42,14 @@ use uuid::Uuid;
 use crate::event::payload::{self, Payload};
 use crate::event::{Actor, ActorKind, Cause, Event, NewEvent};
 use crate::model::{
-    cluster_stream, diff, reconcile_stream, validate, Change, CloudResource,
+    cluster_stream, diff, hook_stream, reconcile_stream, validate, Change, CloudResource,
     ClusterDeletionRequested, ClusterPaused, ClusterResumed, FieldError, Lifecycle,
     MachineReplacementRequested, Manifest, ReconcileEvent, ResourceKind,
 };
 use crate::projection::{ClusterState, ObservedCluster, Projections};
 use crate::store::{
-    AppendRequest, EventStore, ExpectedVersion, Idempotency, StoreError, Subscription, VerifyReport,
+    AppendOutcome, AppendRequest, EventStore, ExpectedVersion, Idempotency, StoreError,
+    Subscription, VerifyReport,
 };
 
 /// How many times `apply` recomputes its diff after losing a race with
@@ -53,9 +58,6 @@ const MAX_CONFLICT_RETRIES: usize = 8;
 
 /// The actor name reconciler events carry.
 pub const RECONCILER_NAME: &str = "reconciler";
-
-/// The most events one page of a query returns.
-pub const MAX_PAGE: usize = 1000;
 
 /// How long a command waits for the projection to fold in an event before it
 /// gives up with `ProjectionBehind`. Folding is in-memory and takes
@@ -201,16 +203,9 @@ pub struct LifecycleOutcome {
     pub stream_version: u64,
 }
 
-pub use crate::audit::EventQuery;
-
-/// One page of events, with where to continue.
-#[derive(Debug, Clone)]
-pub struct EventPage {
-    pub events: Vec<Arc<Event>>,
-    /// Pass as `after` for the next page (a seq for the log, a version for a
-    /// cluster's history); None at the end.
-    pub next_after: Option<u64>,
-}
+// Pages of events are the audit module's; the ledger's queries answer with
+// them too, under their old paths.
+pub use crate::audit::{EventPage, EventQuery, MAX_PAGE};
 
 pub struct Ledger {
     store: Arc<dyn EventStore>,
@@ -826,19 +821,11 @@ impl Ledger {
         let events = events
             .into_iter()
             .map(|(event, cause)| {
-                let encoded = payload::encode_reconcile(&event);
-                NewEvent {
-                    id: Uuid::now_v7(),
-                    event_type: encoded.event_type.to_string(),
-                    schema: encoded.schema,
-                    actor: Actor {
-                        kind: ActorKind::Reconciler,
-                        name: RECONCILER_NAME.to_string(),
-                    },
-                    cause,
-                    correlation,
-                    payload: encoded.bytes,
-                }
+                let actor = Actor {
+                    kind: ActorKind::Reconciler,
+                    name: RECONCILER_NAME.to_string(),
+                };
+                NewEvent::new(payload::encode_reconcile(&event), actor, cause, correlation)
             })
             .collect();
         let request = AppendRequest {
@@ -852,6 +839,35 @@ impl Ledger {
             self.wait_applied(last.seq).await?;
         }
         Ok(appended.events)
+    }
+
+    /// Appends one event of the webhook receiver `hook` to its `hook/<name>`
+    /// stream under `idempotency`, by `Actor::webhook(hook)`: in the chain
+    /// `correlation`, or starting a chain of its own when that is None.
+    /// It answers as soon as the event is durable, without waiting for the
+    /// projections (they fold no webhook event, and a sender waits on this
+    /// answer), and returns the store's own error, which the inbox tells
+    /// apart (a reused delivery id, a delivery too large).
+    pub async fn record_webhook(
+        &self,
+        hook: &str,
+        encoded: payload::EncodedPayload,
+        cause: Cause,
+        correlation: Option<Uuid>,
+        idempotency: Idempotency,
+    ) -> Result<AppendOutcome, StoreError> {
+        let actor = Actor::webhook(hook);
+        let event = match correlation {
+            Some(correlation) => NewEvent::new(encoded, actor, cause, correlation),
+            None => NewEvent::new_root(encoded, actor, cause),
+        };
+        let request = AppendRequest {
+            stream: hook_stream(hook),
+            expected: ExpectedVersion::Any,
+            events: vec![event],
+            idempotency: Some(idempotency),
+        };
+        self.store.append(request).await
     }
 
     pub async fn verify(&self) -> Result<VerifyReport, StoreError> {
@@ -903,15 +919,7 @@ fn command_event(
     cause: Cause,
     context: &CommandContext,
 ) -> NewEvent {
-    NewEvent {
-        id: Uuid::now_v7(),
-        event_type: encoded.event_type.to_string(),
-        schema: encoded.schema,
-        actor: context.actor.clone(),
-        cause,
-        correlation: context.correlation,
-        payload: encoded.bytes,
-    }
+    NewEvent::new(encoded, context.actor.clone(), cause, context.correlation)
 }
 
 /// The cause of a command's own events: the context's `cause` when set,
@@ -989,7 +997,7 @@ fn apply_digest(manifest: &Manifest) -> [u8; 32] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{MachineSpec, ResourceSpec, SubnetSpec};
+    use crate::model::{MachineSpec, ResourceSpec, SubnetSpec, WebhookEvent, WebhookReceived};
 
     #[test]
     fn a_scoped_key_is_the_clients_key_under_its_principal() {
@@ -1078,5 +1086,71 @@ mod tests {
         assert_eq!(found("a"), None);
         assert_eq!(found("sim-subnet-3"), None);
         assert_eq!(found("workers-7"), None);
+    }
+
+    #[tokio::test]
+    async fn a_webhook_record_is_keyed_and_answers_without_the_projections() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::open(crate::store::StoreConfig::new(dir.path())).unwrap();
+        // No follower runs, so the projections never move: a record that
+        // waited for them would not answer.
+        let ledger = Ledger::open(store).await.unwrap();
+        let received = || {
+            payload::encode_webhook(&WebhookEvent::WebhookReceived(WebhookReceived {
+                hook: "github".into(),
+                delivery: "d-1".into(),
+                digest: "00".into(),
+                kind: "github".into(),
+                event: "push".into(),
+                request: "{}".into(),
+            }))
+        };
+        let cause = || Cause::Webhook {
+            hook: "github".into(),
+            delivery: "d-1".into(),
+        };
+        let key = |digest: u8| Idempotency {
+            key: "hook/github/delivery/d-1".into(),
+            digest: [digest; 32],
+        };
+        let first = ledger
+            .record_webhook("github", received(), cause(), None, key(1))
+            .await
+            .unwrap();
+        let event = &first.events[0];
+        assert_eq!(event.stream, "hook/github");
+        assert_eq!(event.actor, Actor::webhook("github"));
+        assert_eq!(
+            event.correlation, event.id,
+            "a delivery starts its own chain"
+        );
+        assert!(!first.deduplicated);
+        assert_eq!(ledger.applied_seq(), 0);
+        // The same key and digest answer with the first record; another
+        // digest is the store's own refusal, for the inbox to map.
+        let again = ledger
+            .record_webhook("github", received(), cause(), None, key(1))
+            .await
+            .unwrap();
+        assert!(again.deduplicated);
+        assert_eq!(again.events[0].id, event.id);
+        let reused = ledger
+            .record_webhook("github", received(), cause(), None, key(2))
+            .await;
+        assert!(matches!(
+            reused,
+            Err(StoreError::IdempotencyKeyReused { .. })
+        ));
+        // An event of a chain keeps the chain's correlation.
+        let correlation = Uuid::now_v7();
+        let next = Idempotency {
+            key: "hook/github/processed/d-1".into(),
+            digest: [3; 32],
+        };
+        let processed = ledger
+            .record_webhook("github", received(), cause(), Some(correlation), next)
+            .await
+            .unwrap();
+        assert_eq!(processed.events[0].correlation, correlation);
     }
 }

@@ -19,3 +19,7 @@ pub mod replay;
 pub mod schema;
 pub mod store;
 pub mod webhook;
+pub mod wire;
+
+#[cfg(test)]
+mod architecture_tests;

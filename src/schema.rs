@@ -4,9 +4,9 @@
 //!
 //! To regenerate: `CAIRN_UPDATE_SCHEMAS=1 cargo test --lib schema`.
 
-use crate::api::dto::EventView;
 use crate::model::Manifest;
 use crate::provider::exec::PluginMessage;
+use crate::wire::EventView;
 
 /// The files under `schemas/` and the schema each must hold.
 pub fn schemas() -> Vec<(&'static str, serde_json::Value)> {

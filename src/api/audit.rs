@@ -8,12 +8,12 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, Rejection};
 
-use super::dto::TraceView;
 use super::problem::{self, ApiError};
 use super::{authenticated, check_known_parameters, query_limit, query_u64, with_state, ApiState};
 use crate::audit::{ActorFilter, EventQuery, LogPoint};
 use crate::config::Role;
 use crate::event::Actor;
+use crate::wire::TraceView;
 
 /// The query parameters `GET /v1/events` knows.
 const EVENT_PARAMETERS: &[&str] = &[

@@ -6,7 +6,6 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, Reply};
 
-use super::dto::{ApplyResponse, EventView, LifecycleResponse, ScaleRequest, SimResources};
 use super::problem::{self, ApiError};
 use super::{
     authenticated, check_body, check_cluster_name, command_context, if_match_header, limited_body,
@@ -16,6 +15,7 @@ use crate::config::Role;
 use crate::event::Actor;
 use crate::ledger::LifecycleOutcome;
 use crate::provider::sim::SimError;
+use crate::wire::{ApplyResponse, EventView, LifecycleResponse, ScaleRequest, SimResources};
 
 /// Which lifecycle command a route carries out.
 #[derive(Debug, Clone)]

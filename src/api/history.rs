@@ -4,13 +4,10 @@
 use std::collections::HashMap;
 
 use bytes::Bytes;
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, Reply};
 
-use super::dto::{ClusterView, ConditionView, EventView, ObservedView, PlannedChange};
 use super::problem::{self, ApiError};
 use super::{
     authenticated, check_body, check_cluster_name, check_known_parameters, command_context,
@@ -18,18 +15,14 @@ use super::{
 };
 use crate::config::Role;
 use crate::event::Actor;
-use crate::ledger::{ClusterAt, DiffEntry, Point, RollbackOutcome};
+use crate::ledger::{ClusterAt, Point, RollbackOutcome};
+use crate::wire::{
+    ClusterAtView, ClusterView, ConditionView, DiffView, EventView, ObservedView, PlannedChange,
+    PointView, RollbackRequest, RollbackResponse,
+};
 
-/// Where a point resolved to.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PointView {
-    /// What the caller asked for: a seq, a time or "now".
-    pub requested: String,
-    pub seq: u64,
-    /// The time of the event at `seq`.
-    pub time: Option<DateTime<Utc>>,
-}
+// The request and response types are the wire module's; how a handler
+// fills them from the ledger's answers is here.
 
 impl PointView {
     fn new(requested: Point, state: &ClusterAt) -> PointView {
@@ -39,56 +32,6 @@ impl PointView {
             time: state.time,
         }
     }
-}
-
-/// `GET /v1/clusters/{name}?at=`: the cluster as it was.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ClusterAtView {
-    pub name: String,
-    pub at: PointView,
-    /// `ClusterDeleted` had ended the cluster by then: no desired state.
-    pub deleted: bool,
-    pub stream_version: u64,
-    /// The whole view, as `GET /v1/clusters/{name}` gives it, unless deleted.
-    pub cluster: Option<ClusterView>,
-    pub observed: ObservedView,
-    pub conditions: Vec<ConditionView>,
-}
-
-/// `GET /v1/clusters/{name}/diff`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct DiffView {
-    pub cluster: String,
-    pub from: PointView,
-    pub to: PointView,
-    pub desired: Vec<DiffEntry>,
-    pub observed: Vec<DiffEntry>,
-}
-
-/// The body of `POST /v1/clusters/{name}/rollback`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct RollbackRequest {
-    /// A seq, an RFC 3339 time, or "now".
-    pub to: String,
-    #[serde(default)]
-    pub dry_run: bool,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RollbackResponse {
-    pub cluster: String,
-    pub to_seq: u64,
-    pub dry_run: bool,
-    pub stream_version: u64,
-    /// What the rollback does, in order, like a plan.
-    pub changes: Vec<PlannedChange>,
-    /// The appended events, `RollbackRequested` first (none for a dry run
-    /// or when nothing differs).
-    pub events: Vec<EventView>,
 }
 
 impl RollbackResponse {

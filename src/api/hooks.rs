@@ -15,7 +15,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
 use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, Reply};
@@ -28,40 +27,12 @@ use super::{
 use crate::config::Role;
 use crate::event::{Actor, Event};
 use crate::metrics::DeliveryLabels;
-use crate::model::{ActionReport, DeliveryOutcome, SkippedReport};
 use crate::webhook::inbox::{DeliveryRecord, InboxError, ProcessedDelivery, Receipt};
 use crate::webhook::receivers;
+use crate::wire::{DeliveryList, DeliveryResponse, DeliveryView, HookList, HookView, OutcomeView};
 
-/// The answer to a delivery.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct DeliveryResponse {
-    pub hook: String,
-    pub delivery: String,
-    /// `accepted` (recorded now, processing follows) or `duplicate`.
-    pub status: String,
-    /// The `WebhookReceived` event.
-    pub event_id: uuid::Uuid,
-    pub seq: u64,
-    /// Where to follow what the delivery caused.
-    pub trace: String,
-    /// For a duplicate that was processed: what came of the first delivery.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub outcome: Option<OutcomeView>,
-}
-
-/// A `WebhookProcessed`, as the API shows it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct OutcomeView {
-    pub outcome: DeliveryOutcome,
-    pub summary: String,
-    pub actions: Vec<ActionReport>,
-    pub skipped: Vec<SkippedReport>,
-    pub event_id: uuid::Uuid,
-    pub seq: u64,
-    pub time: chrono::DateTime<chrono::Utc>,
-}
+// The response types are the wire module's; how a handler fills them from
+// the inbox's records is here.
 
 impl OutcomeView {
     fn from_processed(processed: &ProcessedDelivery) -> OutcomeView {
@@ -75,43 +46,6 @@ impl OutcomeView {
             time: processed.event.time,
         }
     }
-}
-
-/// `GET /v1/hooks`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct HookList {
-    pub hooks: Vec<HookView>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct HookView {
-    pub name: String,
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// The path deliveries are posted to.
-    pub path: String,
-    /// The receiver's settings, without its secret.
-    pub settings: serde_json::Value,
-}
-
-/// `GET /v1/hooks/{name}/deliveries`, newest first.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DeliveryList {
-    pub deliveries: Vec<DeliveryView>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct DeliveryView {
-    pub delivery: String,
-    pub event: String,
-    pub received: chrono::DateTime<chrono::Utc>,
-    pub seq: u64,
-    pub event_id: uuid::Uuid,
-    pub trace: String,
-    /// None while the delivery waits to be processed.
-    pub outcome: Option<OutcomeView>,
 }
 
 impl DeliveryView {

@@ -4,7 +4,6 @@
 //!
 //! - `mod.rs`: the routes and their handlers.
 //! - `audit.rs`: the filters of `GET /v1/events` and `GET /v1/events/{id}/trace`.
-//! - `dto.rs`: the JSON shapes (shared with the CLI).
 //! - `problem.rs`: errors as RFC 7807 problem+json with stable codes.
 //! - `auth.rs`: bearer tokens and roles.
 //! - `watch.rs`: `GET /v1/watch`, the live stream (Server-Sent Events).
@@ -22,10 +21,9 @@ mod audit;
 pub mod auth;
 pub mod body_work;
 mod commands;
-pub mod dto;
 mod export;
-pub mod history;
-pub mod hooks;
+mod history;
+mod hooks;
 pub mod problem;
 pub mod server;
 mod strict;
@@ -43,15 +41,15 @@ use warp::reply::Response;
 use warp::{Buf, Filter, Rejection, Reply};
 
 use self::auth::Auth;
-use self::dto::{
-    ApplyResponse, ClusterList, ClusterSummary, ClusterView, EventPageView, VerifyView,
-};
 use self::problem::{recover, ApiError};
 use crate::config::Role;
 use crate::event::Actor;
 use crate::ledger::{ApplyOptions, CommandContext, Ledger, LedgerError, MAX_PAGE};
 use crate::metrics::{Metrics, ResponseLabels};
 use crate::model::{is_dns_label, parse_manifest, ManifestFormat};
+use crate::wire::{
+    ApplyResponse, ClusterList, ClusterSummary, ClusterView, EventPageView, VerifyView,
+};
 
 /// Everything a handler needs.
 #[derive(Clone)]

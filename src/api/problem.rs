@@ -6,10 +6,10 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Rejection, Reply};
 
-use super::dto::Problem;
 use crate::ledger::LedgerError;
 use crate::model::{FieldError, ManifestError};
 use crate::store::StoreError;
+use crate::wire::Problem;
 
 /// Every way a request can fail, with its status and stable code.
 #[derive(Debug)]

@@ -1,7 +1,7 @@
 //! `GET /v1/watch`: the log, live, as Server-Sent Events.
 //!
 //! Each event is one SSE message: `id:` its seq, `event:` its type, `data:`
-//! the event as CloudEvents 1.0 JSON (`dto::CloudEventView`; docs/events.md,
+//! the event as CloudEvents 1.0 JSON (`wire::CloudEventView`; docs/events.md,
 //! "The live stream"). The stream starts after `Last-Event-ID`, else after
 //! `after=`, else after the current head, and opens with an `id:`-only
 //! message naming that seq, so a client that reconnects with the last id it
@@ -25,12 +25,12 @@ use warp::reply::Response;
 use warp::sse::Event as SseEvent;
 use warp::{Filter, Reply};
 
-use super::dto::CloudEventView;
 use super::problem::{self, ApiError};
 use super::{authenticated, check_known_parameters, header, query_u64, with_state, ApiState};
 use crate::config::Role;
 use crate::event::{payload, Actor, Event};
 use crate::store::Subscription;
+use crate::wire::CloudEventView;
 
 /// The query parameters `GET /v1/watch` takes.
 const PARAMETERS: &[&str] = &["after", "stream", "type", "actor"];

@@ -8,8 +8,8 @@ use tabwriter::TabWriter;
 use super::client::Client;
 use super::output::{print_structured, OutputFormat};
 use super::Failure;
-use crate::api::dto::{TraceEntry, TraceView};
 use crate::event::Cause;
+use crate::wire::{TraceEntry, TraceView};
 
 #[derive(Debug, Args)]
 pub struct TraceArgs {
@@ -146,7 +146,7 @@ mod tests {
     use super::*;
 
     fn entry(seq: u64, event_type: &str, depth: Option<u32>) -> TraceEntry {
-        let event: crate::api::dto::EventView = serde_json::from_value(serde_json::json!({
+        let event: crate::wire::EventView = serde_json::from_value(serde_json::json!({
             "seq": seq, "stream": "reconcile/a", "version": seq,
             "id": uuid::Uuid::nil(), "type": event_type, "schema": 1,
             "time": "2026-11-25T03:00:00Z", "actor": {"kind": "reconciler", "name": "r"},

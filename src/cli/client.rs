@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
-use crate::api::dto::Problem;
+use crate::wire::Problem;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {

@@ -10,9 +10,9 @@ use tabwriter::TabWriter;
 use super::client::Client;
 use super::output::{print_structured, OutputFormat};
 use super::Failure;
-use crate::api::hooks::{DeliveryList, DeliveryResponse, HookList};
 use crate::config::{Config, ConfigOverrides};
 use crate::webhook::{signature, ReceiverConfig};
+use crate::wire::{DeliveryList, DeliveryResponse, HookList};
 
 #[derive(Debug, Subcommand)]
 pub enum HooksCommand {

@@ -9,8 +9,9 @@
 //! - `sse.rs`: the Server-Sent Events parser behind `events --follow`.
 //! - `backup.rs`: `export` (from the daemon or offline) and `import`.
 //!
-//! **Architecture Invariant:** the CLI knows nothing of warp; it speaks the
-//! API's DTOs (`api::dto`) over HTTP, and opens the store only for offline commands.
+//! **Architecture Invariant:** the CLI knows nothing of warp and does not
+//! depend on the `api` module; it speaks the API's request and response types
+//! from `crate::wire` over HTTP, and opens the store only for offline commands.
 //!
 //! Exit codes: 0 success, 1 the daemon refused the request, 2 bad usage or a
 //! local problem (an unreadable file, a data directory in use), 3 the daemon
@@ -30,12 +31,12 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::api::dto::{
-    ApplyResponse, CloudEventView, ClusterList, ClusterView, EventPageView, LifecycleResponse,
-    ScaleRequest, SimResources, VerifyView,
-};
-use crate::api::history::{ClusterAtView, DiffView, RollbackRequest, RollbackResponse};
 use crate::config::LogFormat;
+use crate::wire::{
+    ApplyResponse, CloudEventView, ClusterAtView, ClusterList, ClusterView, DiffView,
+    EventPageView, LifecycleResponse, RollbackRequest, RollbackResponse, ScaleRequest,
+    SimResources, VerifyView,
+};
 use client::{Client, ClientError};
 
 pub use output::OutputFormat;

@@ -5,14 +5,13 @@ use std::io::Write;
 use serde::Serialize;
 use tabwriter::TabWriter;
 
-use crate::api::dto::{
-    ApplyResponse, CloudEventView, ClusterList, ClusterView, EventPageView, EventView,
-    LifecycleResponse, SimResources, VerifyView,
-};
-use crate::api::history::{ClusterAtView, DiffView, PointView, RollbackResponse};
-use crate::ledger::DiffEntry;
 use crate::model::printable;
 use crate::replay::ReplayReport;
+use crate::wire::{
+    ApplyResponse, CloudEventView, ClusterAtView, ClusterList, ClusterView, DiffEntry, DiffView,
+    EventPageView, EventView, LifecycleResponse, PointView, RollbackResponse, SimResources,
+    VerifyView,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum OutputFormat {
@@ -261,7 +260,7 @@ fn event_summary(event: &EventView) -> String {
 
 /// The one-line summary of an event of this type with this payload.
 fn summary(event_type: &str, data: &serde_json::Value) -> String {
-    crate::api::dto::summary_of(event_type, data)
+    crate::wire::summary_of(event_type, data)
 }
 
 fn event_reason(event: &EventView) -> String {

@@ -45,6 +45,16 @@ pub struct Actor {
     pub name: String,
 }
 
+impl Actor {
+    /// The webhook receiver `hook`, as the actor of what its deliveries record.
+    pub fn webhook(hook: &str) -> Actor {
+        Actor {
+            kind: ActorKind::Webhook,
+            name: hook.to_string(),
+        }
+    }
+}
+
 /// The kinds of actor. Append new kinds at the end only: bincode stores the index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -342,6 +352,36 @@ pub struct NewEvent {
     pub cause: Cause,
     pub correlation: Uuid,
     pub payload: Vec<u8>,
+}
+
+impl NewEvent {
+    /// An event with an encoded payload, by `actor` because of `cause`, in
+    /// the causal chain `correlation`. Its id is a fresh UUIDv7. Every event
+    /// the daemon writes is made here or by `new_root`.
+    pub fn new(
+        encoded: payload::EncodedPayload,
+        actor: Actor,
+        cause: Cause,
+        correlation: Uuid,
+    ) -> NewEvent {
+        NewEvent {
+            id: Uuid::now_v7(),
+            event_type: encoded.event_type.to_string(),
+            schema: encoded.schema,
+            actor,
+            cause,
+            correlation,
+            payload: encoded.bytes,
+        }
+    }
+
+    /// An event that starts a causal chain of its own: `new` with the
+    /// event's own id as its correlation.
+    pub fn new_root(encoded: payload::EncodedPayload, actor: Actor, cause: Cause) -> NewEvent {
+        let mut event = NewEvent::new(encoded, actor, cause, Uuid::nil());
+        event.correlation = event.id;
+        event
+    }
 }
 
 /// The envelope without its hashes, borrowed: what the hash covers.
@@ -656,6 +696,33 @@ mod tests {
         ] {
             assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
         }
+    }
+
+    #[test]
+    fn a_new_event_takes_its_payload_and_a_fresh_id() {
+        let encoded = || payload::EncodedPayload {
+            event_type: "PoolScaled",
+            schema: 1,
+            bytes: vec![1, 2, 3],
+        };
+        let correlation = Uuid::from_u128(7);
+        let event = NewEvent::new(
+            encoded(),
+            Actor::webhook("github"),
+            Cause::None,
+            correlation,
+        );
+        assert_eq!(event.event_type, "PoolScaled");
+        assert_eq!(event.schema, 1);
+        assert_eq!(event.payload, vec![1, 2, 3]);
+        assert_eq!(event.actor.kind, ActorKind::Webhook);
+        assert_eq!(event.actor.name, "github");
+        assert_eq!(event.correlation, correlation);
+        assert_eq!(event.id.get_version_num(), 7);
+        // A root starts its own chain: its correlation is its own id.
+        let root = NewEvent::new_root(encoded(), Actor::webhook("github"), Cause::None);
+        assert_eq!(root.correlation, root.id);
+        assert_ne!(root.id, event.id);
     }
 
     #[test]

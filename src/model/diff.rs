@@ -17,7 +17,7 @@ use super::change::{
     PoolTemplateChanged, SubnetAdded, SubnetRemoved,
 };
 use super::manifest::{FirewallRule, Manifest, Pool, Subnet};
-use super::parse::FieldError;
+use super::validate::FieldError;
 
 /// Computes the changes that turn `old` into `new`.
 ///

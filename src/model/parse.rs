@@ -21,11 +21,11 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::Value;
 
 use super::manifest::Manifest;
-use super::validate::validate;
+use super::validate::{validate, FieldError};
 
 /// The deepest a manifest's mappings and lists may nest. A manifest nests
 /// six levels at most (`spec.pools[0].labels.key`); the rest is room.
@@ -42,36 +42,6 @@ pub enum ManifestFormat {
     Yaml,
     /// JSON, as the HTTP API and the `exec` plugins exchange them.
     Json,
-}
-
-/// One problem with one field of a manifest.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FieldError {
-    /// Where the problem is, e.g. `spec.network.subnets[1].cidr`. The empty
-    /// string stands for the whole document.
-    pub path: String,
-    /// What is wrong there, in words meant for the person who wrote it.
-    pub reason: String,
-}
-
-impl FieldError {
-    /// Creates an error at `path` saying `reason`.
-    pub fn new(path: impl Into<String>, reason: impl Into<String>) -> FieldError {
-        FieldError {
-            path: path.into(),
-            reason: reason.into(),
-        }
-    }
-}
-
-impl fmt::Display for FieldError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.path.is_empty() {
-            write!(f, "{}", self.reason)
-        } else {
-            write!(f, "{}: {}", self.path, self.reason)
-        }
-    }
 }
 
 /// Why a manifest was refused.
@@ -836,6 +806,9 @@ fn join_field(path: &str, field: &str) -> String {
         format!("{path}.{field}")
     }
 }
+
+#[cfg(test)]
+mod rules_tests;
 
 #[cfg(test)]
 mod tests {

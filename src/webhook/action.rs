@@ -1,10 +1,32 @@
-//! What a delivery asks of the ledger: receivers turn a payload into a list of
-//! `PlannedHookAction`s (pure functions, no IO), and the inbox carries them out
-//! in order, each with its own idempotency key.
+//! What passes between the receivers and the inbox: a checked `Delivery`
+//! that the inbox records, and what the delivery asks of the ledger.
+//! Receivers turn a payload into a list of `PlannedHookAction`s (pure
+//! functions, no IO), and the inbox carries them out in order, each with its
+//! own idempotency key.
 
 use std::collections::BTreeMap;
 
+use sha2::{Digest, Sha256};
+
 use crate::model::Manifest;
+
+/// A delivery that passed its receiver's checks, ready to record.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub id: String,
+    /// What the sender says it is (see `WebhookReceived::event`).
+    pub event: String,
+    /// SHA-256 of the body as received.
+    pub digest: [u8; 32],
+    /// What the receiver read from the body, as JSON.
+    pub request: String,
+}
+
+impl Delivery {
+    pub fn digest_of(body: &[u8]) -> [u8; 32] {
+        Sha256::digest(body).into()
+    }
+}
 
 /// One command a webhook delivery asks for.
 #[derive(Debug, Clone, PartialEq)]

@@ -5,7 +5,8 @@
 //!
 //! - `Inbox::receive` appends `WebhookReceived` to stream `hook/<name>` under
 //!   the idempotency key `hook/<name>/delivery/<id>`, bound to the digest of
-//!   the body. The same delivery again answers with the first record and,
+//!   the body. The inbox appends only through the `Ledger`: its own events
+//!   through `Ledger::record_webhook`, the actions through its commands. The same delivery again answers with the first record and,
 //!   once there is one, its `WebhookProcessed`; the same id with another body
 //!   is `InboxError::DeliveryReused`. Keys never expire.
 //! - One worker per receiver reads the receiver's stream in order and
@@ -27,19 +28,22 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use uuid::Uuid;
 
 use super::action::{DeliveryPlan, HookAction};
 use super::HookConfig;
 use crate::event::payload::{self, Payload};
-use crate::event::{Actor, ActorKind, Cause, Event, NewEvent};
+use crate::event::{Actor, Cause, Event};
 use crate::ledger::{ApplyOptions, CommandContext, Ledger, LedgerError, Point};
 use crate::metrics::{DeliveryOutcomeLabels, Metrics};
 use crate::model::{
     escape_for_record, hook_stream, ActionReport, ActionResult, DeliveryOutcome, SkippedReport,
     WebhookEvent, WebhookProcessed, WebhookReceived,
 };
-use crate::store::{AppendRequest, ExpectedVersion, Idempotency, StoreError};
+use crate::store::{Idempotency, StoreError};
+
+// `Delivery` lives beside the plan in `action.rs`, so that the receivers
+// need not import the inbox; tools and tests still name it from here.
+pub use super::action::Delivery;
 
 /// How long a worker waits before it retries after the store failed it.
 const STORE_RETRY: Duration = Duration::from_secs(1);
@@ -65,24 +69,6 @@ const MAX_REPORT_TEXT: usize = 512;
 
 /// How many events of a receiver's stream one read takes.
 const PAGE: usize = 256;
-
-/// A delivery that passed its receiver's checks, ready to record.
-#[derive(Debug, Clone)]
-pub struct Delivery {
-    pub id: String,
-    /// What the sender says it is (see `WebhookReceived::event`).
-    pub event: String,
-    /// SHA-256 of the body as received.
-    pub digest: [u8; 32],
-    /// What the receiver read from the body, as JSON.
-    pub request: String,
-}
-
-impl Delivery {
-    pub fn digest_of(body: &[u8]) -> [u8; 32] {
-        Sha256::digest(body).into()
-    }
-}
 
 /// What `receive` did.
 #[derive(Debug, Clone)]
@@ -206,30 +192,20 @@ impl Inbox {
             request: delivery.request,
         };
         let encoded = payload::encode_webhook(&WebhookEvent::WebhookReceived(received));
-        let id = Uuid::now_v7();
-        let event = NewEvent {
-            id,
-            event_type: encoded.event_type.to_string(),
-            schema: encoded.schema,
-            actor: hook_actor(hook),
-            cause: Cause::Webhook {
-                hook: hook.to_string(),
-                delivery: delivery.id.clone(),
-            },
-            // The delivery starts a causal chain of its own.
-            correlation: id,
-            payload: encoded.bytes,
+        let cause = Cause::Webhook {
+            hook: hook.to_string(),
+            delivery: delivery.id.clone(),
         };
-        let request = AppendRequest {
-            stream: hook_stream(hook),
-            expected: ExpectedVersion::Any,
-            events: vec![event],
-            idempotency: Some(Idempotency {
-                key: delivery_key(hook, &delivery.id),
-                digest: delivery.digest,
-            }),
+        let idempotency = Idempotency {
+            key: delivery_key(hook, &delivery.id),
+            digest: delivery.digest,
         };
-        let appended = match self.ledger.store().append(request).await {
+        // The delivery starts a causal chain of its own: no correlation.
+        let recorded = self
+            .ledger
+            .record_webhook(hook, encoded, cause, None, idempotency)
+            .await;
+        let appended = match recorded {
             Ok(appended) => appended,
             Err(StoreError::IdempotencyKeyReused { .. }) => {
                 return Err(InboxError::DeliveryReused {
@@ -441,27 +417,26 @@ impl Worker {
             })
             .inc();
         let (_, encoded) = bounded(processed);
-        let request = AppendRequest {
-            stream: hook_stream(&self.hook),
-            expected: ExpectedVersion::Any,
-            events: vec![NewEvent {
-                id: Uuid::now_v7(),
-                event_type: encoded.event_type.to_string(),
-                schema: encoded.schema,
-                actor: hook_actor(&self.hook),
-                cause: Cause::Event {
-                    seq: event.seq,
-                    id: event.id,
-                },
-                correlation: event.correlation,
-                payload: encoded.bytes,
-            }],
-            idempotency: Some(Idempotency {
-                key: processed_key(&self.hook, &received.delivery),
-                digest: Sha256::digest(received.delivery.as_bytes()).into(),
-            }),
+        let cause = Cause::Event {
+            seq: event.seq,
+            id: event.id,
         };
-        match self.inbox.ledger.store().append(request).await {
+        let idempotency = Idempotency {
+            key: processed_key(&self.hook, &received.delivery),
+            digest: Sha256::digest(received.delivery.as_bytes()).into(),
+        };
+        let recorded = self
+            .inbox
+            .ledger
+            .record_webhook(
+                &self.hook,
+                encoded,
+                cause,
+                Some(event.correlation),
+                idempotency,
+            )
+            .await;
+        match recorded {
             Ok(_) => Ok(()),
             // A refusal that would recur on every retry must not stall the
             // receiver: the delivery stays without an outcome, and the
@@ -488,7 +463,7 @@ impl Worker {
         let mut actions = Vec::new();
         for planned in plan.actions {
             let context = CommandContext {
-                actor: hook_actor(&self.hook),
+                actor: Actor::webhook(&self.hook),
                 request_id: received.delivery.clone(),
                 correlation: event.correlation,
                 idempotency_key: Some(action_key(&self.hook, &planned.key)),
@@ -810,13 +785,6 @@ fn summarize(
         summary.push_str(&format!(" (first failure: {first_failure})"));
     }
     (outcome, summary)
-}
-
-fn hook_actor(hook: &str) -> Actor {
-    Actor {
-        kind: ActorKind::Webhook,
-        name: hook.to_string(),
-    }
 }
 
 fn delivery_key(hook: &str, delivery: &str) -> String {

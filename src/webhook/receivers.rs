@@ -3,11 +3,9 @@
 
 use std::time::Duration;
 
-use super::action::DeliveryPlan;
-use super::action::{PlannedHookAction, Skipped};
+use super::action::{Delivery, DeliveryPlan, PlannedHookAction, Skipped};
 use super::git::{GitError, GitSource};
 use super::github::{GithubEvent, GithubSettings, Push};
-use super::inbox::Delivery;
 use super::signature::{self, AuthError};
 use super::{
     alertmanager, check_delivery_id, generic, github, HookConfig, PayloadError, ReceiverConfig,

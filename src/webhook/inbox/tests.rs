@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::*;
+use crate::event::ActorKind;
 use crate::metrics::Metrics;
 use crate::model::{parse_manifest, ManifestFormat};
 use crate::webhook::{GenericSettings, HookConfig, ReceiverConfig};
@@ -179,7 +180,7 @@ async fn a_delivery_recorded_without_a_worker_is_processed_once_by_the_next() {
     // d-2's action ran before the crash (its key is used, by the receiver,
     // whose principal its keys belong to); d-1's did not.
     let ran = CommandContext {
-        actor: hook_actor("deploys"),
+        actor: Actor::webhook("deploys"),
         idempotency_key: Some("hook/deploys/action/d-2/0".into()),
         ..context.clone()
     };

@@ -1,8 +1,17 @@
-//! The JSON shapes of the HTTP API. Separate from the stored types on purpose:
-//! the log's format and the API's format evolve on their own schedules.
+//! The wire format: the JSON shapes of the HTTP API's requests and
+//! responses, in one place. The daemon's handlers (`api`) encode and decode
+//! them, and so does the CLI, which depends on this module and never on
+//! `api`. Separate from the stored types on purpose: the log's format and
+//! the API's format evolve on their own schedules.
 //!
-//! **Architecture Invariant:** this file does not use warp, so the CLI can
-//! decode responses with the same types the daemon encodes them with.
+//! The types here say what goes on the wire; how a handler fills one from
+//! the ledger's answers may live beside the handler (`api::history`,
+//! `api::hooks`).
+//!
+//! **Architecture Invariant:** this module knows no HTTP (no warp, no
+//! handler), so the CLI decodes responses with the same types the daemon
+//! encodes them with. Its serde attributes are the API's contract:
+//! `schemas/event.schema.json` is generated from `EventView`.
 
 use std::sync::Arc;
 
@@ -14,11 +23,14 @@ use uuid::Uuid;
 use crate::event::{payload, Actor, Cause, Event};
 use crate::ledger::EventPage;
 use crate::model::{
-    describe_change, describe_lifecycle, Change, CloudResource, FieldError, Lifecycle, Manifest,
-    ReconcileEvent,
+    describe_change, describe_lifecycle, ActionReport, Change, CloudResource, DeliveryOutcome,
+    FieldError, Lifecycle, Manifest, ReconcileEvent, SkippedReport,
 };
 use crate::projection::{ClusterState, ObservedCluster};
 use crate::store::VerifyReport;
+
+// A line of a diff goes on the wire as the ledger computes it.
+pub use crate::ledger::DiffEntry;
 
 /// The envelope of an event, as the API shows it (`schemas/event.schema.json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -686,6 +698,141 @@ impl TraceView {
             correlated_truncated: trace.correlated_truncated,
         }
     }
+}
+
+// Time travel: `GET /v1/clusters/{name}?at=`, the diff and rollback
+// (handlers in `api::history`).
+
+/// Where a point resolved to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PointView {
+    /// What the caller asked for: a seq, a time or "now".
+    pub requested: String,
+    pub seq: u64,
+    /// The time of the event at `seq`.
+    pub time: Option<DateTime<Utc>>,
+}
+
+/// `GET /v1/clusters/{name}?at=`: the cluster as it was.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterAtView {
+    pub name: String,
+    pub at: PointView,
+    /// `ClusterDeleted` had ended the cluster by then: no desired state.
+    pub deleted: bool,
+    pub stream_version: u64,
+    /// The whole view, as `GET /v1/clusters/{name}` gives it, unless deleted.
+    pub cluster: Option<ClusterView>,
+    pub observed: ObservedView,
+    pub conditions: Vec<ConditionView>,
+}
+
+/// `GET /v1/clusters/{name}/diff`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DiffView {
+    pub cluster: String,
+    pub from: PointView,
+    pub to: PointView,
+    pub desired: Vec<DiffEntry>,
+    pub observed: Vec<DiffEntry>,
+}
+
+/// The body of `POST /v1/clusters/{name}/rollback`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RollbackRequest {
+    /// A seq, an RFC 3339 time, or "now".
+    pub to: String,
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RollbackResponse {
+    pub cluster: String,
+    pub to_seq: u64,
+    pub dry_run: bool,
+    pub stream_version: u64,
+    /// What the rollback does, in order, like a plan.
+    pub changes: Vec<PlannedChange>,
+    /// The appended events, `RollbackRequested` first (none for a dry run
+    /// or when nothing differs).
+    pub events: Vec<EventView>,
+}
+
+// Webhooks: the answer to a delivery and the listings (handlers in
+// `api::hooks`).
+
+/// The answer to a delivery.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveryResponse {
+    pub hook: String,
+    pub delivery: String,
+    /// `accepted` (recorded now, processing follows) or `duplicate`.
+    pub status: String,
+    /// The `WebhookReceived` event.
+    pub event_id: Uuid,
+    pub seq: u64,
+    /// Where to follow what the delivery caused.
+    pub trace: String,
+    /// For a duplicate that was processed: what came of the first delivery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<OutcomeView>,
+}
+
+/// A `WebhookProcessed`, as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutcomeView {
+    pub outcome: DeliveryOutcome,
+    pub summary: String,
+    pub actions: Vec<ActionReport>,
+    pub skipped: Vec<SkippedReport>,
+    pub event_id: Uuid,
+    pub seq: u64,
+    pub time: DateTime<Utc>,
+}
+
+/// `GET /v1/hooks`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HookList {
+    pub hooks: Vec<HookView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HookView {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The path deliveries are posted to.
+    pub path: String,
+    /// The receiver's settings, without its secret.
+    pub settings: serde_json::Value,
+}
+
+/// `GET /v1/hooks/{name}/deliveries`, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeliveryList {
+    pub deliveries: Vec<DeliveryView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveryView {
+    pub delivery: String,
+    pub event: String,
+    pub received: DateTime<Utc>,
+    pub seq: u64,
+    pub event_id: Uuid,
+    pub trace: String,
+    /// None while the delivery waits to be processed.
+    pub outcome: Option<OutcomeView>,
 }
 
 #[cfg(test)]
